@@ -1,0 +1,1 @@
+"""Memory policy (VRAM tiers), component offload and memory-safe fallbacks."""
