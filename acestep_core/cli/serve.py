@@ -1,0 +1,77 @@
+"""`python -m acestep_core serve`: the official ACE-Step REST API on a local port (default 127.0.0.1:8001)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the ACE-Step 1.5 REST API (release_task, query_result, ...)",
+        description="Serve the official ACE-Step 1.5 REST API. Binds to loopback unless told otherwise; "
+                    "set ACESTEP_API_KEY to require a key.",
+    )
+    p.add_argument("--host", default=os.environ.get("ACESTEP_API_HOST", "127.0.0.1"),
+                   help="interface to bind (default 127.0.0.1; use 0.0.0.0 only behind an API key)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("ACESTEP_API_PORT", "8001")))
+    p.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR"),
+                   help="official checkpoints/ root (acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/, acestep-5Hz-lm-*/)")
+    p.add_argument("--dit", default=os.environ.get("ACESTEP_CONFIG_PATH"),
+                   help="DiT folder name under --checkpoint-dir, a folder path, or a ComfyUI .safetensors")
+    p.add_argument("--vae", default=None)
+    p.add_argument("--text-encoder", default=None)
+    p.add_argument("--text-tokenizer", default=None)
+    p.add_argument("--lm", default=None, help="5 Hz LM folder (default: acestep-5Hz-lm-* under --checkpoint-dir)")
+    p.add_argument("--lm-tokenizer", default=None)
+    p.add_argument("--no-lm", action="store_true",
+                   help="run without the 5 Hz LM (thinking / use_format / sample mode then fail with a clear error)")
+    p.add_argument("--device", default=os.environ.get("ACESTEP_DEVICE", "cpu"))
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--output-dir", default=os.environ.get("ACESTEP_OUTPUT_DIR", "acestep_api_output"),
+                   help="results are written to <output-dir>/<task_id>/ and served from there only")
+    p.add_argument("--api-key", default=None, help="require this key (overrides ACESTEP_API_KEY)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+
+
+def _use_lm(args) -> bool:
+    if args.no_lm:
+        return False
+    flag = (os.environ.get("ACESTEP_INIT_LLM") or "").strip().lower()
+    return flag not in ("0", "false", "no", "n", "off")
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from ..server import LocalModelProvider, Runtime, ServerConfig, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.checkpoint_dir is None and args.dit is None:
+        print("error: give --checkpoint-dir (official checkpoints/ root) or --dit/--vae/--text-encoder",
+              file=sys.stderr)
+        return 2
+    overrides = {"api_key": args.api_key} if args.api_key else {}
+    try:
+        config = ServerConfig.from_env(Path(args.output_dir), **overrides)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    provider = LocalModelProvider(
+        checkpoint_dir=args.checkpoint_dir, dit=args.dit, vae=args.vae, text_encoder=args.text_encoder,
+        text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=_use_lm(args),
+        device=args.device, dtype=args.dtype)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        logging.warning("binding to %s without ACESTEP_API_KEY: anyone who can reach this port can "
+                        "run jobs and download results", args.host)
+    runtime = Runtime(provider, config)
+    app = create_app(runtime)
+    print(f"ACE-Step API on http://{args.host}:{args.port}  (results in {config.result_dir.resolve()}, "
+          f"LM: {provider.lm_name() or 'none'})", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    return 0

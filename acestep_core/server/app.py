@@ -1,0 +1,28 @@
+"""The headless server: an aiohttp Application carrying the API routes and the Runtime."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .routes import add_routes
+from .runtime import Runtime
+
+RUNTIME_KEY = web.AppKey("acestep_runtime", Runtime)
+# JSON bodies (long lyrics) stay far below this; uploads are streamed with their own cap.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def create_app(runtime: Runtime, prefix: str = "") -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[RUNTIME_KEY] = runtime
+    add_routes(app, prefix=prefix, runtime=runtime)
+
+    async def start(_app: web.Application) -> None:
+        await runtime.start()
+
+    async def stop(_app: web.Application) -> None:
+        await runtime.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app

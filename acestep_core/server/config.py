@@ -1,0 +1,87 @@
+"""Server settings: one dataclass, filled from the official ACE-Step environment variables.
+
+The variable names and defaults follow the official API server so existing deployments keep their
+meaning (queue size, average-job window, API key); a few extra knobs (result expiry, upload limit)
+use the same `ACESTEP_` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8001
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass
+class ServerConfig:
+    # Where finished audio lives; /v1/audio serves files below this folder and nothing else.
+    result_dir: Path
+    # Extra folders a JSON request may name in src_audio_path / reference_audio_path
+    # (ComfyUI's input folder); results of earlier jobs are always allowed too.
+    input_dirs: tuple[Path, ...] = ()
+    api_key: Optional[str] = None
+    queue_maxsize: int = 200
+    avg_job_seconds: float = 5.0
+    avg_window: int = 50
+    default_batch_size: int = 2
+    max_batch_size: int = 8
+    # Finished jobs (and their files) older than this are deleted by the cleanup task.
+    result_max_age_s: float = 24 * 3600.0
+    cleanup_interval_s: float = 300.0
+    max_upload_bytes: int = 50 * 1024 * 1024
+    env_name: str = "development"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, result_dir: Path, env: Optional[Mapping[str, str]] = None, **overrides) -> "ServerConfig":
+        env = os.environ if env is None else env
+        api_key = (env.get("ACESTEP_API_KEY") or "").strip() or None
+        values = dict(
+            result_dir=Path(result_dir),
+            api_key=api_key,
+            queue_maxsize=_env_int(env, "ACESTEP_QUEUE_MAXSIZE", 200),
+            avg_job_seconds=_env_float(env, "ACESTEP_AVG_JOB_SECONDS", 5.0),
+            avg_window=_env_int(env, "ACESTEP_AVG_WINDOW", 50),
+            default_batch_size=_env_int(env, "ACESTEP_BATCH_SIZE", 2),
+            result_max_age_s=_env_float(env, "ACESTEP_RESULT_MAX_AGE", 24 * 3600.0),
+            cleanup_interval_s=_env_float(env, "ACESTEP_CLEANUP_INTERVAL", 300.0),
+            max_upload_bytes=int(_env_float(env, "ACESTEP_MAX_UPLOAD_MB", 50.0) * 1024 * 1024),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.queue_maxsize < 1:
+            raise ValueError("ACESTEP_QUEUE_MAXSIZE must be at least 1")
+        if self.avg_window < 1:
+            raise ValueError("ACESTEP_AVG_WINDOW must be at least 1")
+        if not 1 <= self.default_batch_size <= self.max_batch_size:
+            raise ValueError(f"ACESTEP_BATCH_SIZE must be between 1 and {self.max_batch_size}")
+        if self.max_upload_bytes < 1:
+            raise ValueError("ACESTEP_MAX_UPLOAD_MB must be positive")

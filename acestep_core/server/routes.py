@@ -1,0 +1,394 @@
+"""HTTP layer: the official ACE-Step 1.5 REST endpoints as aiohttp handlers.
+
+`add_routes(target, prefix, runtime)` mounts them on an aiohttp Application / router (headless
+server) or on a RouteTableDef such as ComfyUI's `PromptServer.instance.routes` (with prefix
+"/acestep"). Handlers only parse, authorise and format; the Runtime does the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from functools import wraps
+from typing import Any, Awaitable, Callable, Optional
+
+from aiohttp import web
+
+from ..errors import ACEStepError, InputError
+from . import examples
+from .files import (
+    UploadTooLarge,
+    new_upload_path,
+    remove_quietly,
+    resolve_request_audio,
+    resolve_served_file,
+    stream_part_to_file,
+    AUDIO_MEDIA_TYPES,
+)
+from .models import LMUnavailableError
+from .params import FieldError, parse_json_object, parse_release_request, to_float, to_int, to_str
+from .responses import fail, ok
+from .runtime import QueueFullError, Runtime
+
+log = logging.getLogger(__name__)
+
+# Multipart file fields -> the request field they fill (official names and aliases).
+FILE_FIELDS = {"src_audio": "src_audio", "ctx_audio": "src_audio",
+               "reference_audio": "reference_audio", "ref_audio": "reference_audio"}
+MAX_TEXT_FIELD_BYTES = 1024 * 1024
+SOURCE_TASKS = ("cover", "repaint", "continuation")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------
+# Request helpers
+
+
+def _bearer(request: web.Request) -> Optional[str]:
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    return header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def authorise(runtime: Runtime, request: web.Request, body: Optional[dict] = None) -> None:
+    """Official rules: `ai_token` in the body wins, else `Authorization: Bearer <key>`."""
+    key = runtime.config.api_key
+    if not key:
+        return
+    token = (body or {}).get("ai_token")
+    if token:
+        if not _same(str(token), key):
+            raise HTTPError(401, "Invalid ai_token")
+        return
+    header = _bearer(request)
+    if header is None:
+        raise HTTPError(401, "Missing ai_token or Authorization header")
+    if not _same(header, key):
+        raise HTTPError(401, "Invalid API key")
+
+
+async def read_fields(request: web.Request) -> dict:
+    """JSON, url-encoded form or (text-only) multipart body as a dict; empty body -> {}."""
+    ctype = request.content_type.lower()
+    if ctype.startswith("multipart/"):
+        fields, _ = await read_multipart(request, runtime=None)
+        return fields
+    if ctype == "application/x-www-form-urlencoded":
+        return dict(await request.post())
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    if ctype == "application/json" or ctype.endswith("+json") or raw.lstrip()[:1] in (b"{", b"["):
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HTTPError(400, f"body: invalid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "body: JSON payload must be an object")
+        return body
+    raise HTTPError(415, f"Unsupported Content-Type: {ctype or '(missing)'}; use application/json, "
+                         "application/x-www-form-urlencoded or multipart/form-data")
+
+
+async def read_multipart(request: web.Request, runtime: Optional[Runtime]) -> tuple[dict, dict]:
+    """Text fields and saved uploads of a multipart body. Files are refused when runtime is None."""
+    fields: dict[str, Any] = {}
+    uploads: dict[str, str] = {}
+    reader = await request.multipart()
+    try:
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            name = part.name or ""
+            if part.filename is not None or name in FILE_FIELDS:
+                target = FILE_FIELDS.get(name)
+                if runtime is None or target is None:
+                    raise HTTPError(400, f"{name or 'file'}: unexpected file upload")
+                if target in uploads:
+                    raise HTTPError(400, f"{name}: only one file per field")
+                dest = new_upload_path(runtime.upload_dir, target, part.filename)
+                size = await stream_part_to_file(part, dest, runtime.config.max_upload_bytes, name)
+                uploads[target] = str(dest)
+                if size == 0:
+                    raise HTTPError(400, f"{name}: the uploaded file is empty")
+                continue
+            data = bytearray()
+            while True:
+                chunk = await part.read_chunk(64 * 1024)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > MAX_TEXT_FIELD_BYTES:
+                    raise HTTPError(413, f"{name}: form field larger than 1 MiB")
+            fields[name] = data.decode(part.get_charset("utf-8"), errors="replace")
+    except BaseException:
+        remove_quietly(uploads.values())
+        raise
+    return fields, uploads
+
+
+def _check_decodable(path: str, field_name: str) -> None:
+    """Decode an upload once so a bad file is rejected now (400), not inside the job."""
+    from ..audio_io import load_audio
+
+    try:
+        audio = load_audio(path)
+    except Exception as exc:  # any decoder failure means "not usable audio"
+        raise FieldError(field_name, f"could not be decoded as audio ({type(exc).__name__}: {exc})") from None
+    if audio.shape[-1] == 0:
+        raise FieldError(field_name, "decoded to zero samples")
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+
+
+class ApiHandlers:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    async def health(self, request: web.Request) -> web.Response:
+        return ok({"status": "ok", "service": "ACE-Step API", "version": "1.0"})
+
+    async def release_task(self, request: web.Request) -> web.Response:
+        rt = self.runtime
+        uploads: dict[str, str] = {}
+        try:
+            if request.content_type.lower().startswith("multipart/"):
+                # Refuse a wrong header before accepting any upload bytes.
+                if rt.config.api_key and _bearer(request) is not None:
+                    authorise(rt, request)
+                fields, uploads = await read_multipart(request, rt)
+            else:
+                fields = await read_fields(request)
+            authorise(rt, request, fields)
+            req = parse_release_request(fields, default_batch_size=rt.config.default_batch_size,
+                                        max_batch_size=rt.config.max_batch_size)
+            loop = asyncio.get_running_loop()
+            for target, path in uploads.items():
+                await loop.run_in_executor(None, _check_decodable, path, target)
+            req.uploads.update(uploads)
+            for name in ("src_audio_path", "reference_audio_path"):
+                upload_key = name[: -len("_path")]
+                raw_path = req.values.get(name)
+                if raw_path and upload_key not in uploads:
+                    req.values[name] = str(resolve_request_audio(name, raw_path, rt.result_root, rt.config.input_dirs))
+            has_source = "src_audio" in uploads or bool(req.src_audio_path)
+            if req.task_type in SOURCE_TASKS and not has_source:
+                raise FieldError("src_audio", f"task_type={req.task_type} needs source audio: upload it as "
+                                              "multipart field 'src_audio' or give src_audio_path")
+            job, position = rt.submit(req, temp_files=list(uploads.values()))
+        except QueueFullError as exc:
+            remove_quietly(uploads.values())
+            raise HTTPError(429, str(exc)) from None
+        except BaseException:
+            remove_quietly(uploads.values())
+            raise
+        return ok({"task_id": job.task_id, "status": "queued", "queue_position": position})
+
+    async def query_result(self, request: web.Request) -> web.Response:
+        body = await read_fields(request)
+        authorise(self.runtime, request, body)
+        raw = body.get("task_id_list", body.get("task_ids"))
+        if raw is None and body.get("task_id"):
+            raw = [body["task_id"]]
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw) if raw.strip().startswith("[") else [raw]
+            except json.JSONDecodeError:
+                raise FieldError("task_id_list", "is not a valid JSON list") from None
+        if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+            raise FieldError("task_id_list", "must be a list of task id strings")
+        return ok([self._describe(task_id) for task_id in raw])
+
+    def _describe(self, task_id: str) -> dict:
+        rt = self.runtime
+        job = rt.store.get(task_id)
+        if job is None:
+            error = "task not found (unknown id, or its result expired)"
+            return {"task_id": task_id, "status": 2, "error": error,
+                    "result": json.dumps([{"file": "", "wave": "", "status": 2, "error": error}])}
+        base = {"wave": "", "status": job.status_code, "create_time": int(job.created_at),
+                "env": rt.config.env_name}
+        if job.status == "succeeded":
+            r = job.result or {}
+            items = [dict(base, file=url, prompt=r["prompt"], lyrics=r["lyrics"], metas=r["metas"],
+                          generation_info=r["generation_info"], seed_value=r["seed_value"],
+                          lm_model=r["lm_model"], dit_model=r["dit_model"], progress=1.0, stage="succeeded")
+                     for url in r.get("audio_urls", [])]
+        elif job.status == "failed":
+            items = [dict(base, file="", prompt="", lyrics="", metas={}, progress=job.progress,
+                          stage="failed", error=job.error)]
+        else:
+            items = [dict(base, file="", prompt="", lyrics="", metas={}, progress=round(job.progress, 4),
+                          stage=job.stage, queue_position=rt.queue_position(task_id))]
+        out = {"task_id": task_id, "status": job.status_code,
+               "result": json.dumps(items, ensure_ascii=False), "progress_text": job.stage}
+        if job.error:
+            out["error"] = job.error
+        return out
+
+    async def models(self, request: web.Request) -> web.Response:
+        authorise(self.runtime, request)
+        provider = self.runtime.provider
+        models = [{"name": m.name, "is_default": m.is_default} for m in provider.models()]
+        default = next((m["name"] for m in models if m["is_default"]), models[0]["name"] if models else None)
+        return ok({"models": models, "default_model": default, "lm_model": provider.lm_name()})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        authorise(self.runtime, request)
+        rt = self.runtime
+        return ok({"jobs": rt.store.counts(), "queue_size": rt.queue_size,
+                   "queue_maxsize": rt.config.queue_maxsize,
+                   "avg_job_seconds": round(rt.store.avg_job_seconds, 3)})
+
+    async def audio(self, request: web.Request) -> web.StreamResponse:
+        authorise(self.runtime, request)
+        raw = request.query.get("path")
+        if not raw:
+            raise FieldError("path", "is required")
+        try:
+            path = resolve_served_file(raw, self.runtime.result_root, self.runtime.upload_dir)
+        except PermissionError as exc:
+            raise HTTPError(403, f"Access denied: {exc}") from None
+        except FileNotFoundError as exc:
+            raise HTTPError(404, str(exc)) from None
+        return web.FileResponse(path, headers={"Content-Type": AUDIO_MEDIA_TYPES[path.suffix.lower()]})
+
+    async def create_random_sample(self, request: web.Request) -> web.Response:
+        body = await read_fields(request)
+        authorise(self.runtime, request, body)
+        sample_type = str(body.get("sample_type") or body.get("sampleType") or "simple_mode").strip()
+        if sample_type not in examples.SAMPLE_TYPES:
+            raise FieldError("sample_type", f"must be simple_mode or custom_mode, got {sample_type!r}")
+        return ok(examples.random_example(sample_type))
+
+    async def format_input(self, request: web.Request) -> web.Response:
+        body = await read_fields(request)
+        authorise(self.runtime, request, body)
+        caption = _field(body, "prompt", to_str, "", "caption")
+        lyrics = _field(body, "lyrics", to_str, "")
+        temperature = _field(body, "temperature", to_float, 0.85)
+        if not 0.0 <= temperature <= 2.0:
+            raise FieldError("temperature", f"must be between 0 and 2, got {temperature}")
+        params = parse_json_object(body.get("param_obj"), "param_obj")
+        duration = _field(params, "duration", to_float, None)
+        bpm = _field(params, "bpm", to_int, None)
+        if bpm is not None and not 30 <= bpm <= 300:
+            raise FieldError("param_obj.bpm", f"must be between 30 and 300, got {bpm}")
+        key_scale = _field(params, "key", to_str, "", "key_scale", "keyscale")
+        time_sig = _field(params, "time_signature", to_str, "", "timesignature") or _field(
+            body, "time_signature", to_str, "")
+        language = _field(params, "language", to_str, "", "vocal_language")
+
+        def work():
+            from ..lm import LMSampling
+
+            planner = self.runtime.provider.planner()
+            return planner.format_input(
+                caption, lyrics, bpm=bpm, keyscale=key_scale or None,
+                timesignature=(time_sig.split("/", 1)[0] if time_sig else None),
+                duration=duration if duration and duration > 0 else None,
+                language=language if language and language != "unknown" else None,
+                sampling=LMSampling(temperature=temperature))
+
+        plan = await self.runtime.run_blocking(work)
+        return ok({
+            "caption": plan.caption or caption,
+            "lyrics": plan.lyrics or lyrics,
+            "bpm": plan.bpm or bpm,
+            "key_scale": plan.keyscale or key_scale,
+            "time_signature": plan.timesignature or time_sig,
+            "duration": plan.duration or duration,
+            "vocal_language": plan.language or language or "unknown",
+        })
+
+
+def _field(body: dict, name: str, convert, default, *aliases):
+    for key in (name,) + aliases:
+        value = body.get(key)
+        if value is None or (isinstance(value, str) and not value.strip() and convert is not to_str):
+            continue
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise FieldError(key, str(exc)) from None
+    return default
+
+
+def guarded(runtime: Runtime, handler: Handler) -> Handler:
+    """Start the runtime on first use and turn every error into the wrapper with its status."""
+
+    @wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            await runtime.ensure_started()
+            return await handler(request)
+        except HTTPError as exc:
+            return fail(exc.status, str(exc))
+        except FieldError as exc:
+            return fail(400, str(exc))
+        except UploadTooLarge as exc:
+            return fail(413, str(exc))
+        except web.HTTPRequestEntityTooLarge as exc:
+            return fail(413, f"body: request larger than the server accepts ({exc.reason})")
+        except LMUnavailableError as exc:
+            return fail(503, str(exc))
+        except InputError as exc:
+            return fail(400, str(exc))
+        except ACEStepError as exc:
+            return fail(500, str(exc))
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in %s", request.path)
+            return fail(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    return run
+
+
+def route_table(handlers: ApiHandlers) -> list[tuple[str, str, Handler]]:
+    return [
+        ("GET", "/health", handlers.health),
+        ("POST", "/release_task", handlers.release_task),
+        ("POST", "/query_result", handlers.query_result),
+        ("GET", "/v1/models", handlers.models),
+        ("GET", "/v1/stats", handlers.stats),
+        ("GET", "/v1/audio", handlers.audio),
+        ("POST", "/create_random_sample", handlers.create_random_sample),
+        ("POST", "/format_input", handlers.format_input),
+    ]
+
+
+def add_routes(target, prefix: str = "", runtime: Runtime | None = None) -> list[str]:
+    """Mount the API on an Application, a UrlDispatcher or a RouteTableDef; returns the paths."""
+    if runtime is None:
+        raise ValueError("add_routes needs a Runtime")
+    prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    handlers = ApiHandlers(runtime)
+    paths = []
+    for method, path, fn in route_table(handlers):
+        full = prefix + path
+        wrapped = guarded(runtime, fn)
+        if isinstance(target, web.RouteTableDef):
+            target.route(method, full)(wrapped)
+        else:
+            router = target.router if isinstance(target, web.Application) else target
+            router.add_route(method, full, wrapped)
+        paths.append(f"{method} {full}")
+    return paths

@@ -1,0 +1,115 @@
+"""/release_task request parsing: official names and aliases, nested sources, 400s naming the field."""
+
+import json
+
+import pytest
+
+from acestep_core.server.params import FieldError, parse_release_request
+
+
+def parse(body, **kw):
+    return parse_release_request(body, **kw)
+
+
+def test_defaults_match_the_official_server():
+    req = parse({})
+    assert req.prompt == "" and req.lyrics == ""
+    assert req.thinking is False and req.use_format is False and req.sample_mode is False
+    assert req.inference_steps == 8 and req.guidance_scale == 7.0 and req.shift == 3.0
+    assert req.infer_method == "ode" and req.task_type == "text2music"
+    assert req.audio_format == "mp3" and req.vocal_language == "en"
+    assert req.batch_size == 2  # official default when the client sends none
+    assert req.use_random_seed is True and req.seed == [-1]
+    assert req.lm_cfg_scale == 2.5 and req.lm_temperature == 0.85 and req.lm_top_p == 0.9
+    assert req.audio_duration is None and req.bpm is None
+
+
+def test_aliases_camel_case_and_nested_sources():
+    req = parse({
+        "caption": "lofi",
+        "keyScale": "C major",
+        "timeSignature": "3/4",
+        "duration": "42.5",
+        "description": "a calm song",
+        "format": "true",
+        "taskType": "repainting",
+        "param_obj": json.dumps({"bpm": "96"}),
+        "metas": {"language": "ja"},
+    })
+    assert req.prompt == "lofi"
+    assert req.key_scale == "C major"
+    assert req.time_signature == "3"
+    assert req.audio_duration == 42.5
+    assert req.sample_query == "a calm song"
+    assert req.use_format is True
+    assert req.task_type == "repaint"
+    assert req.bpm == 96
+    assert req.vocal_language == "ja"
+
+
+def test_top_level_wins_over_param_obj():
+    req = parse({"bpm": 120, "param_obj": {"bpm": 80}})
+    assert req.bpm == 120
+
+
+def test_form_strings_are_converted_and_empty_fields_mean_default():
+    req = parse({"inference_steps": "4", "thinking": "0", "batch_size": "1", "bpm": "", "audio_format": ""})
+    assert req.inference_steps == 4 and req.thinking is False and req.batch_size == 1
+    assert req.bpm is None and req.audio_format == "mp3"
+
+
+def test_explicit_seed_is_used_unless_random_was_asked_for():
+    assert parse({"seed": 7}).use_random_seed is False
+    assert parse({"seed": "1,2,3"}).seed == [1, 2, 3]
+    req = parse({"seed": 7, "use_random_seed": True})
+    assert req.use_random_seed is True
+
+
+def test_duration_minus_one_means_automatic_and_repaint_end_minus_one_means_end():
+    assert parse({"audio_duration": -1}).audio_duration is None
+    assert parse({"repainting_end": -1}).repainting_end is None
+
+
+def test_continuation_task_names():
+    assert parse({"task_type": "continuation"}).task_type == "continuation"
+    assert parse({"task_type": "extend"}).task_type == "continuation"
+
+
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"bpm": 12}, "bpm", "between 30 and 300"),
+        ({"bpm": "fast"}, "bpm", "integer"),
+        ({"thinking": "maybe"}, "thinking", "true or false"),
+        ({"inference_steps": 2.5}, "inference_steps", "integer"),
+        ({"audio_format": "wma"}, "audio_format", "mp3, wav, flac, opus"),
+        ({"task_type": "lego"}, "task_type", "not served"),
+        ({"task_type": "remix"}, "task_type", "must be one of"),
+        ({"duration": 5}, "duration", "between 10 and 600"),
+        ({"timesignature": "5/4"}, "timesignature", "2, 3, 4, 6"),
+        ({"language": "klingon"}, "language", "unsupported language"),
+        ({"seed": "1,x"}, "seed", "integer"),
+        ({"timesteps": "0.5,0.7"}, "timesteps", "decreasing"),
+        ({"batch_size": 9}, "batch_size", "between 1 and 8"),
+        ({"audio_cover_strength": 1.5}, "audio_cover_strength", "between 0 and 1"),
+        ({"param_obj": "{not json"}, "param_obj", "not valid JSON"),
+        ({"repainting_start": 10, "repainting_end": 5}, "repainting_end", "greater than"),
+        ({"use_adg": True}, "use_adg", "not supported"),
+        ({"prompt": {"nested": 1}}, "prompt", "string"),
+    ],
+)
+def test_bad_values_name_the_field(body, field, words):
+    with pytest.raises(FieldError) as info:
+        parse(body)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    assert words in str(info.value)
+
+
+def test_server_default_batch_size_is_configurable():
+    assert parse({}, default_batch_size=1).batch_size == 1
+
+
+def test_unknown_fields_are_ignored():
+    req = parse({"lm_backend": "vllm", "use_tiled_decode": True, "whatever": 1})
+    assert "whatever" not in req.to_dict()
