@@ -1,0 +1,186 @@
+"""Generation nodes: Text2Music, Continue, Repaint, Cover -> AUDIO (+ LATENT)."""
+
+from __future__ import annotations
+
+from ..acestep_core.errors import InputError
+from . import audio_wire
+from .host import io
+from .running import run_engine
+from .widgets import (CATEGORY, MODEL, PLAN, caption_input, dit_inputs, lyrics_input, meta_inputs, opt_bpm,
+                      opt_choice, opt_duration)
+
+MAX_BATCH = 16
+REPAINT_MIN_SECONDS = 0.5
+
+
+def _request(**fields):
+    from ..acestep_core import GenerationRequest
+
+    return GenerationRequest(**fields)
+
+
+def _dit_fields(seed, steps, shift, guidance) -> dict:
+    return dict(seed=int(seed), inference_steps=int(steps), shift=float(shift), guidance_scale=float(guidance))
+
+
+def _generate(model, request):
+    return model.run_pipeline(lambda: run_engine(
+        lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel)))
+
+
+def _song_info(model, result, plan=None) -> dict:
+    """What the save node writes into the file's tags (travels as an extra key of AUDIO)."""
+    params = dict(getattr(result, "params", {}) or {})
+    info = {"params": params, "seeds": list(getattr(result, "seeds", []) or []),
+            "model": model.decision.to_dict()}
+    if plan is not None:
+        info["plan"] = plan.to_dict()
+    return info
+
+
+def _audio_out(model, result, plan=None) -> dict:
+    audio = audio_wire.to_comfy_audio(result.audio, result.sample_rate)
+    audio["acestep"] = _song_info(model, result, plan)
+    return audio
+
+
+class Text2Music(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ACE15S_Text2Music",
+            display_name="Text2Music",
+            category=CATEGORY,
+            description="Generates songs from a caption and lyrics, or from an LM plan (which then overrides "
+                        "caption, lyrics and metas and adds its audio codes).",
+            inputs=[MODEL.Input("model"), caption_input(), lyrics_input(), *meta_inputs("model default"),
+                    *dit_inputs(),
+                    io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip="Songs per run."),
+                    PLAN.Input("plan", optional=True,
+                               tooltip="From LM Thinking / Format Input / Simple Mode; overrides the text and metas.")],
+            outputs=[io.Audio.Output("audio", display_name="audio"),
+                     io.Latent.Output("latent", display_name="latent",
+                                      tooltip="ACE-Step 1.5 latent [B, 64, T] (works with VAEDecodeAudio).")],
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, seed, steps, shift,
+                guidance, batch_size, plan=None) -> io.NodeOutput:
+        fields = dict(caption=caption, lyrics=lyrics, bpm=opt_bpm(bpm), key_scale=opt_choice(keyscale) or "",
+                      time_signature=opt_choice(timesignature) or "",
+                      vocal_language=opt_choice(language) or "unknown", audio_duration=opt_duration(duration),
+                      task_type="text2music", batch_size=int(batch_size), **_dit_fields(seed, steps, shift, guidance))
+        if plan is not None:
+            fields.update(caption=plan.caption if plan.caption is not None else caption,
+                          lyrics=plan.lyrics if plan.lyrics is not None else lyrics, plan=plan)
+            fields.update({k: v for k, v in dict(
+                bpm=plan.bpm, key_scale=plan.keyscale, time_signature=plan.timesignature,
+                vocal_language=plan.language, audio_duration=plan.duration,
+                audio_code_string=plan.audio_code_string()).items() if v})
+        result = _generate(model, _request(**fields))
+        return io.NodeOutput(_audio_out(model, result, plan), audio_wire.to_comfy_latent(result.latents))
+
+
+def _source(audio, what="audio"):
+    clip = audio_wire.from_comfy_audio(audio, what)
+    return clip, clip.shape[-1] / audio_wire.ENGINE_SAMPLE_RATE
+
+
+class Continue(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ACE15S_Continue",
+            display_name="Continue",
+            category=CATEGORY,
+            description="Extends a song: regenerates the last 'overlap' seconds and adds 'seconds' of new music.",
+            inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
+                    io.Float.Input("seconds", default=30.0, min=1.0, max=240.0, step=1.0,
+                                   tooltip="Seconds of new music to add."),
+                    caption_input(), lyrics_input(), *dit_inputs(),
+                    io.Float.Input("overlap", default=1.0, min=0.0, max=30.0, step=0.1,
+                                   tooltip="Seconds at the end of the source regenerated for a smooth join.")],
+            outputs=[io.Audio.Output("audio", display_name="audio")],
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, model, audio, seconds, caption, lyrics, seed, steps, shift, guidance, overlap) -> io.NodeOutput:
+        clip, src_seconds = _source(audio)
+        if seconds <= 0:
+            raise InputError("seconds to add must be > 0")
+        start = max(0.0, src_seconds - float(overlap))
+        request = _request(caption=caption, lyrics=lyrics, task_type="repaint", src_audio=clip,
+                           repainting_start=start, repainting_end=src_seconds + float(seconds),
+                           **_dit_fields(seed, steps, shift, guidance))
+        result = _generate(model, request)
+        return io.NodeOutput(_audio_out(model, result))
+
+
+class Repaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ACE15S_Repaint",
+            display_name="Repaint",
+            category=CATEGORY,
+            description="Regenerates the part of a song between start and end; the rest is kept.",
+            inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
+                    io.Float.Input("start", default=0.0, min=0.0, max=600.0, step=0.1, tooltip="Window start (s)."),
+                    io.Float.Input("end", default=10.0, min=0.0, max=600.0, step=0.1, tooltip="Window end (s)."),
+                    caption_input(), lyrics_input(), *dit_inputs(),
+                    io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.05,
+                                   tooltip="Balanced repaint strength: higher = freer inside, softer seams.")],
+            outputs=[io.Audio.Output("audio", display_name="audio")],
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, start, end, **kwargs):
+        if float(end) - float(start) < REPAINT_MIN_SECONDS:
+            return f"Repaint: end ({end}s) must be at least {REPAINT_MIN_SECONDS}s after start ({start}s)"
+        return True
+
+    @classmethod
+    def execute(cls, model, audio, start, end, caption, lyrics, seed, steps, shift, guidance,
+                strength) -> io.NodeOutput:
+        clip, src_seconds = _source(audio)
+        if start >= src_seconds:
+            raise InputError(f"Repaint start {start:.2f}s is past the end of the audio ({src_seconds:.2f}s); "
+                             "use Continue to add music after the end")
+        request = _request(caption=caption, lyrics=lyrics, task_type="repaint", src_audio=clip,
+                           repainting_start=float(start), repainting_end=min(float(end), src_seconds),
+                           repaint_mode="balanced", repaint_strength=float(strength),
+                           **_dit_fields(seed, steps, shift, guidance))
+        result = _generate(model, request)
+        return io.NodeOutput(_audio_out(model, result))
+
+
+class Cover(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ACE15S_Cover",
+            display_name="Cover",
+            category=CATEGORY,
+            description="Re-performs a song in a new style: keeps its structure and melody (through the 5 Hz "
+                        "codes of the source) and follows the caption; an optional reference sets the timbre.",
+            inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                                   tooltip="Share of the steps that follow the source (audio_cover_strength)."),
+                    caption_input(), lyrics_input(), *dit_inputs(),
+                    io.Audio.Input("reference", optional=True, tooltip="Reference audio for the timbre.")],
+            outputs=[io.Audio.Output("audio", display_name="audio")],
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, model, audio, strength, caption, lyrics, seed, steps, shift, guidance,
+                reference=None) -> io.NodeOutput:
+        clip, _ = _source(audio)
+        ref = _source(reference, "reference")[0] if reference is not None else None
+        request = _request(caption=caption, lyrics=lyrics, task_type="cover", src_audio=clip, reference_audio=ref,
+                           audio_cover_strength=float(strength), **_dit_fields(seed, steps, shift, guidance))
+        result = _generate(model, request)
+        return io.NodeOutput(_audio_out(model, result))

@@ -1,0 +1,117 @@
+"""The ACE15S_MODEL wire value: the engine pipeline, the optional LM planner and their patchers.
+
+Each large component is wrapped in its own ComfyUI ModelPatcher so that ComfyUI's memory
+manager sees it, can evict other models to make room for it, and can evict it in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from . import host
+
+
+@dataclass
+class LoadDecision:
+    """What the loader decided and why (shown on the node and kept in saved metadata)."""
+
+    dit: str
+    vae: str
+    text_encoder: str
+    lm: str  # size or "none"
+    offload: bool
+    dtype: str
+    device: str
+    tier: Optional[str] = None
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"DiT: {self.dit}",
+            f"VAE: {self.vae}",
+            f"Text encoder: {self.text_encoder}",
+            f"LM: {self.lm}",
+            f"Device: {self.device}  dtype: {self.dtype}  offload: {'on' if self.offload else 'off'}"
+            + (f"  tier: {self.tier}" if self.tier else ""),
+        ]
+        lines += [f"- {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "dit": self.dit, "vae": self.vae, "text_encoder": self.text_encoder, "lm": self.lm,
+            "offload": self.offload, "dtype": self.dtype, "device": self.device, "tier": self.tier,
+        }
+
+
+class ACEStepModel:
+    """Pipeline + planner + one ModelPatcher per component. Immutable once built."""
+
+    def __init__(self, pipeline, planner, decision: LoadDecision, load_device, offload_device):
+        self.pipeline = pipeline
+        self.planner = planner
+        self.decision = decision
+        self.load_device = load_device
+        self.offload_device = offload_device
+        self.patchers: dict[str, Any] = {}
+        for name, module in _pipeline_components(pipeline).items():
+            self.patchers[name] = host.make_patcher(module, load_device, offload_device)
+        self.lm_patcher = None
+        lm_module = _planner_module(planner)
+        if lm_module is not None:
+            self.lm_patcher = host.make_patcher(lm_module, load_device, offload_device)
+
+    # -- running stages under ComfyUI's memory manager --------------------------------------
+
+    def run_pipeline(self, fn: Callable[[], Any]) -> Any:
+        """Load the DiT / text encoder / VAE patchers (evicting others as needed), run, release."""
+        host.load_models(self.patchers.values())
+        _point_at_device(self.pipeline, self.load_device)
+        try:
+            return fn()
+        finally:
+            self._after_stage(self.patchers.values())
+
+    def run_planner(self, fn: Callable[[], Any]) -> Any:
+        if self.planner is None:
+            raise RuntimeError("no LM loaded")
+        if self.lm_patcher is not None:
+            host.load_models([self.lm_patcher])
+        _point_at_device(self.planner, self.load_device)
+        try:
+            return fn()
+        finally:
+            self._after_stage([self.lm_patcher] if self.lm_patcher is not None else [])
+
+    def _after_stage(self, patchers) -> None:
+        if self.decision.offload:
+            host.unload_models(patchers)
+        host.soft_empty_cache()
+
+    def describe(self) -> str:
+        return self.decision.summary()
+
+
+def _pipeline_components(pipeline) -> dict:
+    comps = getattr(pipeline, "components", None)
+    if callable(comps):
+        comps = comps()
+    return {k: v for k, v in dict(comps or {}).items() if v is not None and hasattr(v, "parameters")}
+
+
+def _planner_module(planner):
+    if planner is None:
+        return None
+    for attr in ("model", "lm", "module"):
+        module = getattr(planner, attr, None)
+        if module is not None and hasattr(module, "parameters"):
+            return module
+    return None
+
+
+def _point_at_device(obj, device) -> None:
+    """Tell the engine object where its weights now live (ComfyUI moved them)."""
+    to_device = getattr(obj, "set_device", None)
+    if callable(to_device):
+        to_device(device)

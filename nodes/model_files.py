@@ -1,0 +1,226 @@
+"""Find ACE-Step files in ComfyUI's model folders without ever raising.
+
+Two layouts are supported side by side:
+- official folders (as downloaded from the ACE-Step repositories) under models/acestep/:
+  acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/, acestep-5Hz-lm-1.7B/ ...
+- ComfyUI repacks: diffusion_models/acestep_v1.5_turbo.safetensors, vae/ace_1.5_vae.safetensors,
+  text_encoders/qwen_0.6b_ace15.safetensors, text_encoders/qwen_1.7b_ace15.safetensors ...
+
+Listing functions are called from define_schema, so every filesystem access is guarded: a
+missing or unreadable folder gives an empty list, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from ..acestep_core.errors import CheckpointError
+from . import host
+
+log = logging.getLogger(__name__)
+
+FOLDER_KEY = "acestep"
+LM_SIZES = ("0.6B", "1.7B", "4B")
+AUTO = "auto"
+NONE = "none"
+SAFETENSORS = ".safetensors"
+CONFIG_SIDECAR_SUFFIX = ".acestep.json"
+
+
+def register_folder() -> None:
+    """Make models/acestep/ a known model folder (kept if the user already mapped it)."""
+    try:
+        fp = host.folder_paths
+        default = os.path.join(fp.models_dir, FOLDER_KEY)
+        if FOLDER_KEY not in fp.folder_names_and_paths:
+            fp.folder_names_and_paths[FOLDER_KEY] = ([default], set(fp.supported_pt_extensions))
+        else:
+            fp.add_model_folder_path(FOLDER_KEY, default)
+    except Exception as exc:  # registration must never break the pack import
+        log.warning("ACE-Step: could not register the models/%s folder: %s", FOLDER_KEY, exc)
+
+
+def _folder_paths(key: str) -> list[str]:
+    try:
+        return list(host.folder_paths.get_folder_paths(key))
+    except Exception:
+        return []
+
+
+def _subdirs(root: str) -> list[Path]:
+    try:
+        return sorted((p for p in Path(root).iterdir() if p.is_dir()), key=lambda p: p.name)
+    except OSError:
+        return []
+
+
+def _has(path: Path, name: str) -> bool:
+    try:
+        return (path / name).is_file()
+    except OSError:
+        return False
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _safetensor_files(key: str) -> list[str]:
+    try:
+        names = host.folder_paths.get_filename_list(key)
+    except Exception:
+        return []
+    return sorted(n for n in names if n.lower().endswith(SAFETENSORS))
+
+
+def _ace_first(names: list[str]) -> list[str]:
+    """ACE-looking files first so the default choice is the likely one."""
+    def is_ace(name: str) -> bool:
+        low = name.lower()
+        return "ace" in low
+    return [n for n in names if is_ace(n)] + [n for n in names if not is_ace(n)]
+
+
+# ---------------------------------------------------------------- official folder classification
+
+def _kind_of_folder(path: Path) -> Optional[str]:
+    """dit | vae | text_encoder | lm, from the folder's config.json; None if unrecognised."""
+    cfg = _read_json(path / "config.json")
+    if not cfg:
+        return None
+    if cfg.get("model_type") == "acestep" or "fsq_input_levels" in cfg:
+        return "dit"
+    if cfg.get("_class_name") == "AutoencoderOobleck" or "downsampling_ratios" in cfg:
+        return "vae"
+    if cfg.get("model_type") == "qwen3":
+        # The 5 Hz LM carries the 65 535 audio-code tokens in its vocabulary.
+        return "lm" if int(cfg.get("vocab_size", 0)) > 151669 else "text_encoder"
+    return None
+
+
+def official_folders(kind: str) -> dict[str, Path]:
+    """name -> path of official folders of one kind under every models/acestep/ root.
+
+    The name is the folder name as shown in the combo; the first root wins on duplicates.
+    """
+    found: dict[str, Path] = {}
+    for root in _folder_paths(FOLDER_KEY):
+        for sub in _subdirs(root):
+            if sub.name in found:
+                continue
+            if _kind_of_folder(sub) == kind:
+                found[sub.name] = sub
+    return found
+
+
+# ---------------------------------------------------------------- combo choices
+
+def dit_choices() -> list[str]:
+    return list(official_folders("dit")) + _ace_first(_safetensor_files("diffusion_models"))
+
+
+def vae_choices() -> list[str]:
+    return [AUTO] + list(official_folders("vae")) + _ace_first(_safetensor_files("vae"))
+
+
+def text_encoder_choices() -> list[str]:
+    files = [n for n in _safetensor_files("text_encoders") if not _looks_like_lm_file(n)]
+    return [AUTO] + list(official_folders("text_encoder")) + _ace_first(files)
+
+
+def lm_choices() -> list[str]:
+    return [AUTO, NONE, *LM_SIZES]
+
+
+def _looks_like_lm_file(name: str) -> bool:
+    low = os.path.basename(name).lower()
+    return any(f"qwen_{s.lower()}_ace15" in low for s in ("1.7b", "4b"))
+
+
+def _lm_size_of(name: str) -> Optional[str]:
+    low = name.lower()
+    for size in LM_SIZES:
+        s = size.lower()
+        if f"-{s}" in low or f"_{s}_" in low or low.endswith(f"_{s}") or f"lm-{s}" in low:
+            return size
+    return None
+
+
+def available_lms() -> dict[str, str]:
+    """LM size -> path (official folder preferred over a ComfyUI file)."""
+    found: dict[str, str] = {}
+    for name, path in official_folders("lm").items():
+        size = _lm_size_of(name)
+        if size and size not in found:
+            found[size] = str(path)
+    for name in _safetensor_files("text_encoders"):
+        if not _looks_like_lm_file(name):
+            continue
+        size = _lm_size_of(os.path.basename(name))
+        if size and size not in found:
+            full = _full_path("text_encoders", name)
+            if full:
+                found[size] = full
+    return found
+
+
+# ---------------------------------------------------------------- resolution (execution time)
+
+def _full_path(key: str, name: str) -> Optional[str]:
+    try:
+        return host.folder_paths.get_full_path(key, name)
+    except Exception:
+        return None
+
+
+def resolve(kind: str, choice: str) -> Optional[str]:
+    """Path for a combo value of `kind` (dit | vae | text_encoder); None for auto/none/unknown."""
+    if choice in (AUTO, NONE, "", None):
+        return None
+    folders = official_folders(kind)
+    if choice in folders:
+        return str(folders[choice])
+    key = {"dit": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}[kind]
+    return _full_path(key, choice)
+
+
+def checkpoint_root_of(dit_path: str) -> Optional[str]:
+    """The official root holding an official DiT folder (where vae/ and the encoder live)."""
+    p = Path(dit_path)
+    return str(p.parent) if p.is_dir() else None
+
+
+def sibling_official(kind: str, root: Optional[str]) -> Optional[str]:
+    """An official component folder of `kind` in the same root as the DiT (for `auto`)."""
+    if root:
+        for sub in _subdirs(root):
+            if _kind_of_folder(sub) == kind:
+                return str(sub)
+    folders = official_folders(kind)
+    return str(next(iter(folders.values()))) if folders else None
+
+
+def sidecar_config(file_path: str) -> Optional[dict]:
+    """An optional `<file stem>.acestep.json` beside a single-file checkpoint.
+
+    ComfyUI repacks carry no config; sizes are read from tensor shapes and the rest taken from
+    the published config. A sidecar overrides that (e.g. models built with other settings).
+    """
+    p = Path(file_path)
+    if p.is_dir():
+        return None
+    sidecar = p.with_name(p.name[: -len(p.suffix)] + CONFIG_SIDECAR_SUFFIX) if p.suffix else None
+    if sidecar is not None and sidecar.is_file():
+        data = _read_json(sidecar)
+        if not data:
+            raise CheckpointError(f"config sidecar {sidecar} is not a JSON object; fix or remove it")
+        return data
+    return None

@@ -1,0 +1,105 @@
+"""Widget definitions shared by several nodes, and conversion of their values.
+
+Widget order is part of every saved workflow (widgets_values is positional): inputs may only
+ever be appended at the end of a node, never inserted or reordered.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .host import io
+
+AUTO = "auto"
+CATEGORY = "audio/ACE-Step 1.5 Studio"
+MODEL = io.Custom("ACE15S_MODEL")
+PLAN = io.Custom("ACE15S_PLAN")
+
+LANGUAGES = (
+    "ar az bg bn ca cs da de el en es fa fi fr he hi hr ht hu id is it ja ko la lt ms ne nl no pa "
+    "pl pt ro ru sa sk sr sv sw ta te th tl tr uk ur vi yue zh unknown"
+).split()
+TIME_SIGNATURES = ["2", "3", "4", "6"]
+KEYSCALES = [f"{note} {mode}" for mode in ("major", "minor") for note in
+             ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B")]
+MAX_DURATION = 600.0
+SEED_MAX = 2**32 - 1
+
+
+def caption_input(default: str = ""):
+    return io.String.Input("caption", multiline=True, default=default,
+                           tooltip="Style description: genre, instruments, mood, vocals.")
+
+
+def lyrics_input(default: str = ""):
+    return io.String.Input("lyrics", multiline=True, default=default,
+                           tooltip="Lyrics with [Verse] / [Chorus] tags; '[Instrumental]' for no vocals.")
+
+
+def meta_inputs(auto_tip: str) -> list:
+    """duration, bpm, keyscale, timesignature, language - each with an auto setting."""
+    return [
+        io.Float.Input("duration", default=0.0, min=0.0, max=MAX_DURATION, step=1.0,
+                       tooltip=f"Seconds. 0 = auto ({auto_tip})."),
+        io.Int.Input("bpm", default=0, min=0, max=300, tooltip=f"Beats per minute. 0 = auto ({auto_tip})."),
+        io.Combo.Input("keyscale", options=[AUTO, *KEYSCALES], default=AUTO, tooltip=f"Key. auto = {auto_tip}."),
+        io.Combo.Input("timesignature", options=[AUTO, *TIME_SIGNATURES], default=AUTO,
+                       tooltip=f"Beats per bar. auto = {auto_tip}."),
+        io.Combo.Input("language", options=[AUTO, *LANGUAGES], default=AUTO,
+                       tooltip=f"Vocal language. auto = {auto_tip}."),
+    ]
+
+
+def lm_sampling_inputs() -> list:
+    return [
+        io.Float.Input("lm_temperature", default=0.85, min=0.0, max=2.0, step=0.05,
+                       tooltip="LM sampling temperature (0 = greedy)."),
+        io.Float.Input("lm_cfg_scale", default=2.0, min=1.0, max=10.0, step=0.1,
+                       tooltip="LM classifier-free guidance scale (1 = off)."),
+        io.Int.Input("lm_top_k", default=0, min=0, max=1000, tooltip="Top-k (0 = off)."),
+        io.Float.Input("lm_top_p", default=0.9, min=0.0, max=1.0, step=0.01, tooltip="Top-p (1 = off)."),
+        io.String.Input("lm_negative_prompt", default="NO USER INPUT",
+                        tooltip="Caption the LM's guidance steers away from."),
+        io.Int.Input("lm_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                     tooltip="Seed of the LM's sampling (separate from the DiT seed)."),
+    ]
+
+
+def dit_inputs(steps: int = 8) -> list:
+    return [
+        io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                     tooltip="Seed of the initial noise (batch item i uses seed + i)."),
+        io.Int.Input("steps", default=steps, min=1, max=200,
+                     tooltip="Diffusion steps. Turbo: 8. Base / SFT: 30-50."),
+        io.Float.Input("shift", default=3.0, min=1.0, max=10.0, step=0.1,
+                       tooltip="Timestep shift. Turbo: 3. Base / SFT: 1-3."),
+        io.Float.Input("guidance", default=7.0, min=1.0, max=20.0, step=0.1,
+                       tooltip="Guidance scale (APG). Ignored by turbo models."),
+    ]
+
+
+# ------------------------------------------------------------------ value conversion
+
+def opt_duration(value) -> Optional[float]:
+    return float(value) if value and float(value) > 0 else None
+
+
+def opt_bpm(value) -> Optional[int]:
+    return int(value) if value and int(value) > 0 else None
+
+
+def opt_choice(value) -> Optional[str]:
+    return None if value in (None, "", AUTO) else str(value)
+
+
+def lm_sampling(kwargs: dict):
+    from ..acestep_core.lm import LMSampling
+
+    return LMSampling(
+        temperature=float(kwargs["lm_temperature"]),
+        cfg_scale=float(kwargs["lm_cfg_scale"]),
+        top_k=int(kwargs["lm_top_k"]),
+        top_p=float(kwargs["lm_top_p"]),
+        negative_prompt=str(kwargs["lm_negative_prompt"]),
+        seed=int(kwargs["lm_seed"]),
+    )
