@@ -1,0 +1,168 @@
+"""Decoding loops: the metadata loop driven by the state machine, and the code loop.
+
+The code loop is the one users wait on (5 tokens per second of music). It runs a fixed number of
+steps, exactly `target_codes` codes and then EOS, so nothing it computes has to come back to the
+host until the end: cond and uncond rows decode as one batch, logits are projected on the code rows
+only, CFG / penalty / top-k / top-p / sampling stay on device and the sampled token is written into a
+preallocated buffer and fed straight back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import CancelledError
+from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES, ENDOFTEXT_ID
+from .constraints import MetadataFSM
+from .model import StaticCacheDecoder
+from .sampling import LMSampling, apply_repetition_penalty, sample, top2_margin
+
+ProgressFn = Optional[Callable[[int, int], None]]
+CancelFn = Optional[Callable[[], bool]]
+
+
+@dataclass
+class DecodeResult:
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    margins: list[float] = field(default_factory=list)
+
+
+def left_pad(rows: list[list[int]], pad_id: int = ENDOFTEXT_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, as the reference tokenizes the CFG pair."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _check(cancel: CancelFn) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("LM generation cancelled")
+
+
+def _cfg(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    if logits.shape[0] == 1:
+        return logits[0]
+    cond, uncond = logits[0].float(), logits[1].float()
+    out = uncond + scale * (cond - uncond)
+    return torch.nan_to_num(out, nan=float("-inf"))
+
+
+@torch.inference_mode()
+def decode_with_fsm(
+    decoder: StaticCacheDecoder,
+    rows: list[list[int]],
+    fsm: MetadataFSM,
+    sampling: LMSampling,
+    max_new_tokens: int,
+    generator: Optional[torch.Generator],
+    cfg_scale: float = 1.0,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    record_margins: bool = False,
+) -> DecodeResult:
+    """Token-by-token loop for CoT / format / sample / understand (the FSM needs each token on host)."""
+    ids, mask = left_pad(rows)
+    ids, mask = ids.to(decoder.device), mask.to(decoder.device)
+    batch, start = ids.shape
+    decoder.reset(batch, start + max_new_tokens + 1)
+    hidden = decoder.forward(ids, 0, mask)[:, -1]
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros(decoder.embed.weight.shape[0], dtype=torch.bool, device=decoder.device)
+        seen[ids[0][mask[0].bool()]] = True
+    generated: list[int] = []
+    margins: list[float] = []
+    pos = start
+    for step in range(max_new_tokens):
+        _check(cancel)
+        cache: dict = {}
+
+        def get_scores():
+            if "s" not in cache:
+                cache["s"] = _cfg(decoder.full_logits(hidden), cfg_scale)
+            return cache["s"]
+
+        forced, scores = fsm.step(get_scores)
+        if forced is not None:
+            token = int(forced)
+            if record_margins:
+                margins.append(float("inf"))
+        else:
+            if seen is not None:
+                scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
+            if record_margins:
+                margins.append(float(top2_margin(scores)))
+            token = int(sample(scores[None], sampling, generator)[0])
+        fsm.update(token)
+        generated.append(token)
+        if progress is not None:
+            progress(step + 1, max_new_tokens)
+        if token in (IM_END_ID, ENDOFTEXT_ID) or step == max_new_tokens - 1:
+            break
+        if seen is not None:
+            seen[token] = True
+        hidden = decoder.forward(torch.full((batch, 1), token, dtype=torch.long, device=decoder.device), pos)[:, -1]
+        pos += 1
+    return DecodeResult([int(t) for t in ids[0][mask[0].bool()].tolist()], generated, margins)
+
+
+@torch.inference_mode()
+def decode_codes(
+    decoder: StaticCacheDecoder,
+    rows: list[list[int]],
+    target_codes: int,
+    sampling: LMSampling,
+    generator: Optional[torch.Generator],
+    cfg_scale: float = 1.0,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    record_margins: bool = False,
+) -> DecodeResult:
+    """Exactly `target_codes` audio codes then EOS; rows = [cond] or [cond, uncond] for CFG."""
+    ids, mask = left_pad(rows)
+    ids, mask = ids.to(decoder.device), mask.to(decoder.device)
+    batch, start = ids.shape
+    total = target_codes + 1
+    decoder.reset(batch, start + total)
+    device = decoder.device
+    eos_col = NUM_VALID_CODES  # column of EOS in the code-only head
+    out = torch.empty(total, dtype=torch.long, device=device)
+    out[-1] = IM_END_ID
+    margin_buf = torch.full((total,), float("inf"), device=device) if record_margins else None
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros(NUM_VALID_CODES + 1, dtype=torch.bool, device=device)
+        prompt = ids[0][mask[0].bool()]
+        codes = prompt[(prompt >= AUDIO_CODE_BASE) & (prompt < AUDIO_CODE_BASE + NUM_VALID_CODES)]
+        seen[codes - AUDIO_CODE_BASE] = True
+        seen[eos_col] = bool((prompt == IM_END_ID).any())
+    hidden = decoder.forward(ids, 0, mask)[:, -1]
+    for step in range(target_codes):
+        _check(cancel)
+        scores = _cfg(decoder.codes_logits(hidden), cfg_scale)
+        scores[eos_col] = float("-inf")  # EOS only after exactly target_codes codes
+        if seen is not None:
+            scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
+        if margin_buf is not None:
+            margin_buf[step] = top2_margin(scores)
+        column = sample(scores[None], sampling, generator)[0]
+        if seen is not None:
+            seen[column] = True
+        token = column + AUDIO_CODE_BASE
+        out[step] = token
+        if progress is not None:
+            progress(step + 1, total)
+        if step < target_codes - 1:
+            hidden = decoder.forward(token.view(1, 1).expand(batch, 1), start + step)[:, -1]
+    if progress is not None:
+        progress(total, total)
+    margins = margin_buf.tolist() if margin_buf is not None else []
+    return DecodeResult([int(t) for t in ids[0][mask[0].bool()].tolist()], out.tolist(), margins)
