@@ -64,10 +64,6 @@ def _tokenizer_for(path: str, kind: str):
     return host.bundled_qwen_tokenizer_dir()
 
 
-def _config_override(dit_path: str):
-    return model_files.sidecar_config(dit_path)
-
-
 class LoadModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -146,7 +142,8 @@ def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dty
 
     pipeline = ACEStepPipeline.from_pretrained(
         dit=dit_path, vae=vae_path, text_encoder=te_path, text_tokenizer=_tokenizer_for(te_path, "text_encoder"),
-        device="cpu", dtype=compute_dtype, config_override=_config_override(dit_path))
+        device="cpu", dtype=compute_dtype, config_override=model_files.sidecar_config(dit_path),
+        vae_config_override=model_files.sidecar_config(vae_path))
     planner = None
     if lm_size:
         from ..acestep_core.lm import LMPlanner

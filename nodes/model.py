@@ -111,7 +111,14 @@ def _planner_module(planner):
 
 
 def _point_at_device(obj, device) -> None:
-    """Tell the engine object where its weights now live (ComfyUI moved them)."""
-    to_device = getattr(obj, "set_device", None)
-    if callable(to_device):
-        to_device(device)
+    """Tell the pipeline where its weights now live: ComfyUI moved them, so the engine's own
+    offload manager must stand aside (no second mover). The LM planner follows its weights."""
+    import torch
+
+    from ..acestep_core.memory.offload import OffloadManager
+
+    if hasattr(obj, "offload") and hasattr(obj, "device"):
+        device = torch.device(device)
+        if obj.device != device or obj.offload.offload_to_cpu or obj.offload.offload_dit_to_cpu:
+            obj.device = device
+            obj.offload = OffloadManager(device)

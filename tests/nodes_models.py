@@ -1,0 +1,63 @@
+"""A ComfyUI-style models/ folder built from the shared tiny fixtures (symlinks + config sidecars)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def build_models_dir(root: Path, tiny: Path, comfy_tiny: Path, official: bool = True) -> Path:
+    """ComfyUI repack files under their real names; optionally official folders in models/acestep/.
+
+    The tiny files were built with the tiny configs, which tensor shapes do not fully reveal
+    (e.g. sliding_window 16), so each gets the documented `<stem>.acestep.json` sidecar.
+    """
+    models = root / "models"
+    for sub, name in (("diffusion_models", "acestep_v1.5_turbo.safetensors"), ("vae", "ace_1.5_vae.safetensors"),
+                      ("text_encoders", "qwen_0.6b_ace15.safetensors"),
+                      ("text_encoders", "qwen_1.7b_ace15.safetensors")):
+        (models / sub).mkdir(parents=True, exist_ok=True)
+        link = models / sub / name
+        if not link.exists():
+            os.symlink(comfy_tiny / sub / name, link)
+    (models / "diffusion_models" / "acestep_v1.5_turbo.acestep.json").write_text(
+        (tiny / "acestep-v15-turbo-tiny" / "config.json").read_text())
+    (models / "vae" / "ace_1.5_vae.acestep.json").write_text((tiny / "vae-tiny" / "config.json").read_text())
+    (models / "acestep").mkdir(exist_ok=True)
+    if official:
+        for name, src in (("acestep-v15-turbo", "acestep-v15-turbo-tiny"), ("vae", "vae-tiny"),
+                          ("Qwen3-Embedding-0.6B", "Qwen3-Embedding-tiny"),
+                          ("acestep-5Hz-lm-1.7B", "acestep-5Hz-lm-tiny")):
+            link = models / "acestep" / name
+            if not link.exists():
+                os.symlink(tiny / src, link)
+    return models
+
+
+def write_source_audio(path: Path, tiny: Path) -> Path:
+    """The goldens' 5.2 s synthetic source song, as FLAC (what a user would upload)."""
+    from safetensors.torch import load_file
+
+    from acestep_core.audio_io import save_audio
+
+    src = load_file(str(tiny / "goldens" / "source_audio.safetensors"))["src_a"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_audio(path, src, sample_rate=48000, format="flac", quality=24)
+    return path
+
+
+def shorten_for_tiny(prompt: dict) -> dict:
+    """Keep the shipped graphs as they are, only shorter songs so CPU tests stay quick."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if "duration" in inputs and not isinstance(inputs["duration"], list):
+            inputs["duration"] = 6.0 if node["class_type"].startswith("ACE15S_Text2") else 10.0
+        if node["class_type"] == "ACE15S_Continue":
+            inputs["seconds"] = 2.0
+        if node["class_type"] == "ACE15S_Repaint" and inputs.get("end", 0) > 5:
+            inputs["start"], inputs["end"] = 1.0, 3.0
+        if "steps" in inputs:
+            inputs["steps"] = 4
+    return prompt
