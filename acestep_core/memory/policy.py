@@ -1,0 +1,677 @@
+"""Memory policy: from the device's total and free memory, decide what runs and where.
+
+`detect_device_memory()` measures the device (CUDA, MPS, XPU or CPU; `MAX_CUDA_VRAM` and friends
+simulate a smaller card), `decide()` turns the measurement plus environment overrides into one frozen
+`MemoryDecision` (tier, LM size, whether the LM runs, CPU / DiT offload, duration and batch limits, VAE
+chunk size, dtype) with human-readable reasons, and `clamp_request()` applies the limits to a request.
+
+Tiers follow the current official policy ([M], `acestep/gpu_config.py`, April 2026). Where the
+release-era policy ([R], Feb 2026) differs it is noted next to the table. This module never imports
+ComfyUI: inside ComfyUI, the node passes the numbers in through `memory_from_values()` or
+`memory_from_comfy()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+logger = logging.getLogger("acestep_core.memory")
+
+GIB = 1024**3
+
+LM_SIZES = ("0.6B", "1.7B", "4B")
+LM_FOLDER_PREFIX = "acestep-5Hz-lm-"
+
+# Environment variables read by `decide()` / `detect_device_memory()` (ACESTEP15.md §10.4).
+ENV_INIT_LLM = "ACESTEP_INIT_LLM"
+ENV_LM_MODEL_PATH = "ACESTEP_LM_MODEL_PATH"
+ENV_OFFLOAD_TO_CPU = "ACESTEP_OFFLOAD_TO_CPU"
+ENV_OFFLOAD_DIT_TO_CPU = "ACESTEP_OFFLOAD_DIT_TO_CPU"
+ENV_VAE_CHUNK = "ACESTEP_VAE_DECODE_CHUNK_SIZE"
+SIMULATE_ENV = {"cuda": "MAX_CUDA_VRAM", "mps": "MAX_MPS_VRAM", "xpu": "MAX_XPU_VRAM"}
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Tier table ([M] gpu_config.py GPU_TIER_CONFIGS; boundaries from get_gpu_tier)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    label: str  # the VRAM range, for messages
+    allowed_lms: tuple[str, ...]
+    recommended_lm: str  # "none" when no LM fits
+    max_duration_lm: int  # seconds
+    max_duration_no_lm: int
+    max_batch_lm: int
+    max_batch_no_lm: int
+    offload_to_cpu: bool
+    offload_dit_to_cpu: bool
+    init_lm: bool  # the LM runs by default: [M] from tier3 on ([R]: from tier5)
+
+
+# [M] values. Differences from [R] (release f30aee4):
+#   - [R] durations: tier1 180/180, tier2 360/360, tier3-5 240/360, tier6 (≤24 GB) 480/480.
+#   - [R] batches: tier3 1/2, tier4 2/4, tier5 2/4, tier6 4/8.
+#   - [R] had one tier6 (15.5-24 GB, LMs up to 4B); [M] splits it at 20 GB into 6a / 6b.
+#   - [R] init_lm_default only from tier5; [M] from tier3.
+#   - [R] auto offload below 15.5 GB and no automatic DiT offload; [M] offloads idle components
+#     below 20 GB and the DiT too below 12 GB.
+TIERS: dict[str, Tier] = {
+    t.name: t
+    for t in (
+        Tier("tier1", "≤4 GB", (), "none", 240, 360, 1, 1, True, True, False),
+        Tier("tier2", "4-6 GB", (), "none", 480, 600, 1, 1, True, True, False),
+        Tier("tier3", "6-8 GB", ("0.6B",), "0.6B", 480, 600, 2, 2, True, True, True),
+        Tier("tier4", "8-12 GB", ("0.6B",), "0.6B", 480, 600, 2, 4, True, True, True),
+        Tier("tier5", "12-16 GB", ("0.6B", "1.7B"), "1.7B", 480, 600, 4, 4, True, False, True),
+        Tier("tier6a", "16-20 GB", ("0.6B", "1.7B"), "1.7B", 480, 600, 4, 8, True, False, True),
+        Tier("tier6b", "20-24 GB", LM_SIZES, "1.7B", 480, 480, 8, 8, False, False, True),
+        Tier("unlimited", ">24 GB", LM_SIZES, "4B", 600, 600, 8, 8, False, False, True),
+    )
+}
+
+# A card that reports 15.5-16 GB is a 16 GB card (drivers reserve a little).
+_16GB_CLASS_MIN_GB = 15.5
+
+
+def tier_for_gb(total_gb: float) -> Tier:
+    """The [M] tier of an accelerator with `total_gb` GiB of memory."""
+    if total_gb <= 4:
+        return TIERS["tier1"]
+    if total_gb <= 6:
+        return TIERS["tier2"]
+    if total_gb <= 8:
+        return TIERS["tier3"]
+    if total_gb <= 12:
+        return TIERS["tier4"]
+    if total_gb < _16GB_CLASS_MIN_GB:
+        return TIERS["tier5"]
+    if total_gb < 20:
+        return TIERS["tier6a"]
+    if total_gb <= 24:
+        return TIERS["tier6b"]
+    return TIERS["unlimited"]
+
+
+# CPU-only machines. The official code treats "no GPU" as tier1 (no LM, 4 / 6 min); here system RAM
+# decides instead, so a CPU-only user can still run everything, just slowly. Weights stay in fp32 on
+# CPU (bf16 matmuls are slow there): DiT 2B ≈ 9.6 GB + text encoder ≈ 2.4 GB + VAE ≈ 0.7 GB ≈ 13 GB,
+# plus the LM (fp32 ≈ 2.6 / 7.4 / 16.8 GB for 0.6B / 1.7B / 4B) and activations. The LM is allowed
+# by RAM but off by default: it writes hundreds of tokens per song at a few tokens per second on CPU,
+# so users turn it on deliberately (ACESTEP_INIT_LLM=1 or the node's toggle); when they do, the
+# fastest allowed LM (0.6B) is the recommendation.
+_CPU_LM_RAM_GB = {"0.6B": 20.0, "1.7B": 28.0, "4B": 40.0}
+
+
+def _cpu_tier(ram_gb: float) -> Tier:
+    allowed = tuple(size for size in LM_SIZES if ram_gb >= _CPU_LM_RAM_GB[size])
+    batch = 1 if ram_gb < 24 else 2 if ram_gb < 48 else 4
+    return Tier(
+        name="cpu",
+        label=f"CPU, {ram_gb:.0f} GB RAM",
+        allowed_lms=allowed,
+        recommended_lm="0.6B" if allowed else "none",
+        max_duration_lm=600,
+        max_duration_no_lm=600,
+        max_batch_lm=batch,
+        max_batch_no_lm=batch,
+        offload_to_cpu=False,
+        offload_dit_to_cpu=False,
+        init_lm=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Device memory
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """What the policy needs to know about the compute device."""
+
+    device_type: str  # "cuda" | "mps" | "xpu" | "cpu"
+    name: str
+    total_bytes: int
+    free_bytes: int
+    simulated: bool = False  # MAX_CUDA_VRAM / --simulate-vram
+    bf16_supported: bool = True  # False on pre-Ampere CUDA cards
+
+    @property
+    def total_gb(self) -> float:
+        return self.total_bytes / GIB
+
+    @property
+    def free_gb(self) -> float:
+        return self.free_bytes / GIB
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["total_gb"] = round(self.total_gb, 2)
+        out["free_gb"] = round(self.free_gb, 2)
+        return out
+
+
+def memory_from_values(device_type: str, total: int | float, free: int | float | None = None,
+                       name: str = "", bf16_supported: bool = True) -> DeviceMemory:
+    """A `DeviceMemory` from numbers the caller already has (e.g. ComfyUI's model management)."""
+    device_type = str(device_type).split(":")[0].lower()
+    if device_type not in ("cuda", "mps", "xpu", "cpu"):
+        # DirectML, NPU, ...: treat as a CUDA-like discrete accelerator.
+        name = name or device_type
+        device_type = "cuda"
+    total = int(total)
+    free = total if free is None else int(min(int(free), total))
+    return DeviceMemory(device_type, name or device_type, total, max(0, free), False, bf16_supported)
+
+
+def memory_from_comfy(model_management: Any = None) -> DeviceMemory | None:
+    """Total / free memory as ComfyUI sees it, or None outside ComfyUI.
+
+    `comfy.model_management` is imported here, at call time, never at module import: the engine
+    must work without ComfyUI. ComfyUI reports system RAM for CPU and MPS devices.
+    """
+    if model_management is None:
+        try:
+            import comfy.model_management as model_management  # type: ignore[no-redef]
+        except ImportError:
+            return None
+    device = model_management.get_torch_device()
+    device_type = getattr(device, "type", str(device))
+    total = model_management.get_total_memory(device)
+    free = model_management.get_free_memory(device)
+    bf16 = True
+    should_use_bf16 = getattr(model_management, "should_use_bf16", None)
+    if callable(should_use_bf16):
+        try:
+            bf16 = bool(should_use_bf16(device))
+        except Exception:  # older signatures; bf16 is only a dtype hint
+            bf16 = True
+    return memory_from_values(device_type, total, free, name=f"{device} (ComfyUI)", bf16_supported=bf16)
+
+
+def _system_ram() -> tuple[int, int]:
+    """(total, available) system RAM in bytes."""
+    try:
+        fields: dict[str, int] = {}
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                fields[key] = int(rest.split()[0]) * 1024
+        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError):
+            free = total
+        return int(total), int(free)
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _parse_gb(value: str | None) -> float | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        logger.warning("ignoring %r: not a number of GB", value)
+        return None
+    return gb if gb > 0 else None
+
+
+def _default_device_type() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    return "cpu"
+
+
+def _measure(device_type: str, index: int) -> DeviceMemory:
+    import torch
+
+    if device_type == "cuda":
+        free, total = torch.cuda.mem_get_info(index)
+        props = torch.cuda.get_device_properties(index)
+        return DeviceMemory("cuda", props.name, int(total), int(free), False,
+                            bool(torch.cuda.is_bf16_supported()))
+    if device_type == "xpu":
+        props = torch.xpu.get_device_properties(index)
+        total = int(props.total_memory)
+        try:
+            free = int(torch.xpu.mem_get_info(index)[0])
+        except Exception:  # older IPEX builds
+            free = total - int(torch.xpu.memory_reserved(index))
+        return DeviceMemory("xpu", getattr(props, "name", "Intel XPU"), total, free)
+    if device_type == "mps":
+        # Unified memory: Metal's recommended working set is the budget for GPU work.
+        try:
+            total = int(torch.mps.recommended_max_memory())
+        except Exception:
+            total = int(_system_ram()[0] * 0.75)
+        try:
+            used = int(torch.mps.driver_allocated_memory())
+        except Exception:
+            used = 0
+        return DeviceMemory("mps", "Apple MPS", total, max(0, total - used))
+    total, free = _system_ram()
+    return DeviceMemory("cpu", "CPU (system RAM)", total, free, False, False)
+
+
+def detect_device_memory(device: Any = None, env: Mapping[str, str] | None = None) -> DeviceMemory:
+    """Measure the compute device (`None` = CUDA > MPS > XPU > CPU).
+
+    `MAX_CUDA_VRAM` / `MAX_MPS_VRAM` / `MAX_XPU_VRAM` (GB) simulate a smaller card of that type: the
+    result reports the simulated size (never more than a real card has). On a machine without that
+    device the simulation still works, so a policy can be inspected anywhere. Call
+    `apply_memory_cap()` to also enforce a simulated CUDA size on the allocator.
+    """
+    env = os.environ if env is None else env
+    index = 0
+    if device is None:
+        device_type = None
+    else:
+        text = str(device)
+        device_type, _, idx = text.partition(":")
+        index = int(idx) if idx.isdigit() else getattr(device, "index", None) or 0
+        device_type = device_type.lower()
+
+    if device_type in (None, "cuda", "mps", "xpu"):
+        for sim_type, var in SIMULATE_ENV.items():
+            if device_type not in (None, sim_type):
+                continue
+            gb = _parse_gb(env.get(var))
+            if gb is not None:
+                return _simulated(sim_type, gb, var, index)
+
+    if device_type is None:
+        device_type = _default_device_type()
+    return _measure(device_type, index)
+
+
+def _simulated(device_type: str, gb: float, source: str, index: int = 0) -> DeviceMemory:
+    sim_bytes = int(gb * GIB)
+    name = f"simulated {gb:g} GB {device_type.upper()} ({source})"
+    real: DeviceMemory | None = None
+    try:
+        if _default_device_type() == device_type:
+            real = _measure(device_type, index)
+    except Exception:
+        real = None
+    if real is None:
+        return DeviceMemory(device_type, name, sim_bytes, sim_bytes, True, True)
+    total = min(sim_bytes, real.total_bytes)
+    return DeviceMemory(device_type, f"{name} on {real.name}", total, min(real.free_bytes, total), True,
+                        real.bf16_supported)
+
+
+def simulated_memory(gb: float, device_type: str = "cuda") -> DeviceMemory:
+    """A simulated card of `gb` GB (the doctor's `--simulate-vram`)."""
+    if gb <= 0:
+        from ..errors import InputError
+
+        raise InputError(f"--simulate-vram must be a positive number of GB, got {gb:g}")
+    return _simulated(device_type, gb, "--simulate-vram")
+
+
+def apply_memory_cap(memory: DeviceMemory, context_gb: float = 0.5) -> bool:
+    """Make a simulated CUDA size binding: cap this process's allocator at size minus CUDA context.
+
+    Returns True when a cap was set. (The official code does the same with
+    `set_per_process_memory_fraction`, so OOM behaviour of small cards can be tested on big ones.)
+    """
+    if not memory.simulated or memory.device_type != "cuda":
+        return False
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    real_total = torch.cuda.get_device_properties(0).total_memory
+    budget = max(0.5 * GIB, memory.total_bytes - context_gb * GIB)
+    if budget >= real_total:
+        return False
+    torch.cuda.set_per_process_memory_fraction(max(0.01, min(1.0, budget / real_total)))
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# The decision
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryDecision:
+    """Everything the loader needs to know, and why. Logged and shown to the user."""
+
+    device_type: str
+    device_name: str
+    total_gb: float
+    free_gb: float
+    simulated: bool
+    tier: str
+    lm_model: str  # "none" | "0.6B" | "1.7B" | "4B"
+    lm_model_path: str | None  # the user's ACESTEP_LM_MODEL_PATH when it was kept
+    init_lm: bool  # whether the LM is loaded and used by default
+    allowed_lms: tuple[str, ...]
+    offload_to_cpu: bool  # idle components wait on the CPU
+    offload_dit_to_cpu: bool  # the DiT too (between stages)
+    max_duration_s: int  # for the LM setting actually in effect
+    max_batch: int
+    max_duration_with_lm_s: int
+    max_duration_without_lm_s: int
+    max_batch_with_lm: int
+    max_batch_without_lm: int
+    vae_chunk_frames: int  # latent frames per VAE decode window (25 frames = 1 s)
+    dtype: str  # suggestion for DiT / text encoder / VAE: "bfloat16" | "float16" | "float32"
+    lm_dtype: str
+    reasons: tuple[str, ...]
+
+    @property
+    def lm_folder(self) -> str | None:
+        """Official checkpoint folder name of the chosen LM."""
+        return None if self.lm_model == "none" else LM_FOLDER_PREFIX + self.lm_model
+
+    def summary(self) -> str:
+        offload = ("CPU+DiT" if self.offload_dit_to_cpu else "CPU") if self.offload_to_cpu else "none"
+        lm = f"LM {self.lm_model} ({'on' if self.init_lm else 'off'})" if self.lm_model != "none" else "LM none"
+        sim = " simulated" if self.simulated else ""
+        return (f"{self.device_type}{sim} {self.total_gb:.1f} GB → {self.tier}: {lm}, offload {offload}, "
+                f"max {self.max_duration_s} s x{self.max_batch}, VAE chunk {self.vae_chunk_frames}, {self.dtype}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["allowed_lms"] = list(self.allowed_lms)
+        out["reasons"] = list(self.reasons)
+        out["lm_folder"] = self.lm_folder
+        out["summary"] = self.summary()
+        return out
+
+
+def lm_size_from_name(name: str | None) -> str | None:
+    """"0.6B" / "1.7B" / "4B" from an LM folder name, file name or path; None if unrecognised."""
+    if not name:
+        return None
+    base = os.path.basename(str(name).rstrip("/\\")).lower()
+    match = re.search(r"(?<![\d.])(0\.6|1\.7|4)b(?![a-z0-9])", base)
+    if not match:
+        return None
+    return {"0.6": "0.6B", "1.7": "1.7B", "4": "4B"}[match.group(1)]
+
+
+def _env_bool(env: Mapping[str, str], name: str, reasons: list[str]) -> bool | None:
+    raw = env.get(name)
+    if raw is None or not raw.strip() or raw.strip().lower() == "auto":
+        return None
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    reasons.append(f"{name}={raw!r} is not a yes/no value (use 1/0, true/false or auto); ignored.")
+    return None
+
+
+def vae_chunk_frames_for(device_type: str, free_bytes: int, total_bytes: int | None = None) -> int:
+    """VAE decode window in latent frames from the memory free right now ([M] handler rule).
+
+    CUDA / XPU: ≥ 24 GB free → 512, ≥ 16 → 384, ≥ 12 → 256, else 128. MPS: 512 (the official cap;
+    bigger windows over-reserve unified memory). CPU: 256.
+    """
+    if device_type == "cpu":
+        return 256
+    if device_type == "mps":
+        return 512
+    free_gb = free_bytes / GIB
+    if free_gb >= 24:
+        return 512
+    if free_gb >= 16:
+        return 384
+    if free_gb >= 12:
+        return 256
+    return 128
+
+
+def _dtypes(memory: DeviceMemory) -> tuple[str, str]:
+    """(model dtype, LM dtype) suggestion (ACESTEP15.md §10.3)."""
+    if memory.device_type == "cpu":
+        return "float32", "float32"
+    if memory.device_type == "mps":
+        return "float16", "float32"  # fp16 DiT / VAE; the LM is kept in fp32 on MPS
+    if memory.device_type == "cuda" and not memory.bf16_supported:
+        return "float16", "float16"
+    return "bfloat16", "bfloat16"
+
+
+def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested_lm: str | None = None,
+           available_lms: list[str] | None = None) -> MemoryDecision:
+    """The memory decision for `memory`, honouring the user's overrides.
+
+    - `requested_lm`: an LM size or folder/path the caller asks for ("none" = no LM, "auto" or None =
+      the tier's choice); it takes precedence over `ACESTEP_LM_MODEL_PATH`.
+    - `available_lms`: LM sizes (or folder names) found on disk; None = do not check.
+    - `env`: `ACESTEP_INIT_LLM`, `ACESTEP_LM_MODEL_PATH`, `ACESTEP_OFFLOAD_TO_CPU`,
+      `ACESTEP_OFFLOAD_DIT_TO_CPU`, `ACESTEP_VAE_DECODE_CHUNK_SIZE`.
+    An LM the tier cannot hold falls back to the tier's recommendation, with a reason saying so.
+    """
+    env = os.environ if env is None else env
+    reasons: list[str] = []
+    sim = " (simulated)" if memory.simulated else ""
+
+    if memory.device_type == "cpu":
+        tier = _cpu_tier(memory.total_gb)
+        reasons.append(
+            f"No GPU: running on the CPU with {memory.total_gb:.1f} GB RAM ({memory.free_gb:.1f} GB free); "
+            f"everything runs, just slowly."
+        )
+    else:
+        tier = tier_for_gb(memory.total_gb)
+        reasons.append(
+            f"{memory.device_type.upper()} device {memory.name!r}{sim}: {memory.total_gb:.1f} GB total, "
+            f"{memory.free_gb:.1f} GB free → {tier.name} ({tier.label})."
+        )
+        if memory.total_bytes and memory.free_bytes < 0.5 * memory.total_bytes:
+            reasons.append(
+                f"Only {memory.free_gb:.1f} of {memory.total_gb:.1f} GB are free right now (other programs or "
+                f"models hold the rest); the tier is chosen from the card size, so close them if you run out."
+            )
+
+    # ---- which LM, and does it run -----------------------------------------------------------
+    allowed = tier.allowed_lms
+    init_override = _env_bool(env, ENV_INIT_LLM, reasons)
+
+    # 1. What the caller or the environment asks for (the explicit argument wins).
+    request = requested_lm.strip() if isinstance(requested_lm, str) else ""
+    env_path = (env.get(ENV_LM_MODEL_PATH) or "").strip()
+    asked_size: str | None = None
+    asked_path: str | None = None
+    asked_by = ""
+    lm_off_by_request = False
+    if request and request.lower() != "auto":
+        if request.lower() == "none":
+            lm_off_by_request = True
+        else:
+            asked_by = f"The requested LM {request!r}"
+            asked_size = request if request in LM_SIZES else lm_size_from_name(request)
+            asked_path = None if request in LM_SIZES else request
+    elif env_path:
+        asked_by = f"{ENV_LM_MODEL_PATH}={env_path!r}"
+        asked_size = lm_size_from_name(env_path)
+        asked_path = env_path
+    if asked_by and asked_size is None:
+        reasons.append(f"{asked_by} is not a 0.6B / 1.7B / 4B LM; using the tier's choice.")
+        asked_path = None
+
+    # 2. Does the LM run?
+    if lm_off_by_request:
+        init_lm = False
+        reasons.append("The LM is off because it was requested so.")
+    elif init_override is not None:
+        init_lm = init_override
+        reasons.append(f"{ENV_INIT_LLM} turns the LM {'on' if init_lm else 'off'}.")
+    else:
+        init_lm = tier.init_lm
+
+    # 3. Which size.
+    lm_path: str | None = None
+    if allowed:
+        if asked_size in allowed:
+            chosen, lm_path = asked_size, asked_path
+        else:
+            chosen = tier.recommended_lm
+            if asked_size is not None:
+                reasons.append(f"{asked_by} asks for the {asked_size} LM, which {tier.name} ({tier.label}) "
+                               f"cannot hold; using the {chosen} LM instead (allowed: {', '.join(allowed)}).")
+    elif init_lm:
+        chosen = "0.6B"
+        lm_path = asked_path if asked_size == "0.6B" else None
+        reasons.append(f"The LM is forced on although {tier.name} ({tier.label}) has no room for one; using the "
+                       f"smallest (0.6B) with offload. Expect it to be slow or to run out of memory.")
+    else:
+        chosen = "none"
+        if asked_size is not None:
+            reasons.append(f"{tier.name} ({tier.label}) holds no LM, so {asked_by} stays unused; "
+                           f"set {ENV_INIT_LLM}=1 to force it.")
+
+    # 4. Is it on disk?
+    if available_lms is not None and chosen != "none":
+        disk = {lm_size_from_name(n) or (n if n in LM_SIZES else None) for n in available_lms} - {None}
+        if chosen not in disk:
+            usable = [s for s in LM_SIZES if s in disk and (s in allowed or (not allowed and s == "0.6B"))]
+            if usable:
+                pick = usable[0] if memory.device_type == "cpu" else usable[-1]
+                reasons.append(f"The {chosen} LM is not in the checkpoint folder; using the {pick} LM found "
+                               f"there (download {LM_FOLDER_PREFIX}{chosen} for the recommended one).")
+                chosen, lm_path = pick, None
+            elif init_lm:
+                reasons.append(f"No usable LM checkpoint found (expected {LM_FOLDER_PREFIX}{chosen}); the LM "
+                               f"stays off until one is downloaded.")
+                init_lm = False
+
+    if chosen == "none":
+        reasons.append(f"No LM: {tier.name} ({tier.label}) has no room for one; text2music runs without "
+                       f"'thinking'.")
+    elif init_lm:
+        reasons.append(f"The {chosen} LM runs (allowed here: {', '.join(allowed) or 'none by default'}).")
+    elif memory.device_type == "cpu" and init_override is None and not lm_off_by_request:
+        reasons.append(f"The LM is off by default on the CPU (it is slow there); set {ENV_INIT_LLM}=1 to use "
+                       f"the {chosen} LM.")
+
+    # ---- offload -----------------------------------------------------------------------------
+    offload = tier.offload_to_cpu
+    offload_dit = tier.offload_dit_to_cpu
+    if memory.device_type == "mps":
+        offload = offload_dit = False
+        reasons.append("Apple unified memory: no CPU offload (moving weights would only copy them).")
+    env_offload = _env_bool(env, ENV_OFFLOAD_TO_CPU, reasons)
+    env_offload_dit = _env_bool(env, ENV_OFFLOAD_DIT_TO_CPU, reasons)
+    if memory.device_type == "cpu":
+        offload = offload_dit = False
+        if env_offload or env_offload_dit:
+            reasons.append("Offload settings are ignored on the CPU (the weights already live there).")
+    else:
+        if env_offload is not None:
+            offload = env_offload
+            reasons.append(f"{ENV_OFFLOAD_TO_CPU} sets CPU offload {'on' if offload else 'off'}.")
+        if env_offload_dit is not None:
+            offload_dit = env_offload_dit
+            reasons.append(f"{ENV_OFFLOAD_DIT_TO_CPU} sets DiT offload {'on' if offload_dit else 'off'}.")
+        if offload_dit and not offload:
+            offload_dit = False
+            if env_offload_dit:
+                reasons.append("DiT offload needs CPU offload, which is off; the DiT stays on the device.")
+        if offload:
+            reasons.append(
+                "CPU offload: idle components wait on the CPU and move to the device only while they run "
+                f"({'LM, text encoder, DiT and VAE' if offload_dit else 'LM, text encoder and VAE; the DiT stays'})."
+            )
+        else:
+            reasons.append("No offload: every component stays on the device (fastest).")
+
+    # ---- limits, VAE, dtype -------------------------------------------------------------------
+    max_duration = tier.max_duration_lm if init_lm else tier.max_duration_no_lm
+    max_batch = tier.max_batch_lm if init_lm else tier.max_batch_no_lm
+    reasons.append(f"Limits: up to {max_duration} s and batch {max_batch} "
+                   f"({'with' if init_lm else 'without'} the LM).")
+
+    vae_chunk = vae_chunk_frames_for(memory.device_type, memory.free_bytes, memory.total_bytes)
+    raw_chunk = (env.get(ENV_VAE_CHUNK) or "").strip()
+    if raw_chunk:
+        if raw_chunk.isdigit() and int(raw_chunk) > 0:
+            vae_chunk = int(raw_chunk)
+            reasons.append(f"{ENV_VAE_CHUNK} sets the VAE decode window to {vae_chunk} frames.")
+        else:
+            reasons.append(f"{ENV_VAE_CHUNK}={raw_chunk!r} is not a positive whole number; ignored.")
+    else:
+        reasons.append(f"VAE decodes {vae_chunk} latent frames ({vae_chunk / 25:.1f} s) per window; on "
+                       f"out-of-memory it halves the window, then decodes on the CPU.")
+
+    dtype, lm_dtype = _dtypes(memory)
+
+    decision = MemoryDecision(
+        device_type=memory.device_type,
+        device_name=memory.name,
+        total_gb=round(memory.total_gb, 2),
+        free_gb=round(memory.free_gb, 2),
+        simulated=memory.simulated,
+        tier=tier.name,
+        lm_model=chosen,
+        lm_model_path=lm_path,
+        init_lm=init_lm,
+        allowed_lms=allowed,
+        offload_to_cpu=offload,
+        offload_dit_to_cpu=offload_dit,
+        max_duration_s=max_duration,
+        max_batch=max_batch,
+        max_duration_with_lm_s=tier.max_duration_lm,
+        max_duration_without_lm_s=tier.max_duration_no_lm,
+        max_batch_with_lm=tier.max_batch_lm,
+        max_batch_without_lm=tier.max_batch_no_lm,
+        vae_chunk_frames=vae_chunk,
+        dtype=dtype,
+        lm_dtype=lm_dtype,
+        reasons=tuple(reasons),
+    )
+    logger.info("memory decision: %s", decision.summary())
+    return decision
+
+
+def clamp_request(decision: MemoryDecision, duration: float | None, batch_size: int | None,
+                  ) -> tuple[float | None, int | None, list[str]]:
+    """Clamp a request's duration (s) and batch size to the decision's limits, with messages.
+
+    `None` or a non-positive duration means "let the engine choose" and is passed through.
+    """
+    messages: list[str] = []
+    if duration is not None and duration > decision.max_duration_s:
+        messages.append(
+            f"Duration {duration:g} s is more than this machine's {decision.tier} limit of "
+            f"{decision.max_duration_s} s; generating {decision.max_duration_s} s instead."
+        )
+        duration = float(decision.max_duration_s)
+    if batch_size is not None and batch_size > decision.max_batch:
+        messages.append(
+            f"Batch size {batch_size} is more than this machine's {decision.tier} limit of "
+            f"{decision.max_batch}; generating {decision.max_batch} instead."
+        )
+        batch_size = decision.max_batch
+    for message in messages:
+        logger.warning(message)
+    return duration, batch_size, messages
