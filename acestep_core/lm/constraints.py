@@ -4,8 +4,8 @@ Reproduces the reference's `MetadataConstrainedLogitsProcessor` token for token:
 prefix trees built from the real tokenization of `"<field>: <value>"`, user fields injected as
 forced tokens, the caption-ending heuristic, the language top-1 rule and the code-count EOS rule.
 
-What it costs per token: allowed-token sets are precomputed index tensors and the audio-code masks
-precomputed boolean tensors; Python only touches the handful of ids of the current state. When
+What it costs per token: allowed-token sets are precomputed index tensors and the audio codes a
+contiguous id range masked by one slice fill; Python only touches the handful of ids of the current state. When
 the state admits one token only, `step` returns it without asking for logits, so the caller can
 skip the vocabulary projection for that token.
 """
@@ -92,9 +92,6 @@ class Vocabulary:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id
         self.digit = {d: enc(str(d))[-1] for d in range(10)}
-        # Valid audio codes 0..63999 are contiguous ids: a boolean mask over the vocabulary.
-        self.code_mask = torch.zeros(self.vocab_size, dtype=torch.bool)
-        self.code_mask[AUDIO_CODE_BASE:AUDIO_CODE_BASE + NUM_VALID_CODES] = True
         self.trees = {
             "bpm": self._tree("bpm", [str(v) for v in range(BPM_MIN, BPM_MAX + 1)]),
             "duration": self._tree("duration", [str(v) for v in range(DURATION_MIN, self.max_duration + 1)]),
@@ -151,6 +148,11 @@ class Vocabulary:
                 result = [t for t, _ in sorted(candidates.items(), key=lambda kv: kv[1], reverse=True)]
         self._fixed_cache[key] = result
         return result
+
+    @staticmethod
+    def block_codes(scores: torch.Tensor) -> None:
+        """In place: no valid audio code (a contiguous id range) may be sampled."""
+        scores[AUDIO_CODE_BASE:AUDIO_CODE_BASE + NUM_VALID_CODES] = NEG_INF
 
     def index(self, ids, device) -> torch.Tensor:
         key = tuple(ids)
@@ -265,15 +267,15 @@ class MetadataFSM:
     def step(self, get_scores: Callable[[], torch.Tensor]) -> tuple[Optional[int], Optional[torch.Tensor]]:
         """Decide the next token: `(forced_id, None)` or `(None, masked float scores [V])`.
 
-        `get_scores()` returns the raw (CFG-combined) float32 logits of the next position; it is
-        called only when the decision depends on them.
+        `get_scores()` returns the raw (CFG-combined) float32 logits of the next position, a fresh
+        tensor the state machine may edit in place; it is called only when the decision needs it.
         """
         if not self.enabled:
             return None, get_scores()
         if self.state == State.COMPLETED:
             scores = get_scores()
             if self.phase == "understand":
-                scores = scores.masked_fill(self.v.code_mask.to(scores.device), NEG_INF)
+                self.v.block_codes(scores)
             return None, scores
         if self.state == State.CODES_GENERATION:
             return self._codes_step(get_scores)
@@ -283,9 +285,12 @@ class MetadataFSM:
         if self.target_codes is not None and self.codes_count >= self.target_codes:
             return self.v.eos, None
         scores = get_scores()
-        allowed = self.v.code_mask.to(scores.device).clone()
-        allowed[self.v.eos] = self.target_codes is None
-        return None, scores.masked_fill(~allowed, NEG_INF)
+        eos = scores[self.v.eos].clone()
+        scores[:AUDIO_CODE_BASE] = NEG_INF
+        scores[AUDIO_CODE_BASE + NUM_VALID_CODES:] = NEG_INF
+        if self.target_codes is None:
+            scores[self.v.eos] = eos
+        return None, scores
 
     def _metadata_step(self, get_scores):
         v = self.v
@@ -353,9 +358,8 @@ class MetadataFSM:
                     return None, scores
             if self.caption_ending:
                 return None, scores
-            scores = scores.clone()
             scores[v.backtick] = NEG_INF
-            scores = scores.masked_fill(v.code_mask.to(scores.device), NEG_INF)
+            v.block_codes(scores)
             if self.caption_tokens >= 512:
                 return v.newline, None
             return None, scores
@@ -376,7 +380,6 @@ class MetadataFSM:
                     self._transition()  # the reference transitions here, before the newline is seen
                     return v.newline, None
                 return None, scores
-            scores = scores.clone()
             scores[v.newline] = NEG_INF
             return None, scores
         return None, get_scores()

@@ -143,7 +143,7 @@ class LMPlanner:
         user_metadata: Optional[dict] = None, target_duration: Optional[float] = None,
         use_cot_metas: bool = True, use_cot_caption: bool = True, use_cot_language: bool = True,
         constrained_decoding: bool = True, max_duration: int = DURATION_MAX, generator=None,
-        progress=None, cancel=None, record_margins: bool = False,
+        progress=None, cancel=None, record_margins: bool = False, cot_max_new_tokens: Optional[int] = None,
     ) -> TwoPhaseOutput:
         vocab = self.vocabulary(max_duration)
         user_metadata = {k: v for k, v in (user_metadata or {}).items() if v is not None}
@@ -159,7 +159,7 @@ class LMPlanner:
             prompt = self.tokenizer.encode(prompts.cot_prompt(caption, lyrics))
             # CFG is off for the CoT: it distorts captions (the current reference forces 1.0 here).
             result = decode_with_fsm(
-                self.decoder, [prompt], fsm, sampling, vocab.max_duration * CODES_PER_SECOND + 500,
+                self.decoder, [prompt], fsm, sampling, cot_max_new_tokens or vocab.max_duration * CODES_PER_SECOND + 500,
                 generator, 1.0, progress, cancel, record_margins,
             )
             cot_text = self.tokenizer.decode(result.generated_ids)
