@@ -1,0 +1,34 @@
+"""`format`: let the 5 Hz LM rewrite a caption and lyrics and fill the metas."""
+
+from __future__ import annotations
+
+from ..lm.cli_common import add_common, print_plan, progress_printer, read_text
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("format", help="rewrite caption / lyrics and fill metas with the 5 Hz LM")
+    p.add_argument("--caption", default="")
+    p.add_argument("--caption-file", default=None)
+    p.add_argument("--lyrics", default="")
+    p.add_argument("--lyrics-file", default=None)
+    p.add_argument("--bpm", type=int, default=None)
+    p.add_argument("--keyscale", default=None)
+    p.add_argument("--timesignature", default=None)
+    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--language", default=None)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..lm.cli_args import load_planner_from_args, sampling_from_args
+
+    planner = load_planner_from_args(args)
+    plan = planner.format_input(
+        read_text(args.caption, args.caption_file, "caption"), read_text(args.lyrics, args.lyrics_file, "lyrics"),
+        bpm=args.bpm, keyscale=args.keyscale, timesignature=args.timesignature, duration=args.duration,
+        language=args.language, sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,
+        max_duration=args.lm_max_duration, progress=progress_printer(not args.json),
+    )
+    print_plan(plan, args.json)
+    return 0

@@ -1,0 +1,35 @@
+"""`think`: run the 5 Hz LM planner (chain of thought + audio codes) and print the plan."""
+
+from __future__ import annotations
+
+from ..lm.cli_common import add_common, print_plan, progress_printer, read_text
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("think", help="plan a song with the 5 Hz LM (metas, caption, audio codes)")
+    p.add_argument("--caption", default="")
+    p.add_argument("--caption-file", default=None)
+    p.add_argument("--lyrics", default="")
+    p.add_argument("--lyrics-file", default=None)
+    p.add_argument("--bpm", type=int, default=None)
+    p.add_argument("--keyscale", default=None)
+    p.add_argument("--timesignature", default=None)
+    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--language", default=None)
+    p.add_argument("--no-codes", action="store_true", help="stop after the chain of thought")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
+
+    planner = load_planner_from_args(args)
+    plan = planner.think(
+        read_text(args.caption, args.caption_file, "caption"), read_text(args.lyrics, args.lyrics_file, "lyrics"),
+        bpm=args.bpm, keyscale=args.keyscale, timesignature=args.timesignature, duration=args.duration,
+        language=args.language, generate_codes=not args.no_codes, progress=progress_printer(not args.json),
+        **think_kwargs_from_args(args),
+    )
+    print_plan(plan, args.json)
+    return 0
