@@ -1,0 +1,509 @@
+"""ACE-Step 1.5 generation: check inputs → encode → prepare latents → denoise → decode.
+
+The models come from diffusers (DiT, condition encoder, audio tokenizer/detokenizer,
+AutoencoderOobleck) and transformers (Qwen3); the orchestration follows the official handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import audio_io
+from .codes import codes_from_any, codes_to_hints, latents_to_hints
+from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
+from .dit import DiTModel, load_dit, load_dit_file
+from .errors import CheckpointError, InputError
+from .memory.offload import OffloadManager
+from .prompts import TEXT2MUSIC_INSTRUCTION, metas_string
+from .request import MAX_SEED, GenerationRequest
+from .safetensors_io import read_safetensors
+from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
+from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, turbo_schedule
+from .tasks import (
+    FRAMES_PER_SECOND,
+    HOP,
+    SAMPLE_RATE,
+    TaskInputs,
+    codes_cover_inputs,
+    cover_audio_inputs,
+    pad_for_window,
+    repaint_inputs,
+    text2music_inputs,
+)
+from .text_encoder import TextEncoder, load_text_encoder
+from .repaint import crossfade_latents, splice_waveform
+from .vae import load_vae, vae_decode, vae_encode
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DIT = "acestep-v15-turbo"
+DEFAULT_VAE = "vae"
+DEFAULT_TEXT_ENCODER = "Qwen3-Embedding-0.6B"
+TIMBRE_SECONDS = 30.0
+TIMBRE_SEGMENT_SECONDS = 10.0
+
+
+@dataclass
+class GenerationResult:
+    audio: torch.Tensor  # [B, 2, samples] float32 CPU, 48 kHz
+    latents: torch.Tensor  # [B, T, 64] float32 CPU
+    seeds: list[int]
+    params: dict[str, Any]
+    sample_rate: int = SAMPLE_RATE
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype in names:
+        return names[dtype]
+    if dtype != "auto":
+        raise InputError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type in ("mps", "xpu"):
+        return torch.float16
+    return torch.float32
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _resolve_component(explicit, checkpoint_dir: Optional[Path], default_name: str, what: str) -> Path:
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.exists() and checkpoint_dir is not None and (checkpoint_dir / path).exists():
+            path = checkpoint_dir / path
+        return path
+    if checkpoint_dir is None:
+        raise CheckpointError(
+            f"no {what} given: pass a checkpoint directory (holding {default_name}/) or the {what} path itself"
+        )
+    return checkpoint_dir / default_name
+
+
+class ACEStepPipeline:
+    def __init__(
+        self,
+        dit: DiTModel,
+        vae: torch.nn.Module,
+        text_encoder: TextEncoder,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload: Optional[OffloadManager] = None,
+        vae_chunk_frames: Optional[int] = None,
+    ):
+        self.dit = dit
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.offload = offload or OffloadManager(self.device)
+        self.vae_chunk_frames = vae_chunk_frames
+        for name, module in self.components.items():
+            self.offload.place(self._offload_group(name), module)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint_dir: str | Path | None = None,
+        dit: str | Path | None = None,
+        vae: str | Path | None = None,
+        text_encoder: str | Path | None = None,
+        text_tokenizer: str | Path | None = None,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype = "auto",
+        config_override: Optional[dict] = None,
+        vae_config_override: Optional[dict] = None,
+        offload_to_cpu: bool = False,
+        offload_dit_to_cpu: bool = False,
+        vae_chunk_frames: Optional[int] = None,
+    ) -> "ACEStepPipeline":
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        root = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if root is not None and not root.is_dir():
+            raise CheckpointError(f"checkpoint directory not found: {root}")
+        dit_path = _resolve_component(dit, root, DEFAULT_DIT, "DiT")
+
+        bundle: dict[str, torch.Tensor] | None = None
+        if dit_path.is_file():
+            tensors = read_safetensors(dit_path)
+            if any(k.startswith("vae.") for k in tensors) or any(k.startswith("text_encoders.") for k in tensors):
+                bundle = tensors  # all-in-one checkpoint: DiT, text encoders and VAE in one file
+            dit_model = load_dit_file(dit_path, dtype=torch_dtype, config_override=config_override, tensors=tensors)
+        else:
+            dit_model = load_dit(dit_path, dtype=torch_dtype, config_override=config_override)
+
+        if vae is None and bundle is not None:
+            vae_model = load_vae(dit_path, dtype=torch.float32 if torch_dtype == torch.float32 else torch_dtype,
+                                 state_dict={k[4:]: v for k, v in bundle.items() if k.startswith("vae.")},
+                                 config_override=vae_config_override)
+        else:
+            vae_path = _resolve_component(vae, root, DEFAULT_VAE, "VAE")
+            vae_model = load_vae(vae_path, dtype=torch_dtype, config_override=vae_config_override)
+
+        tokenizer_path = Path(text_tokenizer) if text_tokenizer is not None else None
+        if tokenizer_path is None and root is not None and (root / DEFAULT_TEXT_ENCODER / "tokenizer.json").is_file():
+            tokenizer_path = root / DEFAULT_TEXT_ENCODER
+        if text_encoder is None and bundle is not None:
+            te_tensors = {k: v for k, v in bundle.items() if k.startswith("text_encoders.qwen3_06b.")}
+            if not te_tensors:
+                raise CheckpointError(f"{dit_path} holds no text_encoders.qwen3_06b.* weights; give the text encoder separately")
+            te = load_text_encoder(dit_path, tokenizer_path=tokenizer_path, dtype=torch_dtype, tensors=te_tensors)
+        else:
+            te_path = _resolve_component(text_encoder, root, DEFAULT_TEXT_ENCODER, "text encoder")
+            te = load_text_encoder(te_path, tokenizer_path=tokenizer_path, dtype=torch_dtype)
+        offload = OffloadManager(device, offload_to_cpu=offload_to_cpu, offload_dit_to_cpu=offload_dit_to_cpu)
+        return cls(dit_model, vae_model, te, device=device, dtype=torch_dtype, offload=offload, vae_chunk_frames=vae_chunk_frames)
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        mods = dict(self.dit.modules())
+        mods["vae"] = self.vae
+        mods["text_encoder"] = self.text_encoder.model
+        return mods
+
+    @staticmethod
+    def _offload_group(name: str) -> str:
+        return "dit" if name in ("transformer",) else name
+
+    @property
+    def is_turbo(self) -> bool:
+        return self.dit.is_turbo
+
+    @property
+    def config(self) -> dict:
+        return self.dit.config
+
+    @property
+    def model_name(self) -> str:
+        return self.dit.name
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+        latents: Optional[torch.Tensor] = None,
+    ) -> GenerationResult:
+        """Run one request. `latents` optionally replaces the seeded initial noise [B, T, 64]."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        # 1. check inputs
+        request = self._apply_plan(request)
+        request.validate()
+        seeds = [s if s is not None else random.randint(0, MAX_SEED) for s in request.seeds()]
+        batch = request.batch_size
+        device, dtype = self.device, self.dtype
+        codes = codes_from_any(request.audio_code_string)
+
+        # 2. prepare the task's source latents and masks
+        task_inputs = self._prepare_task(request, codes, seeds)
+        caption = request.caption or ""
+        metas = metas_string(request.bpm, request.time_signature, request.key_scale, task_inputs.metas_duration)
+        language = request.vocal_language or "unknown"
+        timings["prepare"] = time.perf_counter() - started
+
+        # 3. encode text, lyrics, timbre → condition
+        t0 = time.perf_counter()
+        with self.offload.use("text_encoder", self.text_encoder.model):
+            texts = encode_texts(self.text_encoder, task_inputs.instruction, [caption] * batch, [metas] * batch,
+                                 [request.lyrics or ""] * batch, [language] * batch, device, dtype)
+            non_cover_caption = None
+            switch = task_inputs.is_cover and request.audio_cover_strength < 1.0
+            if switch:
+                nc_hidden, nc_mask, _ = encode_caption_only(self.text_encoder, TEXT2MUSIC_INSTRUCTION, [caption] * batch,
+                                                            [metas] * batch, device, dtype)
+                # The reference reuses the cover caption's token length for the non-cover caption.
+                non_cover_caption = fit_length(nc_hidden, nc_mask, texts.caption_hidden.shape[1])
+        reference_latents = self._reference_latents(request, seeds, batch)
+        with self.offload.use("condition_encoder", self.dit.condition_encoder), \
+                self.offload.use("audio_tokenizer", self.dit.audio_tokenizer), \
+                self.offload.use("detokenizer", self.dit.detokenizer):
+            refer_packed, refer_order = timbre_inputs(self.dit, batch, reference_latents, device, dtype)
+            src_latents = task_inputs.src_latents.to(device=device, dtype=dtype).expand(batch, -1, -1)
+            if task_inputs.task == "cover" and not codes:
+                # Cover from audio: the source passes through the 5 Hz tokenizer bottleneck.
+                src_latents = latents_to_hints(self.dit, src_latents)
+            chunk_mask = task_inputs.chunk_mask.to(device=device).expand(batch, -1)
+            condition = encode_condition(self.dit, texts, None, None, refer_packed, refer_order, src_latents, chunk_mask)
+            non_cover = None
+            if switch:
+                silence_src = self.dit.silence_latent[:, : task_inputs.frames].to(device=device, dtype=dtype).expand(batch, -1, -1)
+                non_cover = encode_condition(self.dit, texts, non_cover_caption[0], non_cover_caption[1], refer_packed,
+                                             refer_order, silence_src, chunk_mask)
+        timings["encode"] = time.perf_counter() - t0
+
+        # 4. prepare latents and the schedule
+        noise, generators = prepare_noise(seeds, task_inputs.frames, 64, device, dtype)
+        if latents is not None:
+            if tuple(latents.shape) != tuple(noise.shape):
+                raise InputError(f"initial latents must have shape {list(noise.shape)}, got {list(latents.shape)}")
+            noise = latents.to(device=device, dtype=dtype)
+        settings, schedule_info = self._sampler_settings(request)
+        if switch:
+            settings.cover_steps = int(settings.num_steps * request.audio_cover_strength)
+        repaint_guide = None
+        clean = None
+        if task_inputs.repaint is not None:
+            clean = task_inputs.clean_latents.to(device=device, dtype=dtype).expand(batch, -1, -1)
+            window = torch.zeros(batch, task_inputs.frames, dtype=torch.bool, device=device)
+            window[:, task_inputs.repaint.start_frame: task_inputs.repaint.end_frame] = True
+            injection_steps = round(task_inputs.repaint.settings.injection_ratio * settings.num_steps)
+            if injection_steps > 0:
+                repaint_guide = RepaintGuide(window=window, clean_latents=clean, injection_steps=injection_steps)
+
+        # 5. denoise
+        t0 = time.perf_counter()
+        null_emb = self.dit.condition_encoder.null_condition_emb
+        with self.offload.use("dit", self.dit.transformer):
+            latents = denoise(self.dit.transformer, noise, condition, settings, null_condition_emb=null_emb,
+                              non_cover_condition=non_cover, repaint=repaint_guide, generators=generators,
+                              progress=progress, cancel=cancel)
+        if task_inputs.repaint is not None and task_inputs.repaint.settings.crossfade_frames > 0:
+            latents = crossfade_latents(latents, clean, task_inputs.repaint.start_frame, task_inputs.repaint.end_frame,
+                                        task_inputs.repaint.settings.crossfade_frames)
+        timings["denoise"] = time.perf_counter() - t0
+
+        # 6. decode and post-process
+        t0 = time.perf_counter()
+        audio = self.decode(latents)
+        if task_inputs.repaint is not None and task_inputs.source_waveform is not None \
+                and task_inputs.repaint.settings.splice_seconds > 0:
+            audio = splice_waveform(audio, task_inputs.source_waveform.unsqueeze(0).expand(batch, -1, -1),
+                                    task_inputs.repaint.start_seconds, task_inputs.repaint.end_seconds,
+                                    task_inputs.repaint.settings.splice_seconds)
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+
+        params = self._resolved_params(request, task_inputs, seeds, schedule_info, caption, metas, language, codes)
+        return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1."""
+        with self.offload.use("vae", self.vae):
+            audio = vae_decode(self.vae, latents.to(self.device), chunk_frames=self.vae_chunk_frames)
+        peak = audio.abs().amax(dim=(1, 2), keepdim=True)
+        return torch.where(peak > 1.0, audio / peak, audio)
+
+    @torch.no_grad()
+    def encode_audio(self, audio: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True) -> torch.Tensor:
+        """48 kHz stereo [2, N] → latents [1, T, 64] float32 CPU (posterior sample, as the reference)."""
+        with self.offload.use("vae", self.vae):
+            latents, _, _ = vae_encode(self.vae, audio.unsqueeze(0) if audio.dim() == 2 else audio, sample=sample, generator=generator)
+        return latents.float().cpu()
+
+    # ------------------------------------------------------------------ steps
+    def _apply_plan(self, request: GenerationRequest) -> GenerationRequest:
+        plan = request.plan
+        if plan is None:
+            return request
+        updates: dict[str, Any] = {}
+        if plan.caption:
+            updates["caption"] = plan.caption
+        if plan.lyrics and not request.lyrics:
+            updates["lyrics"] = plan.lyrics
+        if request.bpm is None and plan.bpm is not None:
+            updates["bpm"] = int(plan.bpm)
+        if not request.key_scale and plan.keyscale:
+            updates["key_scale"] = plan.keyscale
+        if not request.time_signature and plan.timesignature:
+            updates["time_signature"] = str(plan.timesignature)
+        if (request.audio_duration is None or request.audio_duration <= 0) and plan.duration:
+            updates["audio_duration"] = float(plan.duration)
+        if plan.language:
+            updates["vocal_language"] = plan.language
+        if plan.audio_codes and not request.audio_code_string and request.task_type == "text2music":
+            updates["audio_code_string"] = list(plan.audio_codes)
+        return replace(request, **updates)
+
+    def _load_source(self, request: GenerationRequest) -> Optional[torch.Tensor]:
+        src = request.src_audio
+        if src is None:
+            return None
+        if isinstance(src, torch.Tensor):
+            wave = src.detach().float().cpu()
+            if wave.dim() == 1:
+                wave = wave.unsqueeze(0)
+            if wave.dim() == 3 and wave.shape[0] == 1:
+                wave = wave[0]
+            if wave.dim() != 2:
+                raise InputError(f"src_audio tensor must be [channels, samples] at 48 kHz, got {tuple(src.shape)}")
+            if wave.shape[0] == 1:
+                wave = wave.expand(2, -1)
+            return wave[:2].clamp(-1, 1)
+        return audio_io.load_audio(src)
+
+    def _prepare_task(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
+        silence = self.dit.silence_latent
+        task = request.task_type
+        if task == "text2music":
+            if codes:
+                with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer), \
+                        self.offload.use("detokenizer", self.dit.detokenizer):
+                    hints = codes_to_hints(self.dit, codes, self.device, self.dtype).float().cpu()
+                return codes_cover_inputs(silence, hints, request.audio_duration)
+            return text2music_inputs(silence, request.audio_duration)
+
+        waveform = self._load_source(request)
+        if waveform is not None and waveform.shape[-1] < HOP:
+            raise InputError("src_audio is shorter than 0.04 s; give at least one latent frame of audio")
+        source_seconds = (waveform.shape[-1] / SAMPLE_RATE) if waveform is not None else request.src_latents.shape[1] / FRAMES_PER_SECOND
+        generator = torch.Generator(device="cpu").manual_seed(seeds[0])
+
+        if task == "cover":
+            latents = request.src_latents.float() if request.src_latents is not None else self.encode_audio(waveform, generator)
+            return cover_audio_inputs(latents[:1], source_seconds)
+
+        # repaint / continuation: a window, possibly past either end of the source
+        if task == "continuation":
+            extra = request.continuation_seconds
+            end = request.repainting_end if request.repainting_end not in (None, -1) else (
+                source_seconds + extra if extra else None)
+            if end is None:
+                raise InputError("continuation needs continuation_seconds (or repainting_end past the end of the source)")
+            start = request.repainting_start if request.repainting_start else source_seconds
+        else:
+            start = request.repainting_start
+            end = source_seconds if request.repainting_end in (None, -1) or request.repainting_end < 0 else request.repainting_end
+        if end <= start:
+            raise InputError(f"repainting_end ({end}) must be after repainting_start ({start})")
+        padded, start_s, end_s = None, start, end
+        if waveform is not None:
+            padded, start_s, end_s = pad_for_window(waveform, start, end)
+        else:
+            start_s, end_s = start + max(0.0, -start), end + max(0.0, -start)
+        target_frames = (padded.shape[-1] // HOP) if padded is not None else int(end_s * SAMPLE_RATE // HOP)
+        if request.src_latents is not None:
+            # Given latents are the encoded source; pad with silence where the window runs past them
+            # (those frames are regenerated anyway).
+            latents = request.src_latents.float()[:1]
+            left = int(round(max(0.0, -start) * FRAMES_PER_SECOND))
+            right = max(0, target_frames - latents.shape[1] - left)
+            if left or right:
+                latents = torch.cat([silence[:, :left], latents, silence[:, :right]], dim=1)
+        else:
+            latents = self.encode_audio(padded, generator)
+        return repaint_inputs(latents, silence, start_s, end_s, source_seconds, request.chunk_mask_mode,
+                              request.repaint_mode, request.repaint_strength, source_waveform=padded)
+
+    def _reference_latents(self, request: GenerationRequest, seeds: list[int], batch: int):
+        if request.reference_audio is None:
+            return None
+        wave = audio_io.load_audio(request.reference_audio) if not isinstance(request.reference_audio, torch.Tensor) \
+            else request.reference_audio.float()
+        rng = random.Random(seeds[0])
+        clip = timbre_clip(wave, rng)
+        generator = torch.Generator(device="cpu").manual_seed(seeds[0])
+        latents = self.encode_audio(clip, generator)[0]
+        frames = int(self.dit.config.get("timbre_fix_frame", 750))
+        latents = latents[:frames]
+        if latents.shape[0] < frames:
+            latents = torch.cat([latents, self.dit.silence_latent[0, latents.shape[0]:frames]], dim=0)
+        return [latents] * batch
+
+    def _sampler_settings(self, request: GenerationRequest) -> tuple[SamplerSettings, dict]:
+        custom = parse_timesteps(request.timesteps)
+        if self.is_turbo:
+            shift = nearest_turbo_shift(request.shift)
+            timesteps = turbo_schedule(shift, custom, self.dtype, self.device)
+            info = {"shift": shift, "guidance_scale": 1.0, "inference_steps": timesteps.shape[0] - 1}
+            settings = SamplerSettings(timesteps=timesteps, guidance_scale=1.0, infer_method=request.infer_method, is_turbo=True)
+        else:
+            if custom and self.dit.model_version == "sft":
+                values = custom if custom[-1] == 0 else custom + [0.0]
+                timesteps = torch.tensor(values, dtype=self.dtype, device=self.device)
+            else:
+                timesteps = base_schedule(request.inference_steps, request.shift, self.dtype, self.device)
+            info = {"shift": request.shift, "guidance_scale": request.guidance_scale, "inference_steps": timesteps.shape[0] - 1}
+            settings = SamplerSettings(
+                timesteps=timesteps, guidance_scale=request.guidance_scale, cfg_interval_start=request.cfg_interval_start,
+                cfg_interval_end=request.cfg_interval_end, infer_method=request.infer_method, is_turbo=False)
+        info["timesteps"] = [round(float(t), 6) for t in timesteps[:-1]]
+        return settings, info
+
+    def _resolved_params(self, request, task_inputs: TaskInputs, seeds, schedule_info, caption, metas, language, codes):
+        params = request.to_public_dict()
+        params.pop("plan", None)
+        params.update(schedule_info)
+        params.update(
+            caption=caption,
+            vocal_language=language,
+            seed=seeds[0],
+            seeds=seeds,
+            task=task_inputs.task,
+            instruction=task_inputs.instruction,
+            metas=metas,
+            latent_frames=task_inputs.frames,
+            output_seconds=task_inputs.frames * HOP / SAMPLE_RATE,
+            audio_code_count=len(codes),
+            dit_model=self.model_name,
+            model_version=self.dit.model_version,
+            is_turbo=self.is_turbo,
+            dtype=str(self.dtype).replace("torch.", ""),
+            device=str(self.device),
+            sample_rate=SAMPLE_RATE,
+        )
+        if codes:
+            params["audio_code_string"] = "".join(f"<|audio_code_{c}|>" for c in codes)
+        if request.plan is not None:
+            params["plan"] = request.plan.to_dict()
+        if task_inputs.repaint is not None:
+            r = task_inputs.repaint
+            params.update(repainting_start=r.start_seconds, repainting_end=r.end_seconds,
+                          repaint_window_frames=[r.start_frame, r.end_frame],
+                          repaint_injection_ratio=r.settings.injection_ratio,
+                          repaint_crossfade_frames=r.settings.crossfade_frames,
+                          repaint_splice_seconds=r.settings.splice_seconds)
+        if isinstance(params.get("src_audio"), str):
+            params["src_audio"] = str(params["src_audio"])
+        return params
+
+
+def fit_length(hidden: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop or zero-pad a [B, L, D] sequence (and its mask) to `length` tokens."""
+    if hidden.shape[1] >= length:
+        return hidden[:, :length], mask[:, :length]
+    pad = length - hidden.shape[1]
+    return (torch.nn.functional.pad(hidden, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad)))
+
+
+def timbre_clip(wave: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """30 s of reference audio: three 10 s segments from the front, middle and back thirds
+    (looped when shorter), at offsets drawn from the request's seed."""
+    total = int(TIMBRE_SECONDS * SAMPLE_RATE)
+    segment = int(TIMBRE_SEGMENT_SECONDS * SAMPLE_RATE)
+    if wave.shape[-1] < total:
+        reps = -(-total // max(1, wave.shape[-1]))
+        return wave.repeat(1, reps)[:, :total]
+    third = wave.shape[-1] // 3
+    pieces = []
+    for k in range(3):
+        lo = k * third
+        hi = max(lo, min(wave.shape[-1], (k + 1) * third) - segment)
+        offset = rng.randint(lo, hi) if hi > lo else lo
+        pieces.append(wave[:, offset: offset + segment])
+    return torch.cat(pieces, dim=-1)

@@ -1,0 +1,51 @@
+"""Exact prompt templates and instruction strings of the official implementation (ACESTEP15.md §7, §8)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+TEXT2MUSIC_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
+COVER_INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
+REPAINT_INSTRUCTION = "Repaint the mask area based on the given conditions:"
+
+TASK_INSTRUCTIONS = {
+    "text2music": TEXT2MUSIC_INSTRUCTION,
+    "cover": COVER_INSTRUCTION,
+    "repaint": REPAINT_INSTRUCTION,
+}
+
+CAPTION_TEMPLATE = "# Instruction\n{instruction}\n\n# Caption\n{caption}\n\n# Metas\n{metas}<|endoftext|>\n"
+LYRICS_TEMPLATE = "# Languages\n{language}\n\n# Lyric\n{lyrics}<|endoftext|>"
+
+CAPTION_MAX_TOKENS = 256
+LYRICS_MAX_TOKENS = 2048
+
+VALID_LANGUAGES = (
+    "ar az bg bn ca cs da de el en es fa fi fr he hi hr ht hu id is it ja ko la lt ms ne nl no pa pl pt "
+    "ro ru sa sk sr sv sw ta te th tl tr uk ur vi yue zh unknown"
+).split()
+
+
+def _meta_value(value) -> str:
+    if value is None:
+        return "N/A"
+    text = str(value).strip()
+    return text if text else "N/A"
+
+
+def metas_string(bpm=None, time_signature=None, key_scale=None, duration: Optional[float] = None) -> str:
+    seconds = 30 if duration is None else int(duration)
+    return (
+        f"- bpm: {_meta_value(bpm)}\n"
+        f"- timesignature: {_meta_value(time_signature)}\n"
+        f"- keyscale: {_meta_value(key_scale)}\n"
+        f"- duration: {seconds} seconds\n"
+    )
+
+
+def caption_prompt(instruction: str, caption: str, metas: str) -> str:
+    return CAPTION_TEMPLATE.format(instruction=instruction, caption=caption, metas=metas)
+
+
+def lyrics_prompt(lyrics: str, language: str) -> str:
+    return LYRICS_TEMPLATE.format(language=language, lyrics=lyrics)

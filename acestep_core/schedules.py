@@ -1,0 +1,77 @@
+"""Timestep schedules of the official turbo and base/SFT samplers (ACESTEP15.md §6.2–§6.3).
+
+Schedules are built in the model dtype, as the reference does: on bf16 the rounded grid values also
+set the Euler step sizes (DIFFUSERS.md item 7).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import InputError
+
+TURBO_STEPS = 8
+VALID_SHIFTS = (1.0, 2.0, 3.0)
+MAX_CUSTOM_TIMESTEPS = 20
+
+
+def _shifted(t: float, shift: float) -> float:
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def turbo_table(shift: float) -> list[float]:
+    grid = [1 - i / TURBO_STEPS for i in range(TURBO_STEPS)]
+    return [_shifted(t, shift) for t in grid]
+
+
+TURBO_SHIFT_TIMESTEPS = {s: turbo_table(s) for s in VALID_SHIFTS}
+VALID_TIMESTEPS = sorted({round(t, 12) for table in TURBO_SHIFT_TIMESTEPS.values() for t in table}, reverse=True)
+
+
+def nearest_turbo_shift(shift: float) -> float:
+    return min(VALID_SHIFTS, key=lambda s: abs(s - shift))
+
+
+def parse_timesteps(value) -> Optional[list[float]]:
+    """`timesteps` as the REST API and CLI take it: a comma string or a list of floats."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return [float(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise InputError(f"timesteps must be comma-separated numbers between 0 and 1, got {value!r}") from None
+    return [float(v) for v in value]
+
+
+def turbo_timesteps(shift: float, custom: Optional[Sequence[float]] = None) -> list[float]:
+    """The turbo schedule (without the implicit final 0): a fixed table, or custom values snapped to it."""
+    if custom:
+        values = list(custom)
+        while values and values[-1] == 0:
+            values.pop()
+        if not values:
+            raise InputError("timesteps contains only zeros; give at least one value in (0, 1]")
+        if any(not 0 <= v <= 1 for v in values):
+            raise InputError(f"timesteps must lie in [0, 1], got {list(custom)}")
+        values = values[:MAX_CUSTOM_TIMESTEPS]
+        return [min(VALID_TIMESTEPS, key=lambda valid: abs(valid - v)) for v in values]
+    return TURBO_SHIFT_TIMESTEPS[nearest_turbo_shift(shift)]
+
+
+def turbo_schedule(shift: float, custom, dtype: torch.dtype, device) -> torch.Tensor:
+    """Turbo: the table values then 0, in the model dtype."""
+    values = turbo_timesteps(shift, custom)
+    return torch.cat([torch.tensor(values, dtype=dtype, device=device), torch.zeros(1, dtype=dtype, device=device)])
+
+
+def base_schedule(steps: int, shift: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """Base / SFT: linspace(1, 0, steps+1), shifted when shift != 1."""
+    if steps < 1:
+        raise InputError(f"inference_steps must be at least 1, got {steps}")
+    t = torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=dtype)
+    if shift != 1.0:
+        t = shift * t / (1 + (shift - 1) * t)
+    return t

@@ -1,0 +1,158 @@
+"""Task → DiT inputs: source latents, chunk mask, cover flag, repaint window (ACESTEP15.md §7).
+
+Latent-length and window rules follow the official handler, not diffusers' pipeline
+(DIFFUSERS.md items 3, 4, 6, 11).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .errors import InputError
+from .prompts import COVER_INSTRUCTION, REPAINT_INSTRUCTION, TEXT2MUSIC_INSTRUCTION
+from .repaint import RepaintSettings, repaint_settings
+
+SAMPLE_RATE = 48000
+HOP = 1920
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP  # 25
+MIN_FRAMES = 128
+DEFAULT_DURATION = 120.0
+
+
+def seconds_to_frame(seconds: float) -> int:
+    return int(seconds * SAMPLE_RATE // HOP)
+
+
+def text2music_frames(duration: Optional[float]) -> int:
+    seconds = DEFAULT_DURATION if duration is None or duration <= 0 else duration
+    return max(MIN_FRAMES, int(round(seconds, 1) * SAMPLE_RATE) // HOP)
+
+
+def silence_frames(silence_latent: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """silence_latent[0, start:end], tiled when the span runs past its length."""
+    length = silence_latent.shape[1]
+    if end <= length:
+        return silence_latent[0, start:end]
+    reps = (end + length - 1) // length
+    return silence_latent[0].repeat(reps, 1)[start:end]
+
+
+@dataclass
+class RepaintWindow:
+    start_frame: int
+    end_frame: int
+    start_seconds: float
+    end_seconds: float
+    settings: RepaintSettings
+
+
+@dataclass
+class TaskInputs:
+    task: str  # text2music | cover | repaint (continuation is a repaint past the end)
+    instruction: str
+    frames: int
+    src_latents: torch.Tensor  # [1, T, 64]
+    chunk_mask: torch.Tensor  # [1, T] float (1 = generate)
+    is_cover: bool
+    metas_duration: Optional[float]
+    repaint: Optional[RepaintWindow] = None
+    clean_latents: Optional[torch.Tensor] = None  # the encoded source, for repaint injection / cross-fade
+    source_waveform: Optional[torch.Tensor] = None  # [2, N], padded as the latents are
+
+
+def text2music_inputs(silence_latent: torch.Tensor, duration: Optional[float]) -> TaskInputs:
+    frames = text2music_frames(duration)
+    return TaskInputs(
+        task="text2music",
+        instruction=TEXT2MUSIC_INSTRUCTION,
+        frames=frames,
+        src_latents=silence_frames(silence_latent, 0, frames).unsqueeze(0),
+        chunk_mask=torch.ones(1, frames),
+        is_cover=False,
+        metas_duration=duration,
+    )
+
+
+def codes_cover_inputs(silence_latent: torch.Tensor, hints: torch.Tensor, duration: Optional[float]) -> TaskInputs:
+    """Text2music with LM codes runs as cover: hints replace the source, padded with silence to 128 frames."""
+    frames = max(hints.shape[1], MIN_FRAMES)
+    src = hints[0]
+    if frames > src.shape[0]:
+        src = torch.cat([src, silence_frames(silence_latent, src.shape[0], frames).to(src)], dim=0)
+    return TaskInputs(
+        task="cover",
+        instruction=COVER_INSTRUCTION,
+        frames=frames,
+        src_latents=src.unsqueeze(0),
+        chunk_mask=torch.ones(1, frames),
+        is_cover=True,
+        metas_duration=duration,
+    )
+
+
+def cover_audio_inputs(source_latents: torch.Tensor, source_seconds: float) -> TaskInputs:
+    """Cover from audio: the encoded source goes in; the DiT's own tokenizer bottleneck is applied later."""
+    frames = source_latents.shape[1]
+    return TaskInputs(
+        task="cover",
+        instruction=COVER_INSTRUCTION,
+        frames=frames,
+        src_latents=source_latents,
+        chunk_mask=torch.ones(1, frames),
+        is_cover=True,
+        metas_duration=source_seconds,
+    )
+
+
+def pad_for_window(waveform: torch.Tensor, start: float, end: float) -> tuple[torch.Tensor, float, float]:
+    """Zero-pad the source waveform so the window fits; returns the new waveform and shifted window."""
+    seconds = waveform.shape[-1] / SAMPLE_RATE
+    left = max(0.0, -start)
+    right = max(0.0, end - seconds)
+    if left or right:
+        left_n, right_n = int(round(left * SAMPLE_RATE)), int(round(right * SAMPLE_RATE))
+        waveform = torch.nn.functional.pad(waveform, (left_n, right_n))
+    return waveform, start + left, end + left
+
+
+def repaint_inputs(
+    source_latents: torch.Tensor,
+    silence_latent: torch.Tensor,
+    start_seconds: float,
+    end_seconds: float,
+    source_seconds: float,
+    chunk_mask_mode: str,
+    repaint_mode: str,
+    repaint_strength: float,
+    source_waveform: Optional[torch.Tensor] = None,
+) -> TaskInputs:
+    frames = source_latents.shape[1]
+    start_frame = max(0, seconds_to_frame(start_seconds))
+    end_frame = min(frames, seconds_to_frame(end_seconds))
+    if end_frame <= start_frame:
+        raise InputError(
+            f"the repaint window {start_seconds:.2f}–{end_seconds:.2f} s is empty for a source of "
+            f"{frames / FRAMES_PER_SECOND:.2f} s; choose an end after the start (at least 0.04 s apart)"
+        )
+    src = source_latents.clone()
+    src[0, start_frame:end_frame] = silence_frames(silence_latent, start_frame, end_frame).to(src)
+    window = torch.zeros(1, frames)
+    window[0, start_frame:end_frame] = 1.0
+    # The official "auto" mode writes 2.0 into a boolean mask: the DiT then sees all ones
+    # (ACESTEP15.md §7.5), while the window still drives injection and splicing.
+    chunk_mask = torch.ones(1, frames) if chunk_mask_mode == "auto" else window.clone()
+    return TaskInputs(
+        task="repaint",
+        instruction=REPAINT_INSTRUCTION,
+        frames=frames,
+        src_latents=src,
+        chunk_mask=chunk_mask,
+        is_cover=False,
+        metas_duration=source_seconds,
+        repaint=RepaintWindow(start_frame, end_frame, start_seconds, end_seconds, repaint_settings(repaint_mode, repaint_strength)),
+        clean_latents=source_latents,
+        source_waveform=source_waveform,
+    )
