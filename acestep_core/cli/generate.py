@@ -1,0 +1,172 @@
+"""`generate`: one song (or a batch) from the command line, written with a JSON of every parameter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import CheckpointError, InputError
+
+FORMATS = ("mp3", "flac", "wav", "opus")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate music (text2music, cover, repaint, continuation)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("song")
+    g.add_argument("--caption", default="", help="style / description of the music")
+    g.add_argument("--lyrics", default="", help="lyrics with [Verse]/[Chorus] tags; '[Instrumental]' for none")
+    g.add_argument("--lyrics-file", default=None)
+    g.add_argument("--bpm", type=int, default=None)
+    g.add_argument("--key-scale", default="", help='e.g. "C major"')
+    g.add_argument("--time-signature", default="", help="2, 3, 4 or 6")
+    g.add_argument("--vocal-language", default="en")
+    g.add_argument("--audio-duration", type=float, default=None, help="seconds (10-600)")
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--inference-steps", type=int, default=None, help="default: 8 (turbo) / 32 (base, sft)")
+    g.add_argument("--guidance-scale", type=float, default=7.0, help="base/sft only; turbo runs without CFG")
+    g.add_argument("--shift", type=float, default=3.0)
+    g.add_argument("--seed", default="-1", help="-1 = random; a comma list gives one seed per batch item")
+    g.add_argument("--infer-method", default="ode", choices=["ode", "sde"])
+    g.add_argument("--timesteps", default=None, help="comma list of custom timesteps (turbo snaps them)")
+    g.add_argument("--cfg-interval-start", type=float, default=0.0)
+    g.add_argument("--cfg-interval-end", type=float, default=1.0)
+    g.add_argument("--batch-size", type=int, default=1)
+    g = p.add_argument_group("task")
+    g.add_argument("--task-type", default="text2music", choices=["text2music", "cover", "repaint", "continuation"])
+    g.add_argument("--src-audio", default=None, help="source audio for cover / repaint / continuation")
+    g.add_argument("--src-latents", default=None, help="safetensors with 'latents' [1, frames, 64] used as the encoded source")
+    g.add_argument("--reference-audio", default=None, help="timbre reference audio")
+    g.add_argument("--repainting-start", type=float, default=0.0)
+    g.add_argument("--repainting-end", type=float, default=None, help="-1 or unset = end of the source")
+    g.add_argument("--continuation-seconds", type=float, default=None, help="continuation: seconds to add")
+    g.add_argument("--audio-cover-strength", type=float, default=1.0)
+    g.add_argument("--audio-code-string", default="", help="<|audio_code_N|> string (runs text2music as cover)")
+    g.add_argument("--chunk-mask-mode", default="auto", choices=["auto", "explicit"])
+    g.add_argument("--repaint-mode", default="balanced", choices=["aggressive", "balanced", "conservative"])
+    g.add_argument("--repaint-strength", type=float, default=0.5)
+    g = p.add_argument_group("models and output")
+    g.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR", "checkpoints"))
+    g.add_argument("--dit", default=None, help="DiT folder name/path or a ComfyUI .safetensors (default acestep-v15-turbo)")
+    g.add_argument("--vae", default=None)
+    g.add_argument("--text-encoder", default=None)
+    g.add_argument("--text-tokenizer", default=None, help="tokenizer folder for a ComfyUI text-encoder file")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--offload", default="auto", choices=["auto", "on", "off"], help="keep idle components on the CPU")
+    g.add_argument("--out", default="outputs", help="output directory")
+    g.add_argument("--name", default=None, help="file name stem (default: from the caption)")
+    g.add_argument("--audio-format", default="flac", choices=FORMATS)
+    g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; wav 16|24|32")
+    g.add_argument("--save-latents", default=None, help="write final latents [batch, frames, 64] to this file (inside --out)")
+    g.add_argument("--tiny", action="store_true",
+                   help="demo: use tiny random-weight checkpoints (proves the install; makes noise, not music)")
+    g.add_argument("--thinking", action="store_true", help="plan metas, caption and audio codes with the 5 Hz LM first")
+    from ..lm.cli_args import add_lm_arguments
+
+    add_lm_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _read_lyrics(args) -> str:
+    if args.lyrics_file:
+        path = Path(args.lyrics_file)
+        if not path.is_file():
+            raise InputError(f"lyrics file not found: {path}")
+        return path.read_text(encoding="utf-8")
+    return args.lyrics
+
+
+def _default_steps(args, is_turbo: bool) -> int:
+    if args.inference_steps is not None:
+        return args.inference_steps
+    return 8 if is_turbo else 32
+
+
+def run(args) -> int:
+    from ..outputs import contained_path, load_latents, next_free_index, safe_stem, save_latents
+    from ..pipeline import ACEStepPipeline
+    from ..request import GenerationRequest
+    from .. import audio_io
+    from .model_setup import pipeline_kwargs, pop_private, tiny_notice
+
+    out_dir = Path(args.out)
+    kwargs, notes = pipeline_kwargs(args)
+    for note in notes:
+        print(note, file=sys.stderr)
+    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
+
+    src_latents = load_latents(args.src_latents) if args.src_latents else None
+    request = GenerationRequest(
+        caption=args.caption, lyrics=_read_lyrics(args), bpm=args.bpm, key_scale=args.key_scale,
+        time_signature=args.time_signature, vocal_language=args.vocal_language, audio_duration=args.audio_duration,
+        inference_steps=_default_steps(args, pipe.is_turbo), guidance_scale=args.guidance_scale, shift=args.shift,
+        seed=args.seed, infer_method=args.infer_method, timesteps=args.timesteps, task_type=args.task_type,
+        src_audio=args.src_audio, src_latents=src_latents, reference_audio=args.reference_audio,
+        repainting_start=args.repainting_start, repainting_end=args.repainting_end,
+        continuation_seconds=args.continuation_seconds, audio_cover_strength=args.audio_cover_strength,
+        audio_code_string=args.audio_code_string, cfg_interval_start=args.cfg_interval_start,
+        cfg_interval_end=args.cfg_interval_end, chunk_mask_mode=args.chunk_mask_mode, repaint_mode=args.repaint_mode,
+        repaint_strength=args.repaint_strength, batch_size=args.batch_size,
+    )
+    from ..memory.policy import clamp_request
+
+    request.audio_duration, request.batch_size, messages = clamp_request(
+        kwargs["_decision"], request.audio_duration, request.batch_size)
+    for message in messages:
+        print(message, file=sys.stderr)
+    request.validate()
+
+    if args.thinking:
+        from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
+        from ..lm.cli_common import progress_printer
+
+        if args.lm_model is None and args.tiny:
+            args.lm_model = kwargs.get("_tiny_lm")
+        planner = load_planner_from_args(args)
+        print("thinking with the 5 Hz LM ...", file=sys.stderr)
+        request.plan = planner.think(
+            request.caption, request.lyrics, bpm=request.bpm, keyscale=request.key_scale or None,
+            timesignature=request.time_signature or None, duration=request.audio_duration,
+            language=None, progress=progress_printer(True), **think_kwargs_from_args(args))
+        del planner
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps_total = {"n": 0}
+
+    def progress(step, total):
+        steps_total["n"] = total
+        print(f"\rdiffusion step {step}/{total}", end="", file=sys.stderr, flush=True)
+
+    result = pipe.generate(request, progress=progress)
+    print(file=sys.stderr)
+
+    stem = safe_stem(args.name or request.caption or "acestep")
+    index = next_free_index(out_dir, stem)
+    written = []
+    params = dict(result.params)
+    params.update(audio_format=args.audio_format, checkpoints=kwargs.get("_labels", {}))
+    if args.tiny:
+        params["note"] = tiny_notice()
+    for item in range(result.audio.shape[0]):
+        name = f"{stem}_{index + item:05d}"
+        audio_path = contained_path(out_dir, f"{name}.{args.audio_format}")
+        tags = {"title": (request.caption or "ACE-Step 1.5")[:120], "comment": f"seed {result.seeds[item]}",
+                "bpm": str(params.get("bpm") or ""), "key": str(params.get("key_scale") or "")}
+        audio_io.save_audio(audio_path, result.audio[item], result.sample_rate, args.audio_format,
+                            quality=args.audio_quality, metadata=tags)
+        item_params = dict(params, seed=result.seeds[item], file=audio_path.name)
+        json_path = contained_path(out_dir, f"{name}.json")
+        json_path.write_text(json.dumps(item_params, indent=2, default=str))
+        written.append(audio_path)
+        print(f"wrote {audio_path} ({result.audio.shape[-1] / result.sample_rate:.2f} s, seed {result.seeds[item]}) and {json_path.name}")
+    if args.save_latents:
+        path = contained_path(out_dir, args.save_latents)
+        save_latents(path, result.latents)
+        print(f"wrote latents {path} {list(result.latents.shape)}")
+    if args.tiny:
+        print(tiny_notice())
+    return 0
