@@ -253,3 +253,9 @@ def test_lm_size_from_name():
     assert lm_size_from_name("qwen_4b_ace15.safetensors") == "4B"
     assert lm_size_from_name("acestep-5Hz-lm-tiny") is None
     assert lm_size_from_name("acestep-v15-turbo") is None
+
+
+def test_pipeline_kwargs_apply_the_decision():
+    d = decide(gpu(8), env={})
+    assert d.pipeline_kwargs() == {"offload_to_cpu": True, "offload_dit_to_cpu": True,
+                                   "vae_chunk_frames": 128, "dtype": "bfloat16"}

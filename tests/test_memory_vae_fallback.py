@@ -96,3 +96,26 @@ def test_tiled_decode_windows_cover_every_frame_once():
     out = tiled_decode(window, latents, chunk_frames=256, overlap_frames=64)
     torch.testing.assert_close(out, latents.repeat_interleave(3, dim=-1))
     assert max(seen) <= 256
+
+
+def test_fallback_around_the_engine_decode_matches_the_direct_decode(tiny_dir):
+    from acestep_core.memory.vae_fallback import official_vae_decode_fn
+    from acestep_core.vae import vae_decode
+    from diffusers import AutoencoderOobleck
+
+    vae = AutoencoderOobleck.from_pretrained(str(tiny_dir / "vae-tiny")).float().eval()
+    torch.manual_seed(1)
+    latents = torch.randn(1, 90, 64)  # [B, T, 64], the engine's layout
+    direct = vae_decode(vae, latents, chunk_frames=64)
+    calls, logs = [], []
+    inner = official_vae_decode_fn(vae)
+
+    def flaky(lat, chunk, device):  # "runs out of memory" above 64 frames on the accelerator
+        calls.append((device.type, chunk))
+        if device.type != "cpu" and chunk > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return inner(lat, chunk, torch.device("cpu"))
+
+    out = decode_with_fallback(flaky, latents, 128, "cuda", log=logs.append)
+    assert calls == [("cuda", 128), ("cuda", 64)] and len(logs) == 1
+    torch.testing.assert_close(out, direct)

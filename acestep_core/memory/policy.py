@@ -389,6 +389,11 @@ class MemoryDecision:
         """Official checkpoint folder name of the chosen LM."""
         return None if self.lm_model == "none" else LM_FOLDER_PREFIX + self.lm_model
 
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `ACEStepPipeline.from_pretrained` that apply this decision."""
+        return {"offload_to_cpu": self.offload_to_cpu, "offload_dit_to_cpu": self.offload_dit_to_cpu,
+                "vae_chunk_frames": self.vae_chunk_frames, "dtype": self.dtype}
+
     def summary(self) -> str:
         offload = ("CPU+DiT" if self.offload_dit_to_cpu else "CPU") if self.offload_to_cpu else "none"
         lm = f"LM {self.lm_model} ({'on' if self.init_lm else 'off'})" if self.lm_model != "none" else "LM none"

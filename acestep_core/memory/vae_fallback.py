@@ -142,6 +142,20 @@ def decode_fn_for_vae(vae: torch.nn.Module, overlap_frames: int = DEFAULT_OVERLA
     return decode
 
 
+def official_vae_decode_fn(vae: torch.nn.Module, progress: Callable[[int, int], None] | None = None,
+                           ) -> Callable[[torch.Tensor, int, torch.device], torch.Tensor]:
+    """A `decode_fn` around the engine's official-tiling `acestep_core.vae.vae_decode` (latents
+    [B, T, 64] → float32 CPU audio): the VAE is moved to each attempt's device first, so after a
+    CPU fallback the next song starts on the accelerator again."""
+    from ..vae import vae_decode  # engine module; imported here so this file stays dependency-light
+
+    def decode(latents: torch.Tensor, chunk_frames: int, device: torch.device) -> torch.Tensor:
+        vae.to(device)
+        return vae_decode(vae, latents, chunk_frames=chunk_frames, progress=progress)
+
+    return decode
+
+
 def frames_for_seconds(seconds: float) -> int:
     """Latent frames (25 per second) of `seconds` of audio."""
     return int(math.ceil(seconds * 25))
