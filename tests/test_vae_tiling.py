@@ -1,0 +1,134 @@
+"""Tiled VAE decode / encode on inputs longer than one tile, memory bounds and the chunk policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acestep_core.errors import InputError
+from acestep_core.vae import decode_chunk_frames, encode_chunk_seconds, load_vae, vae_decode, vae_encode
+from conftest import load_golden
+
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_dir):
+    return load_vae(tiny_dir / "vae-tiny")
+
+
+def _record_decode_windows(vae, monkeypatch) -> list[int]:
+    """Wrap the real decode to record how many latent frames each call received."""
+    seen: list[int] = []
+    original = vae.decode
+
+    def recording_decode(z, *args, **kwargs):
+        seen.append(z.shape[-1])
+        return original(z, *args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", recording_decode)
+    return seen
+
+
+def test_tiled_decode_equals_one_pass_when_overlap_covers_the_receptive_field(vae, monkeypatch):
+    latents = torch.randn(1, 200, 64, generator=torch.Generator().manual_seed(0))
+    whole = vae_decode(vae, latents, chunk_frames=256)
+    windows = _record_decode_windows(vae, monkeypatch)
+    tiled = vae_decode(vae, latents, chunk_frames=64, overlap_frames=16)
+    # stride 32 -> 7 windows, none longer than the chunk
+    assert len(windows) == 7 and max(windows) == 64
+    assert tiled.shape == whole.shape == (1, 2, 200 * 1920)
+    # The tiny decoder sees about ±8 latent frames, so a 16-frame overlap hides every seam ...
+    torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=0)
+    # ... while a 2-frame overlap does not (shows the comparison above can fail).
+    seams = vae_decode(vae, latents, chunk_frames=64, overlap_frames=2)
+    assert (seams - whole).abs().max() > 1e-2
+
+
+def test_no_tiling_when_latents_fit_in_one_chunk(vae, monkeypatch):
+    windows = _record_decode_windows(vae, monkeypatch)
+    vae_decode(vae, torch.zeros(1, 256, 64), chunk_frames=256, overlap_frames=64)
+    assert windows == [256]
+
+
+def test_batch_items_decode_one_at_a_time_and_independently(vae, monkeypatch):
+    latents = torch.randn(2, 24, 64, generator=torch.Generator().manual_seed(1))
+    single = vae_decode(vae, latents[1:2], chunk_frames=16, overlap_frames=4)
+    windows = _record_decode_windows(vae, monkeypatch)
+    progress = []
+    batch = vae_decode(vae, latents, chunk_frames=16, overlap_frames=4, progress=lambda d, t: progress.append((d, t)))
+    assert batch.shape == (2, 2, 24 * 1920)
+    torch.testing.assert_close(batch[1:2], single, atol=0, rtol=0)
+    assert windows == [12, 16, 12] * 2  # one item per call; ceil(24 / 8) windows each
+    assert progress == [(i, 6) for i in range(1, 7)]
+
+
+def test_reference_overlap_reduction_for_small_chunks(vae, monkeypatch):
+    # chunk 16 with overlap 64 -> the reference halves the overlap to 4 (stride 8): the golden tiling.
+    golden = load_golden("component_vae")
+    latents = golden["out.posterior_mean"].transpose(1, 2)
+    audio = vae_decode(vae, latents, chunk_frames=16, overlap_frames=64)
+    torch.testing.assert_close(audio, golden["out.tiled_decoded_from_mean"], atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_long_song_decodes_in_bounded_windows(vae, monkeypatch):
+    # 3 minutes (a 10-minute song is the same loop, 3.3x longer; kept short for CI time).
+    frames = 4500
+    latents = torch.randn(1, frames, 64, generator=torch.Generator().manual_seed(2))
+    windows = _record_decode_windows(vae, monkeypatch)
+    audio = vae_decode(vae, latents, chunk_frames=512, overlap_frames=64)
+    assert audio.shape == (1, 2, frames * 1920)
+    assert max(windows) <= 512 and len(windows) == -(-frames // (512 - 128))
+    # Activation memory scales with the window (never more than 512 frames here), not the song;
+    # the output is one preallocated CPU buffer.
+    assert torch.isfinite(audio).all() and audio.abs().max() > 0
+
+
+def test_tiled_encode_equals_one_pass_with_enough_overlap(vae):
+    audio = load_golden("source_audio")["src_a"][:, : 40 * 1920]  # 1.6 s
+    _, mean, std = vae_encode(vae, audio, sample=False)
+    # 1.28 s tiles, 0.32 s (8 frames) overlap each side -> stride 0.64 s, 3 tiles.
+    _, tiled_mean, tiled_std = vae_encode(vae, audio, chunk_seconds=1.28, overlap_seconds=0.32, sample=False)
+    assert tiled_mean.shape == mean.shape == (1, 40, 64)
+    torch.testing.assert_close(tiled_mean, mean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(tiled_std, std, atol=1e-4, rtol=0)
+
+
+def test_decode_chunk_policy_follows_the_reference_table():
+    assert decode_chunk_frames(30 * GIB, "cuda") == 512
+    assert decode_chunk_frames(24 * GIB, "cuda") == 512
+    assert decode_chunk_frames(20 * GIB, "cuda") == 384
+    assert decode_chunk_frames(12 * GIB, "cuda") == 256
+    assert decode_chunk_frames(8 * GIB, "cuda") == 128
+    assert decode_chunk_frames(None, "cpu") == 256
+    assert decode_chunk_frames(None, "mps") == 512
+
+
+def test_encode_chunk_policy_follows_the_reference():
+    assert encode_chunk_seconds(24 * GIB, "cuda") == 30
+    assert encode_chunk_seconds(8 * GIB, "cuda") == 15
+    assert encode_chunk_seconds(None, "cpu") == 15
+
+
+@pytest.mark.parametrize(
+    "latents, kwargs",
+    [
+        (torch.zeros(1, 10, 32), {}),  # wrong channel count
+        (torch.zeros(10, 64), {}),  # no batch axis
+        (torch.zeros(1, 0, 64), {}),  # nothing to decode
+        (torch.zeros(1, 10, 64), {"chunk_frames": 0}),
+    ],
+)
+def test_decode_rejects_bad_input(vae, latents, kwargs):
+    with pytest.raises(InputError):
+        vae_decode(vae, latents, **kwargs)
+
+
+def test_encode_rejects_bad_input(vae):
+    with pytest.raises(InputError, match="2-channel"):
+        vae_encode(vae, torch.zeros(1, 1, 4000))
+    with pytest.raises(InputError, match="too short"):
+        vae_encode(vae, torch.zeros(1, 2, 100))
+    with pytest.raises(InputError, match="eps"):
+        vae_encode(vae, torch.zeros(1, 2, 1920), eps=torch.zeros(1, 64, 2))
