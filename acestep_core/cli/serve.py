@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,7 +20,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--host", default=os.environ.get("ACESTEP_API_HOST", "127.0.0.1"),
                    help="interface to bind (default 127.0.0.1; use 0.0.0.0 only behind an API key)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("ACESTEP_API_PORT", "8001")))
+    p.add_argument("--port", type=int, default=int(os.environ.get("ACESTEP_API_PORT", "8001")),
+                   help="port (default 8001; 0 picks a free one and prints it)")
     p.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR"),
                    help="official checkpoints/ root (acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/, acestep-5Hz-lm-*/)")
     p.add_argument("--dit", default=os.environ.get("ACESTEP_CONFIG_PATH"),
@@ -47,8 +50,6 @@ def _use_lm(args) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from ..server import LocalModelProvider, Runtime, ServerConfig, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,8 +71,32 @@ def run(args: argparse.Namespace) -> int:
         logging.warning("binding to %s without ACESTEP_API_KEY: anyone who can reach this port can "
                         "run jobs and download results", args.host)
     runtime = Runtime(provider, config)
-    app = create_app(runtime)
-    print(f"ACE-Step API on http://{args.host}:{args.port}  (results in {config.result_dir.resolve()}, "
-          f"LM: {provider.lm_name() or 'none'})", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    try:
+        asyncio.run(_serve(create_app(runtime), args.host, args.port, config, provider))
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+async def _serve(app, host: str, port: int, config, provider) -> None:
+    """Bind, print the real address (so --port 0 is usable), serve until SIGINT / SIGTERM."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        print(f"ACE-Step API on http://{bound_host}:{bound_port}  (results in {config.result_dir.resolve()}, "
+              f"LM: {provider.lm_name() or 'none'})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
+                pass
+        await stop.wait()
+    finally:
+        await runner.cleanup()

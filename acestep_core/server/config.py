@@ -54,6 +54,9 @@ class ServerConfig:
     cleanup_interval_s: float = 300.0
     max_upload_bytes: int = 50 * 1024 * 1024
     env_name: str = "development"
+    # Refuse non-loopback clients unless an API key is set (for routes on a host server such as
+    # ComfyUI's, which may listen on every interface).
+    loopback_only: bool = False
     extra: dict = field(default_factory=dict)
 
     @classmethod

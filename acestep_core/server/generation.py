@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .files import audio_url
-from .models import ModelProvider
+from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
 
 LM_SKIPPED_TASKS = ("cover", "repaint", "continuation")
@@ -32,6 +32,9 @@ class Song:
     timesignature: str
     duration: Optional[float]
     language: str
+
+    def missing_metas(self) -> bool:
+        return _missing(self)
 
     def apply_plan(self, plan: Any, *, caption: bool = True, language: bool = True, metas_override: bool = False):
         """Take the LM's values: caption/lyrics when given; metas only where the user left them empty."""
@@ -51,6 +54,10 @@ class Song:
             self.duration = float(plan.duration)
 
 
+def _missing(song: "Song") -> bool:
+    return song.bpm is None or not song.keyscale or not song.timesignature or song.duration is None
+
+
 def wants_instrumental(query: str) -> bool:
     text = query.lower()
     return any(word in text for word in INSTRUMENTAL_WORDS)
@@ -62,12 +69,22 @@ def lm_sampling(req: ReleaseRequest):
     return LMSampling(
         temperature=req.lm_temperature,
         cfg_scale=req.lm_cfg_scale,
-        top_k=req.lm_top_k or None,
-        top_p=req.lm_top_p if req.lm_top_p < 1.0 else None,
+        top_k=req.lm_top_k or 0,
+        top_p=req.lm_top_p,
         repetition_penalty=req.lm_repetition_penalty,
         negative_prompt=req.lm_negative_prompt,
-        seed=None if req.lm_seed < 0 else req.lm_seed,
+        seed=req.lm_seed,
     )
+
+
+def optional_planner(provider: ModelProvider):
+    """The LM for optional work (CoT metadata): None when absent or broken, like the official server."""
+    if provider.lm_name() is None:
+        return None
+    try:
+        return provider.planner()
+    except LMUnavailableError:
+        return None
 
 
 def run_job(
@@ -109,20 +126,31 @@ def run_job(
         song.apply_plan(plan)
         timings["lm_format_s"] = time.perf_counter() - t0
 
+    wants_cot = req.use_cot_caption or req.use_cot_language
     if req.thinking and task not in LM_SKIPPED_TASKS:
         set_stage("lm: planning audio codes")
         t0 = time.perf_counter()
-        planner = provider.planner()
-        lm_plan = planner.think(song.caption, song.lyrics, bpm=song.bpm, keyscale=song.keyscale or None,
-                                timesignature=song.timesignature or None, duration=song.duration,
-                                language=song.language or None, sampling=lm_sampling(req))
-        # use_cot_caption / use_cot_language decide whether the LM may replace the user's text.
-        if not req.use_cot_caption:
-            lm_plan.caption = song.caption
-        if not req.use_cot_language:
-            lm_plan.language = song.language
+        lm_plan = provider.planner().think(
+            song.caption, song.lyrics, bpm=song.bpm, keyscale=song.keyscale or None,
+            timesignature=song.timesignature or None, duration=song.duration, language=song.language or None,
+            sampling=lm_sampling(req), use_cot_caption=req.use_cot_caption,
+            use_cot_language=req.use_cot_language, constrained_decoding=req.constrained_decoding)
         song.apply_plan(lm_plan, caption=req.use_cot_caption, language=req.use_cot_language)
         timings["lm_think_s"] = time.perf_counter() - t0
+    elif task == "text2music" and wants_cot and song.missing_metas() and not timings:
+        # thinking=false: the LM may still fill missing metadata (no codes), if the server has one.
+        planner = optional_planner(provider)
+        if planner is not None:
+            set_stage("lm: filling missing metadata")
+            t0 = time.perf_counter()
+            metas_plan = planner.think(
+                song.caption, song.lyrics, bpm=song.bpm, keyscale=song.keyscale or None,
+                timesignature=song.timesignature or None, duration=song.duration,
+                language=song.language or None, sampling=lm_sampling(req), use_cot_caption=req.use_cot_caption,
+                use_cot_language=req.use_cot_language, constrained_decoding=req.constrained_decoding,
+                generate_codes=False)
+            song.apply_plan(metas_plan, caption=req.use_cot_caption, language=req.use_cot_language)
+            timings["lm_metas_s"] = time.perf_counter() - t0
 
     set_stage("loading models")
     pipe, dit_name = provider.pipeline(req.model)
@@ -186,7 +214,7 @@ def run_job(
         "lm_seed": getattr(lm_plan, "lm_seed", None),
         "generation_info": generation_info(timings, seeds_used, req, len(files)),
         "dit_model": dit_name,
-        "lm_model": provider.lm_name() if (lm_plan is not None or timings.keys() & {"lm_sample_s", "lm_format_s"}) else None,
+        "lm_model": provider.lm_name() if any(k.startswith("lm_") for k in timings) else None,
         "params": params,
     }
 

@@ -194,6 +194,12 @@ def check_key_scale(v: str) -> str:
     return v.strip()
 
 
+def check_lm_cfg(v: float) -> float:
+    if not (v == 0 or 1.0 <= v <= 10.0):
+        raise ValueError(f"must be 0 or between 1 and 10 (1 = no CFG), got {v!r}")
+    return v
+
+
 def check_language(v: str) -> str:
     from ..prompts import VALID_LANGUAGES
 
@@ -264,7 +270,7 @@ RELEASE_FIELDS: tuple[Field, ...] = (
     Field("audio_format", to_str, "mp3", ("audioFormat",), one_of(*AUDIO_FORMATS)),
     # 5 Hz LM
     Field("lm_temperature", to_float, 0.85, ("lmTemperature",), in_range(0.0, 2.0)),
-    Field("lm_cfg_scale", to_float, 2.5, ("lmCfgScale",), in_range(0.0, 10.0)),
+    Field("lm_cfg_scale", to_float, 2.5, ("lmCfgScale",), check_lm_cfg),
     Field("lm_top_k", to_int, None, ("lmTopK",), in_range(0, 100000)),
     Field("lm_top_p", to_float, 0.9, ("lmTopP",), in_range(0.0, 1.0)),
     Field("lm_repetition_penalty", to_float, 1.0, ("lmRepetitionPenalty",), in_range(0.1, 5.0)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 from functools import wraps
@@ -64,10 +65,19 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
+def _is_loopback(remote: Optional[str]) -> bool:
+    try:
+        return ipaddress.ip_address((remote or "").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def authorise(runtime: Runtime, request: web.Request, body: Optional[dict] = None) -> None:
     """Official rules: `ai_token` in the body wins, else `Authorization: Bearer <key>`."""
     key = runtime.config.api_key
     if not key:
+        if runtime.config.loopback_only and not _is_loopback(request.remote):
+            raise HTTPError(403, "remote access to the ACE-Step API needs ACESTEP_API_KEY to be set on the server")
         return
     token = (body or {}).get("ai_token")
     if token:
@@ -163,6 +173,8 @@ class ApiHandlers:
         self.runtime = runtime
 
     async def health(self, request: web.Request) -> web.Response:
+        if self.runtime.config.loopback_only and not self.runtime.config.api_key:
+            authorise(self.runtime, request)
         return ok({"status": "ok", "service": "ACE-Step API", "version": "1.0"})
 
     async def release_task(self, request: web.Request) -> web.Response:

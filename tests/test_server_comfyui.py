@@ -1,0 +1,115 @@
+"""The REST API inside a real ComfyUI: the same skill flow against api_url = <ComfyUI>/acestep.
+
+Set COMFYUI_DIR (a ComfyUI source tree) and optionally COMFYUI_PYTHON (its venv's python, which needs
+this project's engine dependencies). Without them these tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from acestep_core.audio_io import load_audio
+from nodes_models import build_models_dir
+from test_server_skill_flow import downloaded_files, run_flow
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (str(Path(COMFYUI_DIR) / ".venv" / "bin" / "python")
+                                                      if COMFYUI_DIR else None)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_LIMIT_S = 300
+
+pytestmark = [
+    pytest.mark.comfyui, pytest.mark.slow,
+    pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
+                       reason="set COMFYUI_DIR to a ComfyUI source tree (and COMFYUI_PYTHON) to run real-ComfyUI tests"),
+    pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, tiny_dir, comfy_tiny_dir):
+    root = tmp_path_factory.mktemp("comfyui_api")
+    models = build_models_dir(root, tiny_dir, comfy_tiny_dir, official=False)  # ComfyUI files only
+    for d in ("out", "in", "temp", "user", "custom"):
+        (root / d).mkdir(exist_ok=True)
+    (root / "custom" / "acestep15_studio").symlink_to(REPO_ROOT)
+    (root / "paths.yaml").write_text(
+        f"ace15s:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  vae: vae\n"
+        f"  text_encoders: text_encoders\n  acestep: acestep\n  custom_nodes: {root / 'custom'}\n")
+    port = free_port()
+    log_path = root / "server.log"
+    proc = subprocess.Popen(
+        [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+         "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
+         "--output-directory", str(root / "out"), "--input-directory", str(root / "in"),
+         "--temp-directory", str(root / "temp"), "--database-url", "sqlite:///:memory:",
+         "--user-directory", str(root / "user")],
+        cwd=COMFYUI_DIR, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + STARTUP_LIMIT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ComfyUI exited during startup:\n{log_path.read_text()[-4000:]}")
+        if "To see the GUI go to" in log_path.read_text():
+            break
+        time.sleep(1)
+    else:
+        proc.terminate()
+        pytest.fail("ComfyUI did not start in time")
+    yield {"root": root, "url": f"http://127.0.0.1:{port}/acestep", "log": log_path}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_routes_are_mounted_under_acestep(comfy):
+    status, body = get(comfy["url"] + "/health")
+    assert status == 200, comfy["log"].read_text()[-3000:]
+    assert json.loads(body)["data"]["service"] == "ACE-Step API"
+    status, body = get(comfy["url"] + "/v1/models")
+    models = json.loads(body)["data"]
+    assert status == 200 and models["default_model"] == "acestep_v1.5_turbo"
+
+
+def test_skill_flow_against_comfyui(comfy, tmp_path):
+    flow = run_flow(comfy["url"], tmp_path / "acestep_output", BATCH="1")
+    assert flow.returncode == 0, f"{flow.stdout}\n{flow.stderr}\n{comfy['log'].read_text()[-4000:]}"
+    files = downloaded_files(flow.stdout)
+    assert len(files) == 1
+    audio = load_audio(files[0])
+    assert audio.shape[0] == 2 and abs(audio.shape[1] / 48000 - 10.0) < 0.1
+    # results are written inside ComfyUI's output folder
+    job = next((tmp_path / "acestep_output").glob("*.json")).stem
+    assert (comfy["root"] / "out" / "acestep_api" / job / f"{job}_1.mp3").is_file()
+
+
+def test_audio_route_refuses_paths_outside_its_folder(comfy):
+    for raw in ("/etc/passwd", str(comfy["root"] / "paths.yaml"), "../../server.log"):
+        status, _ = get(comfy["url"] + "/v1/audio?path=" + urllib.parse.quote(raw, safe=""))
+        assert status == 403, raw

@@ -1,0 +1,313 @@
+"""The REST API end to end: a real aiohttp server on 127.0.0.1, the real engine on the tiny
+fixtures, and a real HTTP client walking the documented flows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import urllib.parse
+from pathlib import Path
+
+import aiohttp
+import pytest
+import torch
+
+from acestep_core.audio_io import load_audio, save_audio
+from acestep_core.server import Runtime, ServerConfig
+from server_harness import LiveServer, http, query, release, result_items, tiny_provider, wait_done
+
+# Small, fast jobs: the tiny models make noise, the point is the plumbing around them.
+FAST = {"inference_steps": 2, "audio_duration": 10, "batch_size": 1, "thinking": False,
+        "use_cot_caption": False, "use_cot_language": False}
+
+
+@pytest.fixture(scope="module")
+def provider(tiny_dir):
+    return tiny_provider(tiny_dir, use_lm=False)
+
+
+@pytest.fixture(scope="module")
+def server(provider, tmp_path_factory):
+    config = ServerConfig.from_env(tmp_path_factory.mktemp("api") / "results", env={})
+    with LiveServer(Runtime(provider, config)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def first_song(server):
+    """health -> release_task -> poll -> result, shared by the tests that need an earlier result."""
+    body = dict(FAST, prompt="bright synth pop", lyrics="[Verse]\nhello hello", batch_size=2, seed=42,
+                bpm=120, key_scale="A minor", time_signature="4/4", vocal_language="en", audio_format="mp3")
+    reply = release(server.url, body)
+    assert reply.status == 200, reply.body
+    task_id = reply.data["task_id"]
+    return task_id, wait_done(server.url, task_id)
+
+
+def download(base: str, file_url: str, headers=None):
+    return http("GET", base + file_url, headers=headers)
+
+
+def test_health_is_the_official_wrapper(server):
+    reply = http("GET", server.url + "/health")
+    assert reply.status == 200
+    body = reply.json()
+    assert set(body) == {"data", "code", "error", "timestamp", "extra"}
+    assert body["data"] == {"status": "ok", "service": "ACE-Step API", "version": "1.0"}
+    assert body["code"] == 200 and body["error"] is None and isinstance(body["timestamp"], int)
+
+
+def test_models_lists_the_loaded_dit(server):
+    data = http("GET", server.url + "/v1/models").data
+    assert data["models"] == [{"name": "acestep-v15-turbo-tiny", "is_default": True}]
+    assert data["default_model"] == "acestep-v15-turbo-tiny"
+    assert data["lm_model"] is None
+
+
+def test_generate_poll_download_and_decode(server, first_song, tmp_path):
+    task_id, item = first_song
+    assert item["task_id"] == task_id and item["status"] == 1, item
+    songs = result_items(item)
+    assert len(songs) == 2
+    seeds = songs[0]["seed_value"].split(",")
+    assert seeds == ["42", "43"]  # one given seed seeds the batch consecutively
+    for n, song in enumerate(songs, start=1):
+        assert song["status"] == 1 and song["dit_model"] == "acestep-v15-turbo-tiny"
+        assert song["prompt"] == "bright synth pop" and song["lyrics"] == "[Verse]\nhello hello"
+        assert song["metas"]["bpm"] == 120 and song["metas"]["keyscale"] == "A minor"
+        assert song["metas"]["timesignature"] == "4" and song["metas"]["duration"] == pytest.approx(10.0, abs=0.05)
+        assert song["file"].startswith("/v1/audio?path=")
+        path = Path(urllib.parse.unquote(song["file"].split("path=", 1)[1]))
+        assert path.name == f"{task_id}_{n}.mp3"
+        reply = download(server.url, song["file"])
+        assert reply.status == 200 and reply.headers["Content-Type"] == "audio/mpeg"
+        assert reply.body[:3] == b"ID3" or reply.body[:2] == b"\xff\xfb"
+        saved = tmp_path / f"{n}.mp3"
+        saved.write_bytes(reply.body)
+        audio = load_audio(saved)
+        assert audio.shape[0] == 2
+        assert audio.shape[1] / 48000 == pytest.approx(10.0, abs=0.1)
+        assert torch.isfinite(audio).all() and audio.abs().max() > 0
+    # different seeds -> different audio
+    a = load_audio(tmp_path / "1.mp3")
+    b = load_audio(tmp_path / "2.mp3")
+    n = min(a.shape[1], b.shape[1])
+    assert not torch.allclose(a[:, :n], b[:, :n])
+
+
+def test_stats_count_jobs_and_time_them(server, first_song):
+    data = http("GET", server.url + "/v1/stats").data
+    assert data["queue_maxsize"] == 200 and data["queue_size"] == 0
+    assert data["jobs"]["succeeded"] >= 1 and data["jobs"]["running"] == 0 and data["jobs"]["queued"] == 0
+    assert data["jobs"]["total"] == sum(data["jobs"][k] for k in ("queued", "running", "succeeded", "failed"))
+    # the measured average replaces the configured initial guess (5.0) once a job finished
+    assert data["avg_job_seconds"] > 0 and data["avg_job_seconds"] != 5.0
+
+
+SR = 48000
+SOURCE_SECONDS = 5.0
+
+
+@pytest.fixture(scope="module")
+def repainted(server, tmp_path_factory):
+    """A 5 s tone uploaded as multipart `src_audio` and repainted between 1.5 s and 3 s."""
+    tmp = tmp_path_factory.mktemp("repaint")
+    t = torch.arange(int(SOURCE_SECONDS * SR)) / SR
+    tone = 0.4 * torch.sin(2 * math.pi * 220.0 * t)
+    source = torch.stack([tone, tone])
+    src = tmp / "source.wav"
+    save_audio(src, source, SR, format="wav")
+
+    form = aiohttp.FormData()
+    for key, value in dict(FAST, task_type="repaint", repainting_start=1.5, repainting_end=3.0,
+                           prompt="drum break", audio_format="wav", seed=3).items():
+        form.add_field(key, str(value).lower() if isinstance(value, bool) else str(value))
+    form.add_field("src_audio", src.read_bytes(), filename="source.wav", content_type="audio/wav")
+    reply = release(server.url, data=form)
+    assert reply.status == 200, reply.body
+    return wait_done(server.url, reply.data["task_id"]), source
+
+
+def test_repaint_with_an_uploaded_file(server, repainted, tmp_path):
+    item, source = repainted
+    assert item["status"] == 1, item
+    song = result_items(item)[0]
+    got = download(server.url, song["file"])
+    assert got.status == 200 and got.headers["Content-Type"] == "audio/wav"
+    out = tmp_path / "repainted.wav"
+    out.write_bytes(got.body)
+    audio = load_audio(out)
+    assert audio.shape[1] / SR == pytest.approx(SOURCE_SECONDS, abs=0.05)  # repaint keeps the length
+    # outside the window the source survives (balanced mode splices the original back in)
+    keep = slice(int(3.6 * SR), int(4.8 * SR))
+    inside = slice(int(1.8 * SR), int(2.7 * SR))
+    err_keep = (audio[:, keep] - source[:, keep]).abs().mean()
+    err_inside = (audio[:, inside] - source[:, inside]).abs().mean()
+    assert err_keep < 0.05 < err_inside
+    # the upload was a temporary file of the job: gone once the job finished
+    assert not any(server.runtime.upload_dir.glob("*"))
+
+
+def test_continuation_from_an_earlier_result(server, repainted, tmp_path):
+    item, _ = repainted
+    previous = result_items(item)[0]["file"]  # a result URL is accepted as src_audio_path
+    body = dict(FAST, task_type="continuation", src_audio_path=previous, repainting_end=8.0,
+                prompt="keep going", audio_format="flac")
+    # as an url-encoded form this time
+    reply = http("POST", server.url + "/release_task",
+                 data={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.items()})
+    assert reply.status == 200, reply.body
+    done = wait_done(server.url, reply.data["task_id"])
+    assert done["status"] == 1, done
+    got = download(server.url, result_items(done)[0]["file"])
+    assert got.status == 200 and got.body[:4] == b"fLaC"
+    out = tmp_path / "continued.flac"
+    out.write_bytes(got.body)
+    assert load_audio(out).shape[1] / SR == pytest.approx(8.0, abs=0.1)  # 5 s source + 3 s
+
+
+def test_failed_job_reports_why_and_the_next_job_succeeds(server):
+    # thinking=true needs the 5 Hz LM, which this server does not have
+    failing = release(server.url, dict(FAST, prompt="x", thinking=True))
+    assert failing.status == 200
+    item = wait_done(server.url, failing.data["task_id"])
+    assert item["status"] == 2
+    assert "5 Hz LM" in item["error"] and "thinking=false" in item["error"]
+    assert "5 Hz LM" in result_items(item)[0]["error"]
+
+    ok = release(server.url, dict(FAST, prompt="after the failure", audio_format="opus"))
+    done = wait_done(server.url, ok.data["task_id"])
+    assert done["status"] == 1, done
+    got = download(server.url, result_items(done)[0]["file"])
+    assert got.status == 200 and got.headers["Content-Type"] == "audio/ogg" and got.body[:4] == b"OggS"
+    assert http("GET", server.url + "/v1/stats").data["jobs"]["failed"] >= 1
+
+
+def test_unknown_task_id_is_a_failure_not_an_endless_wait(server):
+    item = query(server.url, "00000000-0000-0000-0000-000000000000")
+    assert item["status"] == 2 and "not found" in item["error"]
+
+
+def test_random_sample_returns_bundled_examples(server):
+    simple = http("POST", server.url + "/create_random_sample", json={"sample_type": "simple_mode"}).data
+    assert set(simple) == {"description", "instrumental", "vocal_language"}
+    custom = http("POST", server.url + "/create_random_sample", json={"sample_type": "custom_mode"}).data
+    assert {"caption", "lyrics", "bpm", "duration", "keyscale", "language", "timesignature"} <= set(custom)
+    assert http("POST", server.url + "/create_random_sample").data.keys() == simple.keys()  # default type
+    bad = http("POST", server.url + "/create_random_sample", json={"sample_type": "jazz"})
+    assert bad.status == 400 and bad.error.startswith("sample_type:")
+    # a bundled custom example is a valid release_task body as is (except the LM flags)
+    from acestep_core.server.params import parse_release_request
+
+    parse_release_request(custom)
+
+
+def test_format_input_without_lm_is_a_clear_503_and_bad_fields_are_400(server):
+    reply = http("POST", server.url + "/format_input", json={"prompt": "pop", "lyrics": "la"})
+    assert reply.status == 503 and "5 Hz LM" in reply.error
+    bad = http("POST", server.url + "/format_input", json={"prompt": "pop", "temperature": "hot"})
+    assert bad.status == 400 and bad.error.startswith("temperature:")
+    bad = http("POST", server.url + "/format_input", json={"param_obj": "{oops"})
+    assert bad.status == 400 and bad.error.startswith("param_obj:")
+
+
+@pytest.mark.parametrize("kwargs, status, starts", [
+    ({"json": {"bpm": "fast"}}, 400, "bpm:"),
+    ({"json": {"audio_format": "wma"}}, 400, "audio_format:"),
+    ({"json": {"task_type": "repaint"}}, 400, "src_audio:"),
+    ({"json": {"task_type": "cover", "src_audio_path": "/etc/passwd"}}, 400, "src_audio_path:"),
+    ({"json": [1, 2]}, 400, "body:"),
+    ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "body:"),
+    ({"data": b"\x00\x01", "headers": {"Content-Type": "application/octet-stream"}}, 415, "Unsupported"),
+])
+def test_bad_requests_name_the_problem(server, kwargs, status, starts):
+    reply = release(server.url, **kwargs)
+    assert reply.status == status, reply.body
+    assert reply.json()["code"] == status and reply.error.startswith(starts)
+
+
+def test_uploads_are_decoded_and_size_limited(provider, tmp_path):
+    config = ServerConfig.from_env(tmp_path / "results", env={"ACESTEP_MAX_UPLOAD_MB": "0.01"})
+    with LiveServer(Runtime(provider, config)) as live:
+        form = aiohttp.FormData()
+        form.add_field("task_type", "cover")
+        form.add_field("src_audio", b"this is not audio" * 10, filename="x.mp3", content_type="audio/mpeg")
+        reply = release(live.url, data=form)
+        assert reply.status == 400 and reply.error.startswith("src_audio:") and "decoded" in reply.error
+
+        form = aiohttp.FormData()
+        form.add_field("task_type", "cover")
+        form.add_field("ctx_audio", b"\0" * 20000, filename="big.wav", content_type="audio/wav")
+        reply = release(live.url, data=form)
+        assert reply.status == 413 and "limit" in reply.error
+        assert not any(live.runtime.upload_dir.glob("*"))  # rejected uploads are deleted
+
+
+def test_audio_path_escapes_are_403(server, first_song, tmp_path):
+    _, item = first_song
+    good = Path(urllib.parse.unquote(result_items(item)[0]["file"].split("path=", 1)[1]))
+    secret = tmp_path / "secret.mp3"
+    secret.write_bytes(b"ID3secret")
+    link = good.parent / "link.mp3"
+    link.symlink_to(secret)
+    try:
+        for raw in (str(secret), str(good.parent / ".." / ".." / secret.name), "../../etc/passwd",
+                    "/etc/passwd", str(link), str(good.parent / "x.json")):
+            reply = http("GET", server.url + "/v1/audio", params={"path": raw})
+            assert reply.status == 403, (raw, reply.body)
+            assert b"secret" not in reply.body
+    finally:
+        link.unlink()
+    assert http("GET", server.url + "/v1/audio", params={"path": str(good.parent / "gone.mp3")}).status == 404
+    assert http("GET", server.url + "/v1/audio").status == 400
+
+
+def test_full_queue_is_429(provider, tmp_path):
+    open_gate = threading.Event()
+
+    async def gate():  # holds the worker, so queued jobs stay queued
+        while not open_gate.is_set():
+            await asyncio.sleep(0.02)
+
+    config = ServerConfig.from_env(tmp_path / "results", env={"ACESTEP_QUEUE_MAXSIZE": "2"})
+    with LiveServer(Runtime(provider, config, idle_gate=gate)) as live:
+        first = release(live.url, dict(FAST, prompt="one"))
+        second = release(live.url, dict(FAST, prompt="two"))
+        assert (first.status, second.status) == (200, 200)
+        assert (first.data["queue_position"], second.data["queue_position"]) == (1, 2)
+        third = release(live.url, dict(FAST, prompt="three"))
+        assert third.status == 429 and third.error == "Server busy: queue is full"
+        stats = http("GET", live.url + "/v1/stats").data
+        assert stats["queue_size"] == 2 and stats["queue_maxsize"] == 2 and stats["jobs"]["queued"] == 2
+        item = query(live.url, second.data["task_id"])
+        assert item["status"] == 0 and result_items(item)[0]["queue_position"] == 2
+        # the worker is never started on these: closing the server drops them
+
+
+def test_api_key(provider, tmp_path):
+    config = ServerConfig.from_env(tmp_path / "results", env={"ACESTEP_API_KEY": "s3cret"})
+    with LiveServer(Runtime(provider, config)) as live:
+        good = {"Authorization": "Bearer s3cret"}
+        assert http("GET", live.url + "/health").status == 200  # health stays open
+        for method, path in (("GET", "/v1/models"), ("GET", "/v1/stats"), ("GET", "/v1/audio?path=x.mp3")):
+            assert http(method, live.url + path).status == 401
+            assert http(method, live.url + path, headers={"Authorization": "Bearer nope"}).status == 401
+        assert http("GET", live.url + "/v1/stats", headers=good).status == 200
+        assert http("GET", live.url + "/v1/stats", headers={"Authorization": "s3cret"}).status == 200
+
+        body = {"task_id_list": ["00000000-0000-0000-0000-000000000000"]}
+        assert http("POST", live.url + "/query_result", json=body).status == 401
+        denied = http("POST", live.url + "/query_result", json=dict(body, ai_token="wrong"), headers=good)
+        assert denied.status == 401 and denied.error == "Invalid ai_token"  # the body token wins
+        assert http("POST", live.url + "/query_result", json=dict(body, ai_token="s3cret")).status == 200
+        assert http("POST", live.url + "/query_result", json=body, headers=good).status == 200
+
+        assert release(live.url, dict(FAST)).status == 401
+        form = aiohttp.FormData()
+        form.add_field("src_audio", b"ID3" + b"\0" * 100, filename="a.mp3")
+        assert release(live.url, data=form, headers={"Authorization": "Bearer nope"}).status == 401
+        assert not any(live.runtime.upload_dir.glob("*"))
+        assert http("POST", live.url + "/create_random_sample", json={}).status == 401
+        assert http("POST", live.url + "/format_input", json={"ai_token": "bad"}).status == 401
