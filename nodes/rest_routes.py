@@ -51,6 +51,26 @@ class _Staged:
         return staged
 
 
+def default_components() -> tuple[str, str, str]:
+    """What Load ACE-Step would be set to by a user with these files: the first DiT, and for VAE and
+    text encoder 'auto' when an official folder exists, else the first ComfyUI file."""
+    from ..acestep_core.errors import CheckpointError
+    from .model_files import AUTO, dit_choices, official_folders, text_encoder_choices, vae_choices
+
+    dits = dit_choices()
+    if not dits:
+        raise CheckpointError(
+            "no ACE-Step model in ComfyUI's model folders: put acestep_v1.5_turbo.safetensors in "
+            "models/diffusion_models/ (plus the VAE and text encoder) or official folders in "
+            "models/acestep/, or run a Load ACE-Step node once")
+
+    def pick(kind: str, choices: list[str]) -> str:
+        files = [c for c in choices if c != AUTO]
+        return AUTO if official_folders(kind) or not files else files[0]
+
+    return dits[0], pick("vae", vae_choices()), pick("text_encoder", text_encoder_choices())
+
+
 class ComfyModelProvider:
     """Hands the API worker the ACE-Step model ComfyUI holds (loading the defaults if none)."""
 
@@ -68,17 +88,9 @@ class ComfyModelProvider:
         with self._lock:
             if self._own is None:
                 from .loader_node import load_model
-                from .model_files import dit_choices
 
-                dits = dit_choices()
-                if not dits:
-                    from ..acestep_core.errors import CheckpointError
-
-                    raise CheckpointError(
-                        "no ACE-Step model in ComfyUI's model folders: put acestep_v1.5_turbo.safetensors in "
-                        "models/diffusion_models/ (plus the VAE and text encoder) or official folders in "
-                        "models/acestep/, or run a Load ACE-Step node once")
-                self._own = load_model(dits[0], "auto", "auto", "auto", "auto", "auto")
+                dit, vae, text_encoder = default_components()
+                self._own = load_model(dit, vae, text_encoder, "auto", "auto", "auto")
             return self._own
 
     @staticmethod
