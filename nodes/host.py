@@ -116,7 +116,8 @@ def bundled_qwen_tokenizer_dir():
     try:
         import comfy
 
-        folder = os.path.join(os.path.dirname(comfy.__file__), "text_encoders", "qwen25_tokenizer")
-    except Exception:
+        roots = list(getattr(comfy, "__path__", []))  # a namespace package in some versions
+    except ImportError:
         return None
+    folder = next((os.path.join(r, "text_encoders", "qwen25_tokenizer") for r in roots), "")
     return folder if os.path.isfile(os.path.join(folder, "vocab.json")) else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
+
 from . import host
 
 
@@ -56,11 +58,11 @@ class ACEStepModel:
         self.offload_device = offload_device
         self.patchers: dict[str, Any] = {}
         for name, module in _pipeline_components(pipeline).items():
-            self.patchers[name] = host.make_patcher(module, load_device, offload_device)
+            self.patchers[name] = host.make_patcher(ComponentHolder(module), load_device, offload_device)
         self.lm_patcher = None
         lm_module = _planner_module(planner)
         if lm_module is not None:
-            self.lm_patcher = host.make_patcher(lm_module, load_device, offload_device)
+            self.lm_patcher = host.make_patcher(ComponentHolder(lm_module), load_device, offload_device)
 
     # -- running stages under ComfyUI's memory manager --------------------------------------
 
@@ -91,6 +93,16 @@ class ACEStepModel:
 
     def describe(self) -> str:
         return self.decision.summary()
+
+
+class ComponentHolder(torch.nn.Module):
+    """What ComfyUI's ModelPatcher manages: it writes `model.device` and other bookkeeping
+    attributes, which some modules (transformers models) expose as read-only properties."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.component = module
+        self.device = next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _pipeline_components(pipeline) -> dict:

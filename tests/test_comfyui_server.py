@@ -1,0 +1,229 @@
+"""A real headless ComfyUI (COMFYUI_DIR) loads the pack and runs every shipped API workflow.
+
+Set COMFYUI_DIR (a ComfyUI source tree) and optionally COMFYUI_PYTHON (its venv's python, which
+needs this project's engine dependencies). Without them these tests skip.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nodes_models import build_models_dir, shorten_for_tiny, write_source_audio
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (str(Path(COMFYUI_DIR) / ".venv" / "bin" / "python")
+                                                      if COMFYUI_DIR else None)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PORT = int(os.environ.get("ACE15S_TEST_PORT", "18231"))
+BASE = f"http://127.0.0.1:{PORT}"
+STARTUP_LIMIT_S = 300
+RUN_LIMIT_S = 600
+
+pytestmark = [
+    pytest.mark.comfyui, pytest.mark.slow,
+    pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
+                       reason="set COMFYUI_DIR to a ComfyUI source tree (and COMFYUI_PYTHON) to run real-ComfyUI tests"),
+]
+
+
+def _http(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(BASE + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+            return resp.status, raw
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dir, comfy_tiny_dir):
+    root = tmp_path_factory.mktemp("comfyui")
+    models = build_models_dir(root, tiny_dir, comfy_tiny_dir, official=False)  # ComfyUI files only
+    for d in ("out", "in", "temp", "user", "custom"):
+        (root / d).mkdir(exist_ok=True)
+    write_source_audio(root / "in" / "ace15s_example_song.flac", tiny_dir)
+    (root / "custom" / "acestep15_studio").symlink_to(REPO_ROOT)
+    (root / "paths.yaml").write_text(
+        f"ace15s:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  vae: vae\n"
+        f"  text_encoders: text_encoders\n  acestep: acestep\n  custom_nodes: {root / 'custom'}\n")
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(PORT), "--disable-auto-launch",
+         "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
+         "--output-directory", str(root / "out"), "--input-directory", str(root / "in"),
+         "--temp-directory", str(root / "temp"), "--database-url", "sqlite:///:memory:",
+         "--user-directory", str(root / "user")],
+        cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + STARTUP_LIMIT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ComfyUI exited during startup:\n{(root / 'server.log').read_text()[-4000:]}")
+        if "To see the GUI go to" in (root / "server.log").read_text():
+            break
+        time.sleep(1)
+    else:
+        proc.terminate()
+        pytest.fail("ComfyUI did not start in time")
+    yield {"root": root, "log": root / "server.log"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class Client:
+    def __init__(self):
+        import websocket
+
+        self.client_id = uuid.uuid4().hex
+        self.ws = websocket.create_connection(f"ws://127.0.0.1:{PORT}/ws?clientId={self.client_id}", timeout=RUN_LIMIT_S)
+
+    def submit(self, prompt, extra=None):
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if extra:
+            body["extra_data"] = {"extra_pnginfo": extra}
+        return _http("POST", "/prompt", body)
+
+    def wait(self, prompt_id, on_message=None):
+        events = []
+        while True:
+            raw = self.ws.recv()
+            if not isinstance(raw, str):
+                continue
+            msg = json.loads(raw)
+            data = msg.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            events.append(msg)
+            if on_message:
+                on_message(msg)
+            if msg["type"] in ("execution_error", "execution_interrupted"):
+                return events
+            if msg["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                return events
+
+    def close(self):
+        self.ws.close()
+
+
+def _decode(raw: bytes):
+    import av
+
+    with av.open(io.BytesIO(raw)) as c:
+        stream = c.streams.audio[0]
+        samples = sum(fr.samples for fr in c.decode(audio=0))
+        return stream.channels, samples / stream.sample_rate, dict(c.metadata)
+
+
+def test_pack_nodes_registered(server):
+    status, raw = _http("GET", "/object_info")
+    assert status == 200
+    info = json.loads(raw)
+    ours = {k: v for k, v in info.items() if k.startswith("ACE15S_")}
+    assert len(ours) == 9, (server["log"].read_text()[-3000:])
+    assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
+    assert ours["ACE15S_LoadModel"]["input"]["required"]["dit"][1]["options"] == ["acestep_v1.5_turbo.safetensors"] \
+        or ours["ACE15S_LoadModel"]["input"]["required"]["dit"][0] == ["acestep_v1.5_turbo.safetensors"]
+    assert info["SaveAudio"]["python_module"] == "comfy_extras.nodes_audio"  # core untouched
+
+
+WORKFLOWS = sorted(p.name[: -len(".api.json")] for p in (REPO_ROOT / "workflows").glob("*.api.json"))
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_runs_over_http(server, name):
+    prompt = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / f"{name}.api.json").read_text()))
+    workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+    client = Client()
+    try:
+        status, raw = client.submit(prompt, extra={"workflow": workflow})
+        assert status == 200, raw.decode()
+        prompt_id = json.loads(raw)["prompt_id"]
+        events = client.wait(prompt_id)
+    finally:
+        client.close()
+    types = [e["type"] for e in events]
+    assert "execution_error" not in types, json.dumps([e for e in events if e["type"] == "execution_error"])[:4000]
+    assert "execution_success" in types and "progress" in types
+    _, raw = _http("GET", f"/history/{prompt_id}")
+    entry = json.loads(raw)[prompt_id]
+    assert entry["status"]["status_str"] == "success"
+    files = [f for out in entry["outputs"].values() for f in out.get("audio", [])]
+    assert files
+    for f in files:
+        q = urllib.parse.urlencode({"filename": f["filename"], "subfolder": f["subfolder"], "type": f["type"]})
+        status, data = _http("GET", f"/view?{q}")
+        assert status == 200
+        channels, seconds, tags = _decode(data)
+        assert channels == 2 and seconds > 1.0
+        if f["filename"].endswith(".mp3") and f["type"] == "output":
+            assert data[:3] == b"ID3"
+            assert json.loads(tags["workflow"])["version"] == 0.4 and "prompt" in tags
+    if name == "continue":
+        mp3 = files[0]
+        q = urllib.parse.urlencode({"filename": mp3["filename"], "subfolder": mp3["subfolder"], "type": "output"})
+        _, seconds, _ = _decode(_http("GET", f"/view?{q}")[1])
+        assert abs(seconds - (249600 / 48000 + 2.0)) < 0.15
+
+
+def test_cancel_mid_run_then_keeps_serving(server):
+    prompt = json.loads((REPO_ROOT / "workflows" / "mix_native_nodes.api.json").read_text())
+    prompt["2"]["inputs"]["steps"] = 60  # long enough to cancel in the middle
+    prompt["2"]["inputs"]["duration"] = 8.0
+    prompt["4"]["inputs"].update(start=1.0, end=3.0)
+    client = Client()
+    sent = []
+
+    def interrupt_on_progress(msg):
+        if msg["type"] == "progress" and not sent and msg["data"].get("max") == 60:
+            sent.append(_http("POST", "/interrupt", {}))
+
+    try:
+        status, raw = client.submit(prompt)
+        assert status == 200, raw
+        prompt_id = json.loads(raw)["prompt_id"]
+        events = client.wait(prompt_id, interrupt_on_progress)
+    finally:
+        client.close()
+    assert sent and sent[0][0] == 200
+    assert events[-1]["type"] == "execution_interrupted"
+    assert events[-1]["data"]["node_type"] == "ACE15S_Text2Music"
+    # the server still serves: a small run succeeds
+    small = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / "repaint.api.json").read_text()))
+    client = Client()
+    try:
+        status, raw = client.submit(small)
+        assert status == 200
+        events = client.wait(json.loads(raw)["prompt_id"])
+    finally:
+        client.close()
+    assert any(e["type"] == "execution_success" for e in events)
+
+
+def test_bad_prompt_is_400_with_our_message(server):
+    prompt = json.loads((REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    prompt["3"]["inputs"]["end"] = prompt["3"]["inputs"]["start"]
+    status, raw = _http("POST", "/prompt", {"prompt": prompt})
+    assert status == 400
+    body = json.loads(raw)
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    errors = body["node_errors"]["3"]["errors"]
+    assert errors[0]["type"] == "custom_validation_failed" and "must be at least" in errors[0]["details"]
+    prompt = json.loads((REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    prompt["4"]["inputs"]["filename_prefix"] = "../../etc/x"
+    status, raw = _http("POST", "/prompt", {"prompt": prompt})
+    assert status == 400 and "outside the output folder" in raw.decode()

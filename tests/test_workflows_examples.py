@@ -1,0 +1,127 @@
+"""Every shipped workflow is well-formed, matches the schemas, and its API form runs on the tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+
+import nodes_harness as h
+from nodes_models import build_models_dir, shorten_for_tiny, write_source_audio
+
+WORKFLOWS = sorted(p for p in (h.REPO_ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+NAMES = [p.stem for p in WORKFLOWS]
+CORE_WIDGET_COUNTS = {"LoadAudio": 3, "PreviewAudio": 0, "SaveAudioMP3": 2}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
+    root = tmp_path_factory.mktemp("comfy")
+    h.install_fake_host()
+    import folder_paths
+
+    models = build_models_dir(root, tiny_dir, comfy_tiny_dir)
+    dirs = {k: root / k for k in ("output", "temp", "input")}
+    for d in dirs.values():
+        d.mkdir()
+    folder_paths.reset(str(models), str(dirs["output"]), str(dirs["temp"]), str(dirs["input"]))
+    write_source_audio(dirs["input"] / "ace15s_example_song.flac", tiny_dir)
+    _, node_map = h.load_pack()
+    return node_map, dirs
+
+
+def test_all_use_cases_shipped():
+    assert set(NAMES) == {"text2music_thinking", "simple_mode", "format_input_text2music", "continue", "repaint",
+                          "cover", "mix_native_nodes"}
+    for p in WORKFLOWS:
+        assert p.with_suffix(".api.json").is_file()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_well_formed(env, name):
+    node_map, _ = env
+    wf = json.loads((h.REPO_ROOT / "workflows" / f"{name}.json").read_text())
+    assert wf["version"] == 0.4 and {"id", "revision", "nodes", "links", "groups", "config", "extra"} <= set(wf)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] >= max(nodes)
+    assert wf["last_link_id"] >= max(link[0] for link in wf["links"])
+    for link_id, src, src_slot, dst, dst_slot, ltype in wf["links"]:
+        assert nodes[src]["outputs"][src_slot]["type"] == ltype and link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+    for node in wf["nodes"]:
+        if node["type"] in node_map:
+            schema = node_map[node["type"]].define_schema()
+            assert len(node["widgets_values"]) == h.widget_value_count(schema), node["type"]
+            assert node["properties"]["Node name for S&R"] == node["type"]
+        else:
+            assert len(node["widgets_values"]) == CORE_WIDGET_COUNTS[node["type"]]
+    loader = next(n for n in wf["nodes"] if n["type"] == "ACE15S_LoadModel")
+    assert {m["directory"] for m in loader["properties"]["models"]} == {"diffusion_models", "vae", "text_encoders"}
+    assert all(m["url"].startswith("https://huggingface.co/") for m in loader["properties"]["models"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_form_matches_ui_form(env, name):
+    """API prompt = the UI graph converted by the frontend's rules (widgets → literals, links → [id, slot])."""
+    node_map, _ = env
+    wf = json.loads((h.REPO_ROOT / "workflows" / f"{name}.json").read_text())
+    api = json.loads((h.REPO_ROOT / "workflows" / f"{name}.api.json").read_text())
+    assert set(api) == {str(n["id"]) for n in wf["nodes"]}
+    links = {link[0]: link for link in wf["links"]}
+    for node in wf["nodes"]:
+        entry = api[str(node["id"])]
+        assert entry["class_type"] == node["type"]
+        for inp in node["inputs"]:
+            if inp["link"] is not None:
+                link = links[inp["link"]]
+                assert entry["inputs"][inp["name"]] == [str(link[1]), link[2]]
+        if node["type"] in node_map:
+            values = list(node["widgets_values"])
+            for inp in h.widget_inputs(node_map[node["type"]].define_schema()):
+                assert entry["inputs"][inp.id] == values.pop(0)
+                if inp.options.get("control_after_generate"):
+                    assert values.pop(0) in ("fixed", "randomize", "increment", "decrement")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_executes_on_tiny_models(env, name):
+    node_map, dirs = env
+    api = json.loads((h.REPO_ROOT / "workflows" / f"{name}.api.json").read_text())
+    prompt = shorten_for_tiny(api)
+    result = h.execute_prompt(prompt, node_map, extra_pnginfo={"workflow": {"name": name}})
+    saved = [f for ui in result["outputs"].values() for f in ui.get("audio", [])]
+    assert saved
+    for f in saved:
+        base = dirs["output"] if f["type"] == "output" else dirs["temp"]
+        with av.open(str(Path(base) / f["subfolder"] / f["filename"])) as c:
+            stream = c.streams.audio[0]
+            assert stream.channels == 2
+            seconds = sum(fr.samples for fr in c.decode(audio=0)) / stream.sample_rate
+        assert seconds > 1.0
+    audio_nodes = [nid for nid, n in prompt.items() if n["class_type"].startswith("ACE15S_") and
+                   n["class_type"] not in ("ACE15S_LoadModel", "ACE15S_SaveAudio")]
+    for nid in audio_nodes:
+        values = result["results"][nid]
+        if prompt[nid]["class_type"] == "ACE15S_Text2Music":
+            audio, latent = values
+            assert latent["samples"].shape[1] == 64 and latent["type"] == "audio"
+            assert audio["waveform"].shape[-1] == latent["samples"].shape[-1] * 1920
+        if prompt[nid]["class_type"] == "ACE15S_Continue":
+            src = 249600 / 48000
+            assert abs(values[0]["waveform"].shape[-1] / 48000 - (src + prompt[nid]["inputs"]["seconds"])) < 0.1
+
+
+def test_bad_prompt_rejected_like_comfyui(env):
+    node_map, _ = env
+    api = json.loads((h.REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    api["3"]["inputs"]["end"] = api["3"]["inputs"]["start"]
+    with pytest.raises(h.PromptError) as info:
+        h.validate_prompt(api, node_map)
+    err = info.value.node_errors["3"]["errors"][0]
+    assert err["type"] == "custom_validation_failed" and "must be at least" in err["details"]
+    api["3"]["inputs"]["steps"] = 1000
+    with pytest.raises(h.PromptError) as info:
+        h.validate_prompt(api, node_map)
+    assert info.value.node_errors["3"]["errors"][0]["type"] == "value_bigger_than_max"
