@@ -343,8 +343,9 @@ def main(argv=None) -> int:
         for stage in report["device_peak_gb"]["none"]:
             row = [report["device_peak_gb"][m][stage] for m in ("none", "cpu", "cpu+dit")]
             print(f"  {stage:<55} {row[0]:>11.2f} {row[1]:>8.2f} {row[2]:>8.2f}")
-        for mode in ("none", "cpu", "cpu+dit"):
-            print(f"  {'max over the pipeline (' + mode + ')':<55} {max(report['device_peak_gb'][mode].values()):>8.2f}")
+        for mode in ("none", "cpu", "cpu+dit"):  # the pipeline decodes in windows; the one-window row is for comparison
+            peak = max(v for k, v in report["device_peak_gb"][mode].items() if "one window" not in k)
+            print(f"  {'peak over the pipeline, windowed VAE (' + mode + ')':<55} {peak:>8.2f}")
     else:
         by_mode = bench_gpu(args, dtype)
         report["stages_by_offload"] = {m: [asdict(r) for r in rows] for m, rows in by_mode.items()}
