@@ -168,6 +168,21 @@ def test_continuation_from_an_earlier_result(server, repainted, tmp_path):
     assert load_audio(out).shape[1] / SR == pytest.approx(8.0, abs=0.1)  # 5 s source + 3 s
 
 
+def test_cover_of_an_earlier_result(server, repainted, tmp_path):
+    item, _ = repainted
+    body = dict(FAST, task_type="cover", src_audio_path=result_items(item)[0]["file"], audio_cover_strength=0.5,
+                prompt="jazz cover", audio_format="wav32", thinking=True)  # thinking is skipped for cover
+    reply = release(server.url, body)
+    assert reply.status == 200, reply.body
+    done = wait_done(server.url, reply.data["task_id"])
+    assert done["status"] == 1, done
+    song = result_items(done)[0]
+    assert song["lm_model"] is None and song["file"].endswith(".wav")
+    out = tmp_path / "cover.wav"
+    out.write_bytes(http("GET", server.url + song["file"]).body)
+    assert load_audio(out).shape[1] / SR == pytest.approx(SOURCE_SECONDS, abs=0.05)  # cover keeps the length
+
+
 def test_failed_job_reports_why_and_the_next_job_succeeds(server):
     # thinking=true needs the 5 Hz LM, which this server does not have
     failing = release(server.url, dict(FAST, prompt="x", thinking=True))
@@ -311,3 +326,27 @@ def test_api_key(provider, tmp_path):
         assert not any(live.runtime.upload_dir.glob("*"))
         assert http("POST", live.url + "/create_random_sample", json={}).status == 401
         assert http("POST", live.url + "/format_input", json={"ai_token": "bad"}).status == 401
+
+
+@pytest.mark.slow
+def test_thinking_runs_the_lm_plan_through_the_dit(tiny_dir, tmp_path):
+    """thinking=true with every metadata field given: the LM skips its chain of thought and writes
+    exactly duration x 5 audio codes, which the DiT then follows (kept short: CPU, random weights)."""
+    provider = tiny_provider(tiny_dir, use_lm=True)
+    config = ServerConfig.from_env(tmp_path / "results", env={})
+    with LiveServer(Runtime(provider, config)) as live:
+        assert http("GET", live.url + "/v1/models").data["lm_model"] == "acestep-5Hz-lm-tiny"
+        body = dict(FAST, prompt="calm piano", thinking=True, bpm=90, key_scale="D minor", time_signature="3",
+                    audio_duration=10, lm_cfg_scale=1.0, lm_seed=5, seed=1)
+        reply = release(live.url, body)
+        assert reply.status == 200, reply.body
+        item = wait_done(live.url, reply.data["task_id"])
+        assert item["status"] == 1, item
+        song = result_items(item)[0]
+        assert song["lm_model"] == "acestep-5Hz-lm-tiny" and song["lm_seed"] == 5
+        assert "audio_codes=50" in song["generation_info"] and "lm_think_s" in song["generation_info"]
+        assert song["metas"]["bpm"] == 90 and song["metas"]["keyscale"] == "D minor"
+        got = http("GET", live.url + song["file"])
+        out = tmp_path / "thought.mp3"
+        out.write_bytes(got.body)
+        assert load_audio(out).shape[1] / SR == pytest.approx(10.0, abs=0.1)

@@ -212,7 +212,7 @@ def run_job(
         "vocal_language": song.language,
         "seed_value": ",".join(str(s) for s in seeds_used),
         "lm_seed": getattr(lm_plan, "lm_seed", None),
-        "generation_info": generation_info(timings, seeds_used, req, len(files)),
+        "generation_info": generation_info(timings, seeds_used, req, len(files), params.get("audio_code_count", 0)),
         "dit_model": dit_name,
         "lm_model": provider.lm_name() if any(k.startswith("lm_") for k in timings) else None,
         "params": params,
@@ -235,7 +235,9 @@ def save_batch(result, job_dir: Path, task_id: str, fmt: str, song: Song) -> lis
     return paths
 
 
-def generation_info(timings: dict[str, float], seeds: list[int], req: ReleaseRequest, n_audio: int) -> str:
-    parts = [f"{n_audio} audio(s)", f"steps={req.inference_steps}", f"seeds={','.join(map(str, seeds))}"]
+def generation_info(timings: dict[str, float], seeds: list[int], req: ReleaseRequest, n_audio: int,
+                    n_codes: int) -> str:
+    parts = [f"{n_audio} audio(s)", f"steps={req.inference_steps}", f"seeds={','.join(map(str, seeds))}",
+             f"audio_codes={n_codes}"]
     parts += [f"{k}={v:.2f}" for k, v in timings.items()]
     return "; ".join(parts)

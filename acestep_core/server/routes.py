@@ -241,7 +241,8 @@ class ApiHandlers:
             r = job.result or {}
             items = [dict(base, file=url, prompt=r["prompt"], lyrics=r["lyrics"], metas=r["metas"],
                           generation_info=r["generation_info"], seed_value=r["seed_value"],
-                          lm_model=r["lm_model"], dit_model=r["dit_model"], progress=1.0, stage="succeeded")
+                          lm_model=r["lm_model"], dit_model=r["dit_model"], lm_seed=r.get("lm_seed"),
+                          vocal_language=r.get("vocal_language"), progress=1.0, stage="succeeded")
                      for url in r.get("audio_urls", [])]
         elif job.status == "failed":
             items = [dict(base, file="", prompt="", lyrics="", metas={}, progress=job.progress,

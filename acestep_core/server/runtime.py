@@ -98,7 +98,7 @@ class Runtime:
                 pass
         self._tasks = []
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         self._queue = None
 
