@@ -60,4 +60,9 @@ def shorten_for_tiny(prompt: dict) -> dict:
             inputs["start"], inputs["end"] = 1.0, 3.0
         if "steps" in inputs:
             inputs["steps"] = 4
+        if node["class_type"] in ("ACE15S_LMThinking", "ACE15S_FormatInput"):
+            # all metas given: the random tiny LM skips free-running CoT text and only writes codes
+            inputs.update(bpm=120, keyscale="C major", timesignature="4", language="en")
+            if "use_cot_caption" in inputs:
+                inputs["use_cot_caption"] = False
     return prompt
