@@ -39,7 +39,8 @@ from .tasks import (
 )
 from .text_encoder import TextEncoder, load_text_encoder
 from .repaint import crossfade_latents, splice_waveform
-from .vae import load_vae, vae_decode, vae_encode
+from .memory.vae_fallback import decode_with_fallback, official_vae_decode_fn
+from .vae import decode_chunk_frames, load_vae, vae_encode
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +305,12 @@ class ACEStepPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1."""
+        chunk = self.vae_chunk_frames or decode_chunk_frames(None, self.device.type)
         with self.offload.use("vae", self.vae):
-            audio = vae_decode(self.vae, latents.to(self.device), chunk_frames=self.vae_chunk_frames)
+            # Out of memory → smaller windows → CPU, each step reported; never a silent failure.
+            audio = decode_with_fallback(official_vae_decode_fn(self.vae), latents, chunk, self.device,
+                                         log=logger.warning)
+        self.vae.to(self.offload.home("vae"))
         peak = audio.abs().amax(dim=(1, 2), keepdim=True)
         return torch.where(peak > 1.0, audio / peak, audio)
 

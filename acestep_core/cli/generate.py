@@ -126,6 +126,7 @@ def run(args) -> int:
 
         if args.lm_model is None and args.tiny:
             args.lm_model = kwargs.get("_tiny_lm")
+        args.device = str(pipe.device)
         planner = load_planner_from_args(args)
         print("thinking with the 5 Hz LM ...", file=sys.stderr)
         request.plan = planner.think(
