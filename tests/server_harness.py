@@ -32,9 +32,10 @@ def tiny_provider(tiny_dir: Path, use_lm: bool = False) -> LocalModelProvider:
 class LiveServer:
     """Runs create_app(runtime) on its own event loop thread; `url` is the base URL."""
 
-    def __init__(self, runtime, prefix: str = ""):
+    def __init__(self, runtime, prefix: str = "", app_factory=create_app):
         self.runtime = runtime
         self.prefix = prefix
+        self.app_factory = app_factory
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -45,7 +46,7 @@ class LiveServer:
         asyncio.set_event_loop(self.loop)
 
         async def start():
-            self._runner = web.AppRunner(create_app(self.runtime, prefix=self.prefix))
+            self._runner = web.AppRunner(self.app_factory(self.runtime, prefix=self.prefix))
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()

@@ -136,10 +136,14 @@ class Runtime:
     async def _worker(self) -> None:
         assert self._queue is not None
         while True:
+            # Wait for the host to be idle both before taking a job (so a held worker leaves the
+            # queue to fill up to its limit) and after (the host may have become busy meanwhile).
             if self.idle_gate is not None:
                 await self.idle_gate()
             job: Job = await self._queue.get()
             try:
+                if self.idle_gate is not None:
+                    await self.idle_gate()
                 if job.task_id in self._pending:
                     self._pending.remove(job.task_id)
                 await self._run(job)
