@@ -279,7 +279,7 @@ def decode_chunk_frames(free_bytes: int | None, device_type: str) -> int:
 
     CUDA: >= 24 GiB free -> 512, >= 16 -> 384, >= 12 -> 256, else 128. MPS: 512. CPU/other: 256.
     """
-    if device_type == "cuda":
+    if device_type in ("cuda", "xpu"):
         free_gb = (free_bytes or 0) / _GIB
         if free_gb >= 24:
             return 512

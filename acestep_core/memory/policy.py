@@ -435,23 +435,11 @@ def _env_bool(env: Mapping[str, str], name: str, reasons: list[str]) -> bool | N
 
 
 def vae_chunk_frames_for(device_type: str, free_bytes: int, total_bytes: int | None = None) -> int:
-    """VAE decode window in latent frames from the memory free right now ([M] handler rule).
+    """VAE decode window in latent frames from the memory free right now ([M] handler rule;
+    XPU follows the CUDA table)."""
+    from ..vae import decode_chunk_frames
 
-    CUDA / XPU: ≥ 24 GB free → 512, ≥ 16 → 384, ≥ 12 → 256, else 128. MPS: 512 (the official cap;
-    bigger windows over-reserve unified memory). CPU: 256.
-    """
-    if device_type == "cpu":
-        return 256
-    if device_type == "mps":
-        return 512
-    free_gb = free_bytes / GIB
-    if free_gb >= 24:
-        return 512
-    if free_gb >= 16:
-        return 384
-    if free_gb >= 12:
-        return 256
-    return 128
+    return decode_chunk_frames(free_bytes, "cuda" if device_type == "xpu" else device_type)
 
 
 def _dtypes(memory: DeviceMemory) -> tuple[str, str]:
