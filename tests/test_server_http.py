@@ -203,6 +203,12 @@ def test_failed_job_reports_why_and_the_next_job_succeeds(server):
 def test_unknown_task_id_is_a_failure_not_an_endless_wait(server):
     item = query(server.url, "00000000-0000-0000-0000-000000000000")
     assert item["status"] == 2 and "not found" in item["error"]
+    # the official form encoding: task_id_list as a JSON string in a form field
+    form = http("POST", server.url + "/query_result",
+                data={"task_id_list": '["00000000-0000-0000-0000-000000000000"]'})
+    assert form.status == 200 and form.data[0]["status"] == 2
+    bad = http("POST", server.url + "/query_result", json={"task_id_list": {"a": 1}})
+    assert bad.status == 400 and bad.error.startswith("task_id_list:")
 
 
 def test_random_sample_returns_bundled_examples(server):

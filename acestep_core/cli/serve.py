@@ -57,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         print("error: give --checkpoint-dir (official checkpoints/ root) or --dit/--vae/--text-encoder",
               file=sys.stderr)
         return 2
+    for flag, value in (("--checkpoint-dir", args.checkpoint_dir), ("--dit", args.dit), ("--vae", args.vae),
+                        ("--text-encoder", args.text_encoder), ("--lm", args.lm)):
+        # a bare name under --checkpoint-dir is resolved by the engine; paths must exist now
+        looks_like_path = value and (flag == "--checkpoint-dir" or os.sep in value or value.endswith(".safetensors"))
+        if looks_like_path and not Path(value).exists():
+            print(f"error: {flag} {value} does not exist", file=sys.stderr)
+            return 2
     overrides = {"api_key": args.api_key} if args.api_key else {}
     try:
         config = ServerConfig.from_env(Path(args.output_dir), **overrides)
