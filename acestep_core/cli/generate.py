@@ -94,6 +94,8 @@ def run(args) -> int:
     from .model_setup import pipeline_kwargs, pop_private, tiny_notice
 
     out_dir = Path(args.out)
+    # Refuse a bad output path before spending minutes on generation.
+    latents_path = contained_path(out_dir, args.save_latents) if args.save_latents else None
     kwargs, notes = pipeline_kwargs(args)
     for note in notes:
         print(note, file=sys.stderr)
@@ -164,8 +166,9 @@ def run(args) -> int:
         json_path.write_text(json.dumps(item_params, indent=2, default=str))
         written.append(audio_path)
         print(f"wrote {audio_path} ({result.audio.shape[-1] / result.sample_rate:.2f} s, seed {result.seeds[item]}) and {json_path.name}")
-    if args.save_latents:
-        path = contained_path(out_dir, args.save_latents)
+    if latents_path is not None:
+        path = latents_path
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_latents(path, result.latents)
         print(f"wrote latents {path} {list(result.latents.shape)}")
     if args.tiny:

@@ -1,0 +1,100 @@
+"""`python -m acestep_core generate` for every task on the tiny fixture checkpoints."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY_DIR, load_golden
+
+from acestep_core.audio_io import load_audio, save_audio
+from acestep_core.cli import main
+from acestep_core.outputs import load_latents
+
+SR = 48000
+
+
+@pytest.fixture(scope="module")
+def source_wav(tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "source.wav"
+    save_audio(path, load_golden("source_audio")["src_a"], SR, "wav", quality=32)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def tiny_fixtures(monkeypatch):
+    monkeypatch.setenv("ACESTEP_TINY_DIR", str(TINY_DIR))
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "out"
+    code = main(["generate", "--tiny", "--device", "cpu", "--out", str(out), "--seed", "11", *args])
+    assert code == 0
+    files = sorted(out.iterdir())
+    audio = [f for f in files if f.suffix in (".flac", ".mp3", ".wav", ".opus")]
+    metas = [f for f in files if f.suffix == ".json"]
+    assert len(audio) == 1 and len(metas) == 1
+    return audio[0], json.loads(metas[0].read_text()), out
+
+
+def test_text2music_writes_playable_file_and_json(tmp_path):
+    audio, params, out = _run(tmp_path, "--caption", "lo-fi beat", "--audio-duration", "6",
+                              "--audio-format", "mp3", "--save-latents", "song.safetensors")
+    decoded = load_audio(audio)
+    assert decoded.shape[0] == 2 and abs(decoded.shape[1] / SR - 6.0) < 0.1
+    assert params["task"] == "text2music" and params["seed"] == 11 and params["latent_frames"] == 150
+    assert "TINY RANDOM-WEIGHT" in params["note"]
+    assert load_latents(out / "song.safetensors").shape == (1, 150, 64)
+
+
+@pytest.mark.parametrize("task,extra,seconds", [
+    ("cover", [], 5.2),
+    ("repaint", ["--repainting-start", "1.0", "--repainting-end", "3.0"], 5.2),
+    ("continuation", ["--continuation-seconds", "2.0"], 7.2),
+])
+def test_audio_tasks_from_the_cli(tmp_path, source_wav, task, extra, seconds):
+    audio, params, _ = _run(tmp_path, "--task-type", task, "--src-audio", str(source_wav),
+                            "--caption", "x", "--audio-format", "flac", *extra)
+    decoded = load_audio(audio)
+    assert abs(decoded.shape[1] / SR - seconds) < 0.05
+    assert params["task"] == ("cover" if task == "cover" else "repaint")
+
+
+def test_src_latents_chain(tmp_path, source_wav):
+    _, _, out = _run(tmp_path, "--caption", "x", "--audio-duration", "6", "--save-latents", "a.safetensors")
+    second = tmp_path / "second"
+    code = main(["generate", "--tiny", "--device", "cpu", "--out", str(second), "--task-type", "repaint",
+                 "--src-latents", str(out / "a.safetensors"), "--repainting-start", "2", "--repainting-end", "4"])
+    assert code == 0
+    params = json.loads(next(second.glob("*.json")).read_text())
+    assert params["latent_frames"] == 150
+
+
+def test_missing_weights_explain_how_to_get_them(tmp_path, capsys):
+    code = main(["generate", "--checkpoint-dir", str(tmp_path / "nothing"), "--caption", "x", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "No ACE-Step 1.5 weights found" in err and "--tiny" in err
+
+
+def test_bad_flag_value_is_one_line_error(tmp_path, capsys):
+    code = main(["generate", "--tiny", "--bpm", "999", "--out", str(tmp_path)])
+    assert code == 2
+    assert "bpm must be an integer from 30 to 300" in capsys.readouterr().err
+
+
+def test_save_latents_outside_out_is_refused(tmp_path, capsys):
+    code = main(["generate", "--tiny", "--audio-duration", "6", "--out", str(tmp_path / "o"),
+                 "--save-latents", "../escape.safetensors"])
+    assert code == 2
+    assert "outputs stay inside" in capsys.readouterr().err
+    assert not (tmp_path / "escape.safetensors").exists()
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "acestep_core", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for command in ("generate", "think", "format", "sample", "doctor", "serve"):
+        assert command in result.stdout
