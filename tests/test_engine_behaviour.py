@@ -229,3 +229,13 @@ def test_output_paths_stay_inside(tmp_path):
     for bad in ("../x.flac", "/etc/passwd", "a/../../x"):
         with pytest.raises(InputError, match="outputs stay inside"):
             contained_path(tmp_path, bad)
+
+
+def test_engine_never_imports_comfyui():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "acestep_core"
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if re.search(r"^\s*(import comfy|from comfy)", p.read_text(), re.M)]
+    assert offenders == []

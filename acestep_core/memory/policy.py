@@ -175,17 +175,9 @@ def memory_from_values(device_type: str, total: int | float, free: int | float |
     return DeviceMemory(device_type, name or device_type, total, max(0, free), False, bf16_supported)
 
 
-def memory_from_comfy(model_management: Any = None) -> DeviceMemory | None:
-    """Total / free memory as ComfyUI sees it, or None outside ComfyUI.
-
-    `comfy.model_management` is imported here, at call time, never at module import: the engine
-    must work without ComfyUI. ComfyUI reports system RAM for CPU and MPS devices.
-    """
-    if model_management is None:
-        try:
-            import comfy.model_management as model_management  # type: ignore[no-redef]
-        except ImportError:
-            return None
+def memory_from_comfy(model_management: Any) -> DeviceMemory:
+    """Total / free memory as ComfyUI sees it. The node side passes `comfy.model_management` in:
+    the engine itself never imports ComfyUI. ComfyUI reports system RAM for CPU and MPS devices."""
     device = model_management.get_torch_device()
     device_type = getattr(device, "type", str(device))
     total = model_management.get_total_memory(device)
