@@ -86,11 +86,31 @@ def server(tmp_path_factory, tiny_dir, comfy_tiny_dir):
 
 
 class Client:
+    """A ComfyUI front-end stand-in: one websocket (aiohttp, driven synchronously) plus /prompt."""
+
     def __init__(self):
-        import websocket
+        import asyncio
+
+        import aiohttp
 
         self.client_id = uuid.uuid4().hex
-        self.ws = websocket.create_connection(f"ws://127.0.0.1:{PORT}/ws?clientId={self.client_id}", timeout=RUN_LIMIT_S)
+        self._loop = asyncio.new_event_loop()
+        async def connect():
+            session = aiohttp.ClientSession()
+            ws = await session.ws_connect(f"ws://127.0.0.1:{PORT}/ws?clientId={self.client_id}", max_msg_size=0)
+            return session, ws
+
+        self._session, self.ws = self._loop.run_until_complete(connect())
+
+    def _recv(self):
+        import aiohttp
+
+        msg = self._loop.run_until_complete(self.ws.receive(timeout=RUN_LIMIT_S))
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return msg.data
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            raise ConnectionError(f"websocket closed: {msg!r}")
+        return None  # binary preview frames
 
     def submit(self, prompt, extra=None):
         body = {"prompt": prompt, "client_id": self.client_id}
@@ -101,11 +121,11 @@ class Client:
     def wait(self, prompt_id, on_message=None):
         events = []
         while True:
-            raw = self.ws.recv()
-            if not isinstance(raw, str):
+            raw = self._recv()
+            if raw is None:
                 continue
             msg = json.loads(raw)
-            data = msg.get("data", {})
+            data = msg.get("data") or {}
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
             events.append(msg)
@@ -117,7 +137,12 @@ class Client:
                 return events
 
     def close(self):
-        self.ws.close()
+        async def close():
+            await self.ws.close()
+            await self._session.close()
+
+        self._loop.run_until_complete(close())
+        self._loop.close()
 
 
 def _decode(raw: bytes):
