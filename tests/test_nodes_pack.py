@@ -213,3 +213,17 @@ def test_audio_wire_layouts(pack):
     assert latent["type"] == "audio" and latent["samples"].shape == (2, 64, 150)
     with pytest.raises(ValueError, match="empty"):
         wire.from_comfy_audio({"waveform": torch.zeros(1, 2, 0), "sample_rate": 48000})
+
+
+def test_requirements_txt_is_the_engine_deps_without_torch():
+    """ComfyUI-Manager installs requirements.txt into ComfyUI's Python, which already has torch."""
+    import re
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    def names(specs):
+        return {re.split(r"[<>=!~\[; ]", s.strip(), maxsplit=1)[0].lower() for s in specs if s.strip()}
+
+    project = tomllib.loads((h.REPO_ROOT / "pyproject.toml").read_text())["project"]
+    lines = [ln for ln in (h.REPO_ROOT / "requirements.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert names(lines) == names(project["dependencies"]) - {"torch", "torchaudio"}
+    assert not any("==" in ln for ln in lines)  # loose: never fight ComfyUI's own pins
