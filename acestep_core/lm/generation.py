@@ -81,36 +81,37 @@ def decode_with_fsm(
     generated: list[int] = []
     margins: list[float] = []
     pos = start
-    for step in range(max_new_tokens):
-        _check(cancel)
-        cache: dict = {}
+    with decoder.decoding():
+        for step in range(max_new_tokens):
+            _check(cancel)
+            cache: dict = {}
 
-        def get_scores():
-            if "s" not in cache:
-                cache["s"] = _cfg(decoder.full_logits(hidden), cfg_scale)
-            return cache["s"]
+            def get_scores():
+                if "s" not in cache:
+                    cache["s"] = _cfg(decoder.full_logits(hidden), cfg_scale)
+                return cache["s"]
 
-        forced, scores = fsm.step(get_scores)
-        if forced is not None:
-            token = int(forced)
-            if record_margins:
-                margins.append(float("inf"))
-        else:
+            forced, scores = fsm.step(get_scores)
+            if forced is not None:
+                token = int(forced)
+                if record_margins:
+                    margins.append(float("inf"))
+            else:
+                if seen is not None:
+                    scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
+                if record_margins:
+                    margins.append(float(top2_margin(scores)))
+                token = int(sample(scores[None], sampling, generator)[0])
+            fsm.update(token)
+            generated.append(token)
+            if progress is not None:
+                progress(step + 1, max_new_tokens)
+            if token in (IM_END_ID, ENDOFTEXT_ID) or step == max_new_tokens - 1:
+                break
             if seen is not None:
-                scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
-            if record_margins:
-                margins.append(float(top2_margin(scores)))
-            token = int(sample(scores[None], sampling, generator)[0])
-        fsm.update(token)
-        generated.append(token)
-        if progress is not None:
-            progress(step + 1, max_new_tokens)
-        if token in (IM_END_ID, ENDOFTEXT_ID) or step == max_new_tokens - 1:
-            break
-        if seen is not None:
-            seen[token] = True
-        hidden = decoder.forward(torch.full((batch, 1), token, dtype=torch.long, device=decoder.device), pos)[:, -1]
-        pos += 1
+                seen[token] = True
+            hidden = decoder.decode(torch.full((batch, 1), token, dtype=torch.long, device=decoder.device), pos)
+            pos += 1
     return DecodeResult([int(t) for t in ids[0][mask[0].bool()].tolist()], generated, margins)
 
 
@@ -133,35 +134,35 @@ def decode_codes(
     total = target_codes + 1
     decoder.reset(batch, start + total)
     device = decoder.device
-    eos_col = NUM_VALID_CODES  # column of EOS in the code-only head
+    # EOS is blocked until exactly `target_codes` codes and then forced, so the loop only ever
+    # scores the 64 000 code rows and the final EOS is written up front.
     out = torch.empty(total, dtype=torch.long, device=device)
     out[-1] = IM_END_ID
     margin_buf = torch.full((total,), float("inf"), device=device) if record_margins else None
     seen = None
     if sampling.repetition_penalty != 1.0:
-        seen = torch.zeros(NUM_VALID_CODES + 1, dtype=torch.bool, device=device)
+        seen = torch.zeros(NUM_VALID_CODES, dtype=torch.bool, device=device)
         prompt = ids[0][mask[0].bool()]
-        codes = prompt[(prompt >= AUDIO_CODE_BASE) & (prompt < AUDIO_CODE_BASE + NUM_VALID_CODES)]
-        seen[codes - AUDIO_CODE_BASE] = True
-        seen[eos_col] = bool((prompt == IM_END_ID).any())
+        seen[prompt[(prompt >= AUDIO_CODE_BASE) & (prompt < AUDIO_CODE_BASE + NUM_VALID_CODES)] - AUDIO_CODE_BASE] = True
     hidden = decoder.forward(ids, 0, mask)[:, -1]
-    for step in range(target_codes):
-        _check(cancel)
-        scores = _cfg(decoder.codes_logits(hidden), cfg_scale)
-        scores[eos_col] = float("-inf")  # EOS only after exactly target_codes codes
-        if seen is not None:
-            scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
-        if margin_buf is not None:
-            margin_buf[step] = top2_margin(scores)
-        column = sample(scores[None], sampling, generator)[0]
-        if seen is not None:
-            seen[column] = True
-        token = column + AUDIO_CODE_BASE
-        out[step] = token
-        if progress is not None:
-            progress(step + 1, total)
-        if step < target_codes - 1:
-            hidden = decoder.forward(token.view(1, 1).expand(batch, 1), start + step)[:, -1]
+    token = torch.empty((batch, 1), dtype=torch.long, device=device)  # fed back without leaving the device
+    with decoder.decoding():
+        for step in range(target_codes):
+            _check(cancel)
+            scores = _cfg(decoder.code_logits(hidden), cfg_scale)
+            if seen is not None:
+                scores = apply_repetition_penalty(scores, seen, sampling.repetition_penalty)
+            if margin_buf is not None:
+                margin_buf[step] = top2_margin(scores)
+            column = sample(scores[None], sampling, generator)[0]
+            if seen is not None:
+                seen[column] = True
+            out[step] = column + AUDIO_CODE_BASE
+            if progress is not None:
+                progress(step + 1, total)
+            if step < target_codes - 1:
+                token.copy_(out[step].expand(batch, 1))
+                hidden = decoder.decode(token, start + step)
     if progress is not None:
         progress(total, total)
     margins = margin_buf.tolist() if margin_buf is not None else []

@@ -1,10 +1,7 @@
-"""Loading the 5 Hz LM (official folder or ComfyUI repack) and a static-KV-cache decoder on its modules.
+"""Loading the 5 Hz LM (official folder or ComfyUI repack) into a transformers `Qwen3ForCausalLM`.
 
-The weights live in a transformers `Qwen3ForCausalLM` (so the plain-`generate` baseline and any
-tooling see a normal model); decoding runs through `StaticCacheDecoder`, which calls the same
-`nn.Linear` / `Qwen3RMSNorm` modules but keeps the KV cache in preallocated tensors, prefills in
-one pass, runs the cond + uncond rows of CFG as one batch and can project onto the audio-code rows
-of the tied embedding only (64 001 of 217 204 rows) when only codes are allowed.
+The weights live in a plain `Qwen3ForCausalLM` (so the `generate` baseline and any tooling see a
+normal model); decoding runs through `decoder.StaticCacheDecoder` on the same modules.
 """
 
 from __future__ import annotations
@@ -15,10 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
+from .constants import AUDIO_CODE_BASE, IM_END_ID
+from .decoder import StaticCacheDecoder  # noqa: F401  (re-exported)
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -125,105 +122,3 @@ def load_lm(path: Path, dtype, device) -> tuple[object, Path]:
             "Qwen3 text encoder, not the 5 Hz LM (whose vocabulary is 217204)"
         )
     return build_model(config, sd, dt, device), path
-
-
-class StaticCacheDecoder:
-    """Prefill / one-token decode over preallocated KV tensors, on the modules of a Qwen3ForCausalLM."""
-
-    def __init__(self, model):
-        self.model = model
-        cfg = model.config
-        self.layers = list(model.model.layers)
-        self.norm = model.model.norm
-        self.embed = model.model.embed_tokens
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        self.rope_theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 1e6)))
-        weight = self.embed.weight
-        self.device, self.dtype = weight.device, weight.dtype
-        # Rows of the tied head that codes decoding can produce: codes 0..63999, then EOS.
-        self.codes_head = torch.cat(
-            [weight[AUDIO_CODE_BASE:AUDIO_CODE_BASE + NUM_VALID_CODES], weight[IM_END_ID:IM_END_ID + 1]]
-        ).contiguous()
-        self.k_cache: list[torch.Tensor] = []
-        self.v_cache: list[torch.Tensor] = []
-        self.capacity = (0, 0)
-        self._cos = self._sin = None
-        self.key_valid: Optional[torch.Tensor] = None
-        self.has_padding = False
-
-    # ---- cache ---------------------------------------------------------------------------------
-    def reset(self, batch: int, length: int) -> None:
-        """Make room for `batch` rows of `length` positions (reuses the buffers when they fit)."""
-        cap_b, cap_l = self.capacity
-        if batch != cap_b or length > cap_l:
-            length = max(length, cap_l if batch == cap_b else 0)
-            length = (length + 255) // 256 * 256
-            shape = (batch, self.n_kv, length, self.head_dim)
-            self.k_cache = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-            self.v_cache = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-            self.capacity = (batch, length)
-            inv_freq = 1.0 / (self.rope_theta ** (
-                torch.arange(0, self.head_dim, 2, dtype=torch.int64).to(device=self.device, dtype=torch.float)
-                / self.head_dim))
-            pos = torch.arange(length, device=self.device, dtype=torch.float)
-            freqs = pos[:, None] * inv_freq[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._cos, self._sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-        self.key_valid = torch.ones(batch, self.capacity[1], dtype=torch.bool, device=self.device)
-        self.has_padding = False
-
-    # ---- forward -------------------------------------------------------------------------------
-    @staticmethod
-    def _rotate_half(x):
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    def forward(self, input_ids: torch.Tensor, start: int, attention_mask: Optional[torch.Tensor] = None):
-        """Hidden states after the final norm for `input_ids` [B, T] at positions start..start+T-1.
-
-        `attention_mask` [B, T] marks left padding of a prefill; like the reference, padded slots
-        keep their positions (0..L-1 for every row) and are hidden from every later query.
-        """
-        bsz, length = input_ids.shape
-        end = start + length
-        if attention_mask is not None and not bool(attention_mask.all()):
-            self.key_valid[:, start:end] = attention_mask.bool()
-            self.has_padding = True
-        mask = None
-        if self.has_padding or length > 1:
-            q_pos = torch.arange(start, end, device=self.device)
-            k_pos = torch.arange(end, device=self.device)
-            causal = k_pos[None, :] <= q_pos[:, None]
-            mask = causal[None] & self.key_valid[:, None, :end]
-            mask |= (k_pos[None, :] == q_pos[:, None])[None]  # padded queries see themselves: no NaN
-            mask = mask[:, None]
-        cos = self._cos[start:end][None, None]
-        sin = self._sin[start:end][None, None]
-        h = self.embed(input_ids)
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_norm(attn.q_proj(x).view(bsz, length, self.n_heads, self.head_dim)).transpose(1, 2)
-            k = attn.k_norm(attn.k_proj(x).view(bsz, length, self.n_kv, self.head_dim)).transpose(1, 2)
-            v = attn.v_proj(x).view(bsz, length, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + self._rotate_half(q) * sin
-            k = k * cos + self._rotate_half(k) * sin
-            self.k_cache[i][:, :, start:end] = k
-            self.v_cache[i][:, :, start:end] = v
-            out = F.scaled_dot_product_attention(
-                q, self.k_cache[i][:, :, :end], self.v_cache[i][:, :, :end], attn_mask=mask,
-                enable_gqa=self.n_kv != self.n_heads,
-            )
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(bsz, length, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.norm(h)
-
-    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.embed.weight).float()
-
-    def codes_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over [code 0..63999, EOS] only."""
-        return F.linear(hidden, self.codes_head).float()

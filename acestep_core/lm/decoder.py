@@ -1,0 +1,267 @@
+"""Static-KV-cache decoder on the modules of a transformers `Qwen3ForCausalLM`.
+
+Decoding a 5 Hz LM at batch 1 is memory-bound: every token streams all weights once. The decoder
+therefore
+- keeps K/V in preallocated tensors and prefills the prompt in one pass;
+- runs the cond + uncond rows of CFG as one batch-2 forward (one weight stream for both);
+- on CPU multiplies few-row activations as `W @ x.T` (MKL streams the weight once that way; the
+  `x @ W.T` of `F.linear` reads it about twice for 2 rows, see `_project`);
+- in eager mode attends only over the filled part of the cache, with the padding bias of the CFG
+  batch computed once per prompt;
+- projects onto the 64 000 audio-code rows of the tied embedding only (of 217 204) while decoding codes.
+
+`step_static` is the same one-token step with fixed shapes (position as a device tensor, attention
+over the whole cache under a mask): that is the form `torch.compile` / CUDA graphs can capture.
+It is used when the decoder is built with `compile=True` or `ACESTEP_LM_COMPILE=1` (off by
+default; it needs a working `torch.compile`, is meant for CUDA, and costs a compile up front).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
+
+_FEW_ROWS = 8  # up to this many activation rows the CPU path uses `W @ x.T`
+
+
+def decode_threads_default() -> int:
+    """CPU threads for the one-token steps (`ACESTEP_LM_DECODE_THREADS`, default 1).
+
+    A decode step streams every weight once for two activation rows: one core already draws most
+    of the memory bandwidth, and MKL's multi-threaded small GEMM stalls on its barriers (10x and
+    worse) as soon as another process shares the cores. The prefill keeps all threads.
+    """
+    value = os.environ.get("ACESTEP_LM_DECODE_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x @ weight.T` for x [..., in]; weight [out, in]."""
+    rows = x.numel() // x.shape[-1]
+    if x.device.type == "cpu" and rows <= _FEW_ROWS:
+        # MKL is fast for `W @ B` only when B = x.T is a transposed row-major x (a contiguous
+        # [in, rows] B takes a path ~6x slower), hence the `contiguous()` on both sides.
+        flat = x.reshape(rows, x.shape[-1]).contiguous()
+        return torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight)
+
+
+def compile_requested(flag: Optional[bool]) -> bool:
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get("ACESTEP_LM_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class KVCache(nn.Module):
+    """K and V of every layer in two buffers [layers, batch, kv_heads, capacity, head_dim]."""
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int, device, dtype):
+        super().__init__()
+        shape = (layers, batch, kv_heads, capacity, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+
+class StaticCacheDecoder:
+    """Prefill / one-token decode over preallocated KV tensors, on the modules of a Qwen3ForCausalLM."""
+
+    def __init__(self, model, compile: Optional[bool] = None):
+        self.model = model
+        cfg = model.config
+        self.layers = list(model.model.layers)
+        self.norm = model.model.norm
+        self.embed = model.model.embed_tokens
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        self.rope_theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 1e6)))
+        weight = self.embed.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        # The code rows are contiguous in the tied embedding: views, no copy.
+        self.code_rows = weight[AUDIO_CODE_BASE:AUDIO_CODE_BASE + NUM_VALID_CODES]
+        self.eos_row = weight[IM_END_ID:IM_END_ID + 1]
+        self.cache: Optional[KVCache] = None
+        self.capacity = (0, 0)
+        self._cos = self._sin = None
+        self.key_valid: Optional[torch.Tensor] = None  # [B, capacity] bool: False on left padding
+        self.key_bias: Optional[torch.Tensor] = None   # [B, 1, 1, capacity] additive, or None
+        self.has_padding = False
+        self.decode_threads = decode_threads_default()
+        self.use_static = compile_requested(compile)
+        self._step = None
+        if self.use_static:
+            if not hasattr(torch, "compile"):
+                raise RuntimeError("compile=True needs torch.compile (PyTorch >= 2.0)")
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._step = torch.compile(self.step_static, mode=mode, fullgraph=True, dynamic=False)
+
+    @contextmanager
+    def decoding(self):
+        """Scope of a one-token-at-a-time loop: on CPU, runs with `decode_threads` threads."""
+        if self.device.type != "cpu" or self.decode_threads == torch.get_num_threads():
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.decode_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    # ---- cache ---------------------------------------------------------------------------------
+    def reset(self, batch: int, length: int) -> None:
+        """Make room for `batch` rows of `length` positions (reuses the buffers when they fit)."""
+        cap_b, cap_l = self.capacity
+        if batch != cap_b or length > cap_l:
+            length = max(length, cap_l if batch == cap_b else 0)
+            length = (length + 255) // 256 * 256
+            self.cache = None  # free the old buffers before allocating the new ones
+            self.cache = KVCache(len(self.layers), batch, self.n_kv, length, self.head_dim, self.device, self.dtype)
+            self.capacity = (batch, length)
+            inv_freq = 1.0 / (self.rope_theta ** (
+                torch.arange(0, self.head_dim, 2, dtype=torch.int64).to(device=self.device, dtype=torch.float)
+                / self.head_dim))
+            pos = torch.arange(length, device=self.device, dtype=torch.float)
+            freqs = pos[:, None] * inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._cos, self._sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+            self._key_pos = torch.arange(length, device=self.device)
+            self.key_valid = torch.ones(batch, length, dtype=torch.bool, device=self.device)
+            self.key_bias_full = torch.zeros(batch, 1, 1, length, device=self.device)
+        else:
+            self.key_valid.fill_(True)
+            self.key_bias_full.zero_()
+        self.key_bias = None
+        self.has_padding = False
+
+    def _mark_padding(self, start: int, attention_mask: torch.Tensor) -> None:
+        end = start + attention_mask.shape[1]
+        self.key_valid[:, start:end] = attention_mask.bool()
+        self.key_bias_full.masked_fill_(~self.key_valid[:, None, None, :], float("-inf"))
+        self.key_bias = self.key_bias_full
+        self.has_padding = True
+
+    # ---- one layer -----------------------------------------------------------------------------
+    @staticmethod
+    def _rotate_half(x):
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    def _qkv(self, layer, x, cos, sin):
+        bsz, length, _ = x.shape
+        attn = layer.self_attn
+        q = _project(x, attn.q_proj.weight).view(bsz, length, self.n_heads, self.head_dim)
+        k = _project(x, attn.k_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
+        v = _project(x, attn.v_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
+        q = attn.q_norm(q).transpose(1, 2)
+        k = attn.k_norm(k).transpose(1, 2)
+        q = q * cos + self._rotate_half(q) * sin
+        k = k * cos + self._rotate_half(k) * sin
+        return q, k, v.transpose(1, 2)
+
+    def _attend_one(self, q, keys, values, bias):
+        """Attention of one query per row [B, H, 1, D] over keys / values [B, KV, S, D].
+
+        The query heads sharing a KV head are folded into that head's query rows, so grouped-query
+        attention reads the cache as it is (SDPA's CPU fallback for GQA copies K/V every step).
+        """
+        bsz = q.shape[0]
+        group = self.n_heads // self.n_kv
+        q = q.reshape(bsz, self.n_kv, group, self.head_dim)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.head_dim ** -0.5
+        if bias is not None:
+            scores = scores + bias
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        return torch.matmul(probs, values).reshape(bsz, self.n_heads, 1, self.head_dim)
+
+    def _finish_layer(self, layer, h, out):
+        bsz, length = h.shape[:2]
+        h = h + _project(out.transpose(1, 2).reshape(bsz, length, -1), layer.self_attn.o_proj.weight)
+        mlp = layer.mlp
+        x = layer.post_attention_layernorm(h)
+        x = mlp.act_fn(_project(x, mlp.gate_proj.weight)) * _project(x, mlp.up_proj.weight)
+        return h + _project(x, mlp.down_proj.weight)
+
+    # ---- eager forward (prefill and CPU decode) --------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, start: int, attention_mask: Optional[torch.Tensor] = None):
+        """Hidden states after the final norm for `input_ids` [B, T] at positions start..start+T-1.
+
+        `attention_mask` [B, T] marks left padding of a prefill; like the reference, padded slots
+        keep their positions (0..L-1 for every row) and are hidden from every later query.
+        """
+        bsz, length = input_ids.shape
+        end = start + length
+        if attention_mask is not None and not bool(attention_mask.all()):
+            self._mark_padding(start, attention_mask)
+        if length > 1:
+            q_pos = self._key_pos[start:end]
+            k_pos = self._key_pos[:end]
+            mask = (k_pos[None, :] <= q_pos[:, None])[None] & self.key_valid[:, None, :end]
+            mask |= (k_pos[None, :] == q_pos[:, None])[None]  # padded queries see themselves: no NaN
+            mask = mask[:, None]
+        else:  # one new token: every filled key is causal; only padding needs hiding
+            mask = self.key_bias[..., :end] if self.has_padding else None
+        cos = self._cos[start:end][None, None]
+        sin = self._sin[start:end][None, None]
+        h = self.embed(input_ids)
+        k_all, v_all = self.cache.k, self.cache.v
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(h), cos, sin)
+            k_all[i, :, :, start:end] = k
+            v_all[i, :, :, start:end] = v
+            if length == 1:
+                out = self._attend_one(q, k_all[i, :, :, :end], v_all[i, :, :, :end], mask)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, k_all[i, :, :, :end], v_all[i, :, :, :end], attn_mask=mask,
+                    enable_gqa=self.n_kv != self.n_heads,
+                )
+            h = self._finish_layer(layer, h, out)
+        return self.norm(h)
+
+    # ---- static-shape one-token step (torch.compile / CUDA graphs) -------------------------------
+    def step_static(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Final hidden state [B, H] of `tokens` [B, 1] at position `pos` (long tensor [1])."""
+        cos = self._cos.index_select(0, pos)[None, None]
+        sin = self._sin.index_select(0, pos)[None, None]
+        visible = (self._key_pos <= pos)[None, :] & self.key_valid  # [B, capacity]
+        bias = torch.zeros(visible.shape, device=self.device).masked_fill(~visible, float("-inf"))
+        bias = bias[:, None, None, :]
+        h = self.embed(tokens)
+        k_all, v_all = self.cache.k, self.cache.v
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(h), cos, sin)
+            k_all[i].index_copy_(2, pos, k)
+            v_all[i].index_copy_(2, pos, v)
+            out = self._attend_one(q, k_all[i], v_all[i], bias)
+            h = self._finish_layer(layer, h, out)
+        return self.norm(h)[:, -1]
+
+    def decode(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """Final hidden state [B, H] of one new token per row at position `pos`."""
+        if self._step is None:
+            return self.forward(tokens, pos)[:, -1]
+        if hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+            torch.compiler.cudagraph_mark_step_begin()
+        pos_t = torch.full((1,), pos, dtype=torch.long, device=self.device)
+        return self._step(tokens, pos_t).clone()
+
+    # ---- heads ---------------------------------------------------------------------------------
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _project(hidden, self.embed.weight).float()
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over codes 0..63999 only (while EOS is blocked)."""
+        return _project(hidden, self.code_rows).float()
+
+    def codes_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over [code 0..63999, EOS]."""
+        return torch.cat([self.code_logits(hidden), _project(hidden, self.eos_row).float()], dim=-1)
