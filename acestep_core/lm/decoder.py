@@ -175,8 +175,9 @@ class StaticCacheDecoder:
         """
         bsz = q.shape[0]
         group = self.n_heads // self.n_kv
-        q = q.reshape(bsz, self.n_kv, group, self.head_dim)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.head_dim ** -0.5
+        q = q.reshape(bsz, self.n_kv, group, self.head_dim).contiguous()
+        # K @ q.T rather than q @ K.T: the same numbers, in the layout MKL streams K fastest.
+        scores = torch.matmul(keys, q.transpose(-1, -2)).transpose(-1, -2).float() * self.head_dim ** -0.5
         if bias is not None:
             scores = scores + bias
         probs = torch.softmax(scores, dim=-1).to(values.dtype)

@@ -1,0 +1,116 @@
+"""The static-KV-cache decoder against the transformers model it runs on (tiny LM, float32 CPU)."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from acestep_core.lm import LMPlanner, LMSampling
+from acestep_core.lm.constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
+from acestep_core.lm.decoder import StaticCacheDecoder, _project
+from acestep_core.lm.generation import decode_codes, left_pad
+from acestep_core.lm.model import build_model
+
+ROWS = [[151644, 8948, 198, 2, 17, 40, 151645, 198, 151644, 872], [151644, 8948, 198, 5, 151645, 198]]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return LMPlanner.from_pretrained(tiny_dir / "acestep-5Hz-lm-tiny", device="cpu", dtype="float32").model
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    """Random weights with 4 query heads sharing 2 KV heads (the tiny LM has one of each)."""
+    torch.manual_seed(0)
+    config = dict(vocab_size=217204, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6,
+                  rms_norm_eps=1e-6, max_position_embeddings=512, hidden_act="silu")
+    return build_model(config, None, torch.float32, torch.device("cpu"))
+
+
+def hf_last_hidden(model, row):
+    with torch.inference_mode():
+        out = model.model(input_ids=torch.tensor([row]))
+    return out.last_hidden_state[0]
+
+
+@pytest.mark.parametrize("rows", [4, 2, 1, 9])
+def test_cpu_projection_matches_linear_in_every_layout(rows):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 32, generator=gen)
+    x = torch.randn(rows, 1, 32, generator=gen)
+    assert torch.allclose(_project(x, w), F.linear(x, w), atol=1e-5)
+    strided = torch.randn(32, rows, generator=gen).t()[:, None, :]  # non-contiguous activations
+    assert torch.allclose(_project(strided, w), F.linear(strided, w), atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["model", "gqa_model"])
+def test_prefill_and_decode_match_transformers_on_a_padded_cfg_batch(which, request):
+    model = request.getfixturevalue(which)
+    decoder = StaticCacheDecoder(model)
+    ids, mask = left_pad(ROWS)
+    decoder.reset(2, 32)
+    with torch.inference_mode():
+        hidden = decoder.forward(ids, 0, mask)
+        nxt = torch.tensor([[AUDIO_CODE_BASE + 7], [AUDIO_CODE_BASE + 7]])
+        stepped = decoder.decode(nxt, ids.shape[1])
+    for b, row in enumerate(ROWS):
+        ref = hf_last_hidden(model, row)
+        assert torch.allclose(hidden[b, -1], ref[-1], atol=1e-4)
+        ref_next = hf_last_hidden(model, row + [AUDIO_CODE_BASE + 7])[-1]
+        assert torch.allclose(stepped[b], ref_next, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["model", "gqa_model"])
+def test_static_step_equals_the_eager_step(which, request):
+    """The fixed-shape step (what torch.compile / CUDA graphs capture) computes the same state."""
+    model = request.getfixturevalue(which)
+    decoder = StaticCacheDecoder(model)
+    ids, mask = left_pad(ROWS)
+    tokens = [AUDIO_CODE_BASE + 3, AUDIO_CODE_BASE + 11, AUDIO_CODE_BASE + 5]
+    results = []
+    for static in (False, True):
+        decoder.reset(2, 40)
+        with torch.inference_mode():
+            decoder.forward(ids, 0, mask)
+            out = []
+            for i, t in enumerate(tokens):
+                tok = torch.full((2, 1), t)
+                pos = ids.shape[1] + i
+                out.append(decoder.step_static(tok, torch.tensor([pos])) if static else decoder.decode(tok, pos))
+        results.append(torch.stack(out))
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_code_heads_are_the_code_columns_of_the_full_head(model):
+    decoder = StaticCacheDecoder(model)
+    hidden = torch.randn(2, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = decoder.full_logits(hidden)
+        codes = decoder.code_logits(hidden)
+        with_eos = decoder.codes_logits(hidden)
+    assert codes.shape == (2, NUM_VALID_CODES)
+    assert torch.allclose(codes, full[:, AUDIO_CODE_BASE:AUDIO_CODE_BASE + NUM_VALID_CODES], atol=1e-5)
+    assert torch.allclose(with_eos[:, -1], full[:, IM_END_ID], atol=1e-5)
+    assert decoder.code_rows.data_ptr() == model.model.embed_tokens.weight[AUDIO_CODE_BASE].data_ptr()  # a view
+
+
+def test_decode_threads_scope_restores_the_thread_count(model, monkeypatch):
+    monkeypatch.setenv("ACESTEP_LM_DECODE_THREADS", "1")
+    decoder = StaticCacheDecoder(model)
+    before = torch.get_num_threads()
+    seen = []
+    with torch.inference_mode():
+        decode_codes(decoder, ROWS, 3, LMSampling(temperature=0.0, cfg_scale=2.0, top_p=1.0), None, 2.0,
+                     progress=lambda d, t: seen.append(torch.get_num_threads()))
+    assert seen[0] == 1 and torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(os.environ.get("ACESTEP_TEST_COMPILE") != "1", reason="set ACESTEP_TEST_COMPILE=1 (slow compile)")
+def test_compiled_decoder_gives_the_eager_tokens(model):
+    sampling = LMSampling(temperature=0.0, cfg_scale=2.0, top_p=1.0)
+    eager = decode_codes(StaticCacheDecoder(model, compile=False), ROWS, 6, sampling, None, 2.0)
+    compiled = decode_codes(StaticCacheDecoder(model, compile=True), ROWS, 6, sampling, None, 2.0)
+    assert compiled.generated_ids == eager.generated_ids
