@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..acestep_core.errors import InputError
 from .host import io
 from .running import run_engine
@@ -51,6 +53,12 @@ def _metas(kwargs) -> dict:
     return dict(bpm=opt_bpm(kwargs["bpm"]), keyscale=opt_choice(kwargs["keyscale"]),
                 timesignature=opt_choice(kwargs["timesignature"]), duration=opt_duration(kwargs["duration"]),
                 language=opt_choice(kwargs["language"]))
+
+
+def _keep_given_metas(plan, metas: dict):
+    """A meta set on the node is the user's decision; the LM only fills the ones left on auto."""
+    given = {k: v for k, v in metas.items() if v is not None}
+    return dataclasses.replace(plan, **given) if given else plan
 
 
 class LMThinking(io.ComfyNode):
@@ -107,7 +115,7 @@ class FormatInput(io.ComfyNode):
         sampling = lm_sampling(kw)
         plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.format_input(
             caption, lyrics, **_metas(kw), sampling=sampling, progress=progress, cancel=cancel)))
-        return plan_node_output(plan)
+        return plan_node_output(_keep_given_metas(plan, _metas(kw)))
 
 
 class SimpleMode(io.ComfyNode):

@@ -121,7 +121,35 @@ class _CorePreviewAudio:
         return (), {"audio": out}
 
 
-CORE_STANDINS = {c.node_id: c for c in (_CoreLoadAudio, _CorePreviewAudio)}
+class _CoreSaveAudioMP3:
+    """ComfyUI SaveAudioMP3: one mp3 per batch item in the output folder, `{prefix}_{counter:05}.mp3`."""
+
+    node_id = "SaveAudioMP3"
+
+    @staticmethod
+    def schema():
+        from comfy_api.latest import io
+        return io.Schema(node_id="SaveAudioMP3", inputs=[
+            io.Audio.Input("audio"), io.String.Input("filename_prefix", default="audio/ComfyUI"),
+            io.Combo.Input("quality", options=["V0", "128k", "320k"], default="V0")], is_output_node=True)
+
+    @staticmethod
+    def run(audio, filename_prefix, quality):
+        import folder_paths
+        from acestep_core.audio_io import save_audio
+
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory())
+        out = []
+        for wave in audio["waveform"]:
+            file = f"{name}_{counter:05}.mp3"
+            save_audio(str(Path(folder) / file), wave, sample_rate=audio["sample_rate"], format="mp3")
+            out.append({"filename": file, "subfolder": subfolder, "type": "output"})
+            counter += 1
+        return (), {"audio": out}
+
+
+CORE_STANDINS = {c.node_id: c for c in (_CoreLoadAudio, _CorePreviewAudio, _CoreSaveAudioMP3)}
 
 
 # ------------------------------------------------------------------ executor

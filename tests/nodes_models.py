@@ -47,6 +47,14 @@ def write_source_audio(path: Path, tiny: Path) -> Path:
     return path
 
 
+SOURCE_SECONDS = 249600 / 48000  # the goldens' source song written by write_source_audio
+# What each shipped workflow makes once shortened: LM nodes plan 10 s, Text2Music alone 6 s, edits keep
+# the source's length, Continue adds 2 s. Simple Mode's length is the LM's own choice (None).
+SHORTENED_SECONDS = {"text2music_thinking": 10.0, "format_input_text2music": 10.0, "simple_mode": None,
+                     "mix_native_nodes": 6.0, "repaint": SOURCE_SECONDS, "cover": SOURCE_SECONDS,
+                     "continue": SOURCE_SECONDS + 2.0}
+
+
 def shorten_for_tiny(prompt: dict) -> dict:
     """Keep the shipped graphs as they are, only shorter songs so CPU tests stay quick."""
     prompt = json.loads(json.dumps(prompt))
