@@ -287,6 +287,9 @@ class LMPlanner:
             generator=self._generator(seed), progress=progress, cancel=cancel,
         )
         md, _ = prompts.parse_lm_output(phase.text)
+        # What the user gave is the plan's, even when the LM stopped before writing it back.
+        for key, value in user.items():
+            md.setdefault(key, value)
         new_lyrics = prompts.extract_lyrics(phase.text) or lyrics
         return self._plan_from_metadata(md, new_lyrics, phase.text, seed, fallback_caption=caption,
                                         language=language)
