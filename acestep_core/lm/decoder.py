@@ -29,6 +29,7 @@ from torch import nn
 from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
 
 _FEW_ROWS = 8  # up to this many activation rows the CPU path uses `W @ x.T`
+STATIC_CAPACITY = 4096  # the reference's max_model_len: one cache shape, so one compiled graph
 
 
 def decode_threads_default() -> int:
@@ -120,6 +121,8 @@ class StaticCacheDecoder:
     def reset(self, batch: int, length: int) -> None:
         """Make room for `batch` rows of `length` positions (reuses the buffers when they fit)."""
         cap_b, cap_l = self.capacity
+        if self.use_static:
+            length = max(length, STATIC_CAPACITY)
         if batch != cap_b or length > cap_l:
             length = max(length, cap_l if batch == cap_b else 0)
             length = (length + 255) // 256 * 256
