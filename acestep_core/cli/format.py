@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, print_plan, progress_printer, read_text
+from ..lm.cli_common import add_common, add_song_arguments, print_plan, progress_printer, read_text
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("format", help="rewrite caption / lyrics and fill metas with the 5 Hz LM")
-    p.add_argument("--caption", default="")
-    p.add_argument("--caption-file", default=None)
-    p.add_argument("--lyrics", default="")
-    p.add_argument("--lyrics-file", default=None)
-    p.add_argument("--bpm", type=int, default=None)
-    p.add_argument("--keyscale", default=None)
-    p.add_argument("--timesignature", default=None)
-    p.add_argument("--duration", type=float, default=None)
-    p.add_argument("--language", default=None)
+    add_song_arguments(p)
     add_common(p)
     p.set_defaults(func=run)
 

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, print_plan, progress_printer, read_text
+from ..lm.cli_common import add_common, add_song_arguments, print_plan, progress_printer, read_text
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("think", help="plan a song with the 5 Hz LM (metas, caption, audio codes)")
-    p.add_argument("--caption", default="")
-    p.add_argument("--caption-file", default=None)
-    p.add_argument("--lyrics", default="")
-    p.add_argument("--lyrics-file", default=None)
-    p.add_argument("--bpm", type=int, default=None)
-    p.add_argument("--keyscale", default=None)
-    p.add_argument("--timesignature", default=None)
-    p.add_argument("--duration", type=float, default=None)
-    p.add_argument("--language", default=None)
+    add_song_arguments(p)
     p.add_argument("--no-codes", action="store_true", help="stop after the chain of thought")
     add_common(p)
     p.set_defaults(func=run)

@@ -19,6 +19,19 @@ def add_common(parser) -> None:
     add_lm_arguments(parser)
 
 
+def add_song_arguments(parser) -> None:
+    """Caption, lyrics and the metas the user may fix (the LM fills the rest)."""
+    parser.add_argument("--caption", default="")
+    parser.add_argument("--caption-file", default=None)
+    parser.add_argument("--lyrics", default="")
+    parser.add_argument("--lyrics-file", default=None)
+    parser.add_argument("--bpm", type=int, default=None)
+    parser.add_argument("--keyscale", default=None)
+    parser.add_argument("--timesignature", default=None)
+    parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--language", default=None)
+
+
 def read_text(value, file_value, what: str) -> str:
     if file_value:
         path = Path(file_value)
