@@ -73,7 +73,7 @@ def test_routes_reuse_the_graph_model_and_wait_for_comfyui(comfy_pack, monkeypat
     paths = {r.path for r in prompt_server.routes}
     assert {"/acestep/health", "/acestep/release_task", "/acestep/query_result", "/acestep/v1/audio",
             "/acestep/v1/models", "/acestep/v1/stats", "/acestep/create_random_sample",
-            "/acestep/format_input"} <= paths
+            "/acestep/format_input", "/acestep/v1/chat/completions"} <= paths
     assert runtime.result_root == (comfy_pack["output"] / "acestep_api").resolve()
     assert rest.register_routes(prompt_server) is runtime  # idempotent
 
@@ -83,7 +83,7 @@ def test_routes_reuse_the_graph_model_and_wait_for_comfyui(comfy_pack, monkeypat
 
     with LiveServer(runtime, app_factory=RoutesOnly(prompt_server.routes)) as live:
         base = live.url + "/acestep"
-        assert http("GET", base + "/v1/models").data["default_model"] == "acestep_v1.5_turbo"
+        assert http("GET", base + "/v1/models").json()["default_model"] == "acestep_v1.5_turbo"
 
         queue.busy.set()  # ComfyUI is running a prompt: the API job must wait
         reply = release(base, FAST)

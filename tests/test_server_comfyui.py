@@ -93,8 +93,9 @@ def test_routes_are_mounted_under_acestep(comfy):
     assert status == 200, comfy["log"].read_text()[-3000:]
     assert json.loads(body)["data"]["service"] == "ACE-Step API"
     status, body = get(comfy["url"] + "/v1/models")
-    models = json.loads(body)["data"]
+    models = json.loads(body)
     assert status == 200 and models["default_model"] == "acestep_v1.5_turbo"
+    assert models["data"][0]["id"] == "acestep/acestep_v1.5_turbo"
 
 
 def test_skill_flow_against_comfyui(comfy, tmp_path):

@@ -60,7 +60,7 @@ def test_health_is_the_official_wrapper(server):
 
 
 def test_models_lists_the_loaded_dit(server):
-    data = http("GET", server.url + "/v1/models").data
+    data = http("GET", server.url + "/v1/models").json()  # native fields beside OpenRouter's `data` list
     assert data["models"] == [{"name": "acestep-v15-turbo-tiny", "is_default": True}]
     assert data["default_model"] == "acestep-v15-turbo-tiny"
     assert data["lm_model"] is None
@@ -341,7 +341,7 @@ def test_thinking_runs_the_lm_plan_through_the_dit(tiny_dir, tmp_path):
     provider = tiny_provider(tiny_dir, use_lm=True)
     config = ServerConfig.from_env(tmp_path / "results", env={})
     with LiveServer(Runtime(provider, config)) as live:
-        assert http("GET", live.url + "/v1/models").data["lm_model"] == "acestep-5Hz-lm-tiny"
+        assert http("GET", live.url + "/v1/models").json()["lm_model"] == "acestep-5Hz-lm-tiny"
         body = dict(FAST, prompt="calm piano", thinking=True, bpm=90, key_scale="D minor", time_signature="3",
                     audio_duration=10, lm_cfg_scale=1.0, lm_seed=5, seed=1)
         reply = release(live.url, body)

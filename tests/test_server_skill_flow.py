@@ -1,8 +1,11 @@
 """`python -m acestep_core serve` driven exactly like the acestep skill's script: curl + jq, from
-`generate` to a downloaded file that decodes (tests/scripts/skill_flow.sh)."""
+`generate` to a file that decodes, in both of its modes: native (/release_task + polling + download,
+tests/scripts/skill_flow.sh) and the default completion mode (/v1/chat/completions with the audio
+inline, tests/scripts/skill_completion_flow.sh)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,13 +20,14 @@ from acestep_core.audio_io import load_audio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "skill_flow.sh"
+COMPLETION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "skill_completion_flow.sh"
 STARTUP_LIMIT_S = 300
 FLOW_LIMIT_S = 900
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq") and shutil.which("bash")),
-                       reason="the skill-flow test needs bash, curl and jq (apt-get install curl jq)"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("curl", "jq", "bash", "base64")),
+                       reason="the skill-flow test needs bash, curl, jq and base64 (apt-get install curl jq)"),
 ]
 
 
@@ -57,6 +61,14 @@ def run_flow(api_url: str, out: Path, api_key: str = "", **env_extra) -> subproc
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=FLOW_LIMIT_S)
 
 
+def run_completion_flow(api_url: str, out: Path, api_key: str = "") -> subprocess.CompletedProcess:
+    # config.json as shipped (api_mode=completion) except thinking=false: this server has no LM.
+    env = dict(os.environ, CAPTION="Pop music", LYRICS="[Verse]\nla la la", DURATION="10", SEED="11",
+               BPM="110", AUDIO_FORMAT="mp3", THINKING="false", USE_FORMAT="false")
+    args = ["bash", str(COMPLETION_SCRIPT), api_url, str(out)] + ([api_key] if api_key else [])
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=FLOW_LIMIT_S)
+
+
 def downloaded_files(stdout: str) -> list[Path]:
     return [Path(line[5:]) for line in stdout.splitlines() if line.startswith("FILE ")]
 
@@ -83,6 +95,23 @@ def test_skill_generate_to_downloaded_file(tiny_dir, tmp_path, api_key):
             assert float(audio.abs().max()) > 0
         # results live under the server's output folder, one folder per task
         assert (tmp_path / "results" / job_json.stem).is_dir()
+
+        # the skill's default mode: one synchronous request, the song inline as base64
+        if api_key:
+            denied = run_completion_flow(url, tmp_path / "denied_completion")
+            assert denied.returncode != 0 and "HTTP 401" in denied.stderr
+        done = run_completion_flow(url, tmp_path / "completion_output", api_key=api_key)
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{log.read_text()[-3000:]}"
+        assert done.stdout.rstrip().endswith("OK") and "model: acestep/acestep-v15-turbo-tiny" in done.stdout
+        assert "**BPM:** 110" in done.stdout and "## Lyrics\n[Verse]\nla la la" in done.stdout
+        files = downloaded_files(done.stdout)
+        assert len(files) == 1  # completion mode makes one song by default
+        saved = json.loads(next((tmp_path / "completion_output").glob("*.json")).read_text())
+        assert files[0].name == f"{saved['id']}_1.mp3" and saved["choices"][0]["message"]["audio"][0] == {
+            "type": "audio_url", "audio_url": {}}  # the script strips the base64 before saving
+        audio = load_audio(files[0])
+        assert audio.shape[0] == 2 and abs(audio.shape[1] / 48000 - 10.0) < 0.1
+        assert float(audio.abs().max()) > 0
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -12,8 +12,13 @@ RUNTIME_KEY = web.AppKey("acestep_runtime", Runtime)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+def max_body_bytes(runtime: Runtime) -> int:
+    """/v1/chat/completions carries input audio as base64 inside JSON: room for two uploads."""
+    return max(MAX_BODY_BYTES, 2 * (runtime.config.max_upload_bytes * 4 // 3 + 4) + 1024 * 1024)
+
+
 def create_app(runtime: Runtime, prefix: str = "") -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=max_body_bytes(runtime))
     app[RUNTIME_KEY] = runtime
     add_routes(app, prefix=prefix, runtime=runtime)
 

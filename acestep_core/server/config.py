@@ -53,6 +53,8 @@ class ServerConfig:
     result_max_age_s: float = 24 * 3600.0
     cleanup_interval_s: float = 300.0
     max_upload_bytes: int = 50 * 1024 * 1024
+    # How long /v1/chat/completions waits for its job before answering 504 (the job keeps running).
+    generation_timeout_s: float = 600.0
     env_name: str = "development"
     # Refuse non-loopback clients unless an API key is set (for routes on a host server such as
     # ComfyUI's, which may listen on every interface).
@@ -73,6 +75,7 @@ class ServerConfig:
             result_max_age_s=_env_float(env, "ACESTEP_RESULT_MAX_AGE", 24 * 3600.0),
             cleanup_interval_s=_env_float(env, "ACESTEP_CLEANUP_INTERVAL", 300.0),
             max_upload_bytes=int(_env_float(env, "ACESTEP_MAX_UPLOAD_MB", 50.0) * 1024 * 1024),
+            generation_timeout_s=_env_float(env, "ACESTEP_GENERATION_TIMEOUT", 600.0),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
@@ -86,5 +89,7 @@ class ServerConfig:
             raise ValueError("ACESTEP_AVG_WINDOW must be at least 1")
         if not 1 <= self.default_batch_size <= self.max_batch_size:
             raise ValueError(f"ACESTEP_BATCH_SIZE must be between 1 and {self.max_batch_size}")
+        if self.generation_timeout_s <= 0:
+            raise ValueError("ACESTEP_GENERATION_TIMEOUT must be positive")
         if self.max_upload_bytes < 1:
             raise ValueError("ACESTEP_MAX_UPLOAD_MB must be positive")

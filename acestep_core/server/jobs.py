@@ -29,6 +29,8 @@ class Job:
     stage: str = QUEUED
     result: Optional[dict] = None
     error: Optional[str] = None
+    # HTTP status a synchronous caller (/v1/chat/completions) reports for a failed job.
+    error_status: int = 500
     # Files the job owns besides its result folder (uploads), removed when the job expires.
     temp_files: list[str] = field(default_factory=list)
 

@@ -12,13 +12,14 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 from functools import wraps
 from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
 from ..errors import ACEStepError, InputError
-from . import examples
+from . import completions, examples
 from .files import (
     UploadTooLarge,
     new_upload_path,
@@ -29,8 +30,8 @@ from .files import (
     AUDIO_MEDIA_TYPES,
 )
 from .models import LMUnavailableError
-from .params import FieldError, parse_json_object, parse_release_request, to_float, to_int, to_str
-from .responses import fail, ok
+from .params import FieldError, parse_json_object, parse_release_request, to_bool, to_float, to_int, to_str
+from .responses import fail, ok, wrap
 from .runtime import QueueFullError, Runtime
 
 log = logging.getLogger(__name__)
@@ -257,11 +258,113 @@ class ApiHandlers:
         return out
 
     async def models(self, request: web.Request) -> web.Response:
+        """Both shapes at once: OpenRouter's `{"object": "list", "data": [{"id": "acestep/<name>"}]}`
+        (what the official server answers here, and what the skill's completion mode reads) plus the
+        native `models` / `default_model` / `lm_model` and the wrapper's code / error / timestamp."""
         authorise(self.runtime, request)
         provider = self.runtime.provider
         models = [{"name": m.name, "is_default": m.is_default} for m in provider.models()]
         default = next((m["name"] for m in models if m["is_default"]), models[0]["name"] if models else None)
-        return ok({"models": models, "default_model": default, "lm_model": provider.lm_name()})
+        created = int(time.time()) - 30 * 86400
+        listed = [dict(completions.openrouter_model(m["name"], created), is_default=m["is_default"])
+                  for m in models]
+        body = wrap(listed)
+        body.update({"object": "list", "models": models, "default_model": default,
+                     "lm_model": provider.lm_name()})
+        return web.json_response(body)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """OpenRouter-style generation: queue the job like /release_task, wait, answer with the audio."""
+        rt = self.runtime
+        body = await read_fields(request)
+        authorise(rt, request, body)
+        req, chat = completions.parse_chat_request(body, max_batch_size=rt.config.max_batch_size)
+        try:
+            stream = to_bool(body.get("stream", False) or False)
+        except ValueError as exc:
+            raise FieldError("stream", str(exc)) from None
+        slots = completions.route_audio(chat, req.task_type)
+        if req.task_type in SOURCE_TASKS and "src_audio" not in slots:
+            raise FieldError("messages", f"task_type={req.task_type} needs source audio: add a user content "
+                                         'part {"type": "input_audio", "input_audio": {"data": "<base64>", '
+                                         '"format": "mp3"}}')
+        job = await self._submit_with_audio(req, slots)
+        model = str(body.get("model") or "").strip() or completions.model_id(self._default_model_name())
+        completion_id = "chatcmpl-" + job.task_id
+        if stream:
+            return await self._stream_completion(request, job, completion_id, model)
+        try:
+            await rt.wait_for(job, rt.config.generation_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(504, f"Generation timeout: task {job.task_id} is still running; "
+                                 "POST /query_result with its id to collect it later") from None
+        if job.status != "succeeded":
+            raise HTTPError(job.error_status, f"generation failed: {job.error}")
+        reply = await asyncio.get_running_loop().run_in_executor(
+            None, completions.completion_body, completion_id, model, job.result)
+        return web.json_response(reply)
+
+    def _default_model_name(self) -> str:
+        models = self.runtime.provider.models()
+        default = next((m for m in models if m.is_default), models[0] if models else None)
+        return default.name if default else "acestep-v15-turbo"
+
+    async def _submit_with_audio(self, req, slots: dict):
+        """Write decoded input audio to the upload folder, check it decodes, then queue the job."""
+        rt = self.runtime
+        loop = asyncio.get_running_loop()
+        uploads: dict[str, str] = {}
+        try:
+            for target, (where, raw, fmt) in slots.items():
+                if len(raw) > rt.config.max_upload_bytes:
+                    raise UploadTooLarge(where, rt.config.max_upload_bytes)
+                dest = new_upload_path(rt.upload_dir, target, f"input.{fmt}")
+                await loop.run_in_executor(None, dest.write_bytes, raw)
+                uploads[target] = str(dest)
+                await loop.run_in_executor(None, _check_decodable, str(dest), where)
+            req.uploads.update(uploads)
+            job, _ = rt.submit(req, temp_files=list(uploads.values()))
+        except QueueFullError as exc:
+            remove_quietly(uploads.values())
+            raise HTTPError(429, str(exc)) from None
+        except BaseException:
+            remove_quietly(uploads.values())
+            raise
+        return job
+
+    async def _stream_completion(self, request: web.Request, job, completion_id: str,
+                                 model: str) -> web.StreamResponse:
+        """Server-sent events: a role chunk, keep-alive comments while the job runs, then the text,
+        the audio, the finish reason and `[DONE]`."""
+        rt = self.runtime
+        created = int(time.time())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+
+        async def send(delta: dict, finish: str | None = None) -> None:
+            payload = completions.chunk(completion_id, model, created, delta, finish)
+            await response.write(f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode("utf-8"))
+
+        await send({"role": "assistant", "content": ""})
+        deadline = time.monotonic() + rt.config.generation_timeout_s
+        while not job.done and time.monotonic() < deadline:
+            try:
+                await rt.wait_for(job, min(2.0, max(0.01, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                await response.write(b": generating\n\n")
+        if job.status == "succeeded":
+            result = job.result or {}
+            await send({"content": completions.song_text(result)})
+            parts = await asyncio.get_running_loop().run_in_executor(None, completions.audio_parts, result)
+            await send({"audio": parts})
+            await send({}, "stop")
+        else:
+            reason = job.error if job.done else f"generation timeout: task {job.task_id} is still running"
+            await send({"content": f"Error: {reason}"})
+            await send({}, "error")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def stats(self, request: web.Request) -> web.Response:
         authorise(self.runtime, request)
@@ -381,6 +484,7 @@ def route_table(handlers: ApiHandlers) -> list[tuple[str, str, Handler]]:
         ("POST", "/release_task", handlers.release_task),
         ("POST", "/query_result", handlers.query_result),
         ("GET", "/v1/models", handlers.models),
+        ("POST", "/v1/chat/completions", handlers.chat_completions),
         ("GET", "/v1/stats", handlers.stats),
         ("GET", "/v1/audio", handlers.audio),
         ("POST", "/create_random_sample", handlers.create_random_sample),

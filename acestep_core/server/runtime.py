@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
-from ..errors import ACEStepError
+from ..errors import ACEStepError, InputError
 from .config import ServerConfig
 from .files import is_within, remove_quietly
 from .generation import run_job
 from .jobs import Job, JobStore
-from .models import ModelProvider
+from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class Runtime:
         self._executor: Optional[ThreadPoolExecutor] = None
         self._queue: Optional[asyncio.Queue] = None
         self._pending: deque[str] = deque()
+        # task_id -> event set when the job finishes (for callers that wait on a job).
+        self._finished: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
 
@@ -114,6 +116,13 @@ class Runtime:
         self._queue.put_nowait(job)
         self._pending.append(job.task_id)
         return job, len(self._pending)
+
+    async def wait_for(self, job: Job, timeout_s: float) -> Job:
+        """Wait until the job has succeeded or failed; raises asyncio.TimeoutError after timeout_s."""
+        if not job.done:
+            event = self._finished.setdefault(job.task_id, asyncio.Event())
+            await asyncio.wait_for(event.wait(), timeout_s)
+        return job
 
     def queue_position(self, task_id: str) -> int:
         try:
@@ -170,12 +179,16 @@ class Runtime:
             raise
         except Exception as exc:  # a failed job must never stop the worker
             log.warning("job %s failed: %s\n%s", job.task_id, exc, traceback.format_exc())
+            job.error_status = 503 if isinstance(exc, LMUnavailableError) else 400 if isinstance(exc, InputError) else 500
             self.store.mark_failed(job, describe_error(exc))
             shutil.rmtree(self.job_dir(job), ignore_errors=True)
         else:
             self.store.mark_succeeded(job, result)
         finally:
             remove_quietly(job.temp_files)
+            event = self._finished.pop(job.task_id, None)
+            if event is not None:
+                event.set()
 
     # ------------------------------------------------------------------ expiry
 

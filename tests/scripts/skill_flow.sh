@@ -37,7 +37,7 @@ curl -s "${API_URL}/health" | jq -e '.data.status == "ok"' >/dev/null || fail "h
 
 # models
 models=$(curl -s "${auth[@]}" "${API_URL}/v1/models")
-default_model=$(echo "$models" | jq -r '.data.default_model // empty')
+default_model=$(echo "$models" | jq -r '.default_model // empty')
 [ -n "$default_model" ] || fail "no default model in: $models"
 echo "default model: $default_model"
 
