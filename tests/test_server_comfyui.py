@@ -21,7 +21,7 @@ import pytest
 
 from acestep_core.audio_io import load_audio
 from nodes_models import build_models_dir
-from test_server_skill_flow import downloaded_files, run_flow
+from test_server_skill_flow import downloaded_files, run_completion_flow, run_flow
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (str(Path(COMFYUI_DIR) / ".venv" / "bin" / "python")
@@ -108,6 +108,17 @@ def test_skill_flow_against_comfyui(comfy, tmp_path):
     # results are written inside ComfyUI's output folder
     job = next((tmp_path / "acestep_output").glob("*.json")).stem
     assert (comfy["root"] / "out" / "acestep_api" / job / f"{job}_1.mp3").is_file()
+
+
+def test_skill_completion_flow_against_comfyui(comfy, tmp_path):
+    """The skill's default mode (POST /v1/chat/completions, audio inline) on ComfyUI's own server."""
+    done = run_completion_flow(comfy["url"], tmp_path / "completion_output")
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{comfy['log'].read_text()[-4000:]}"
+    assert "model: acestep/acestep_v1.5_turbo" in done.stdout
+    files = downloaded_files(done.stdout)
+    assert len(files) == 1
+    audio = load_audio(files[0])
+    assert audio.shape[0] == 2 and abs(audio.shape[1] / 48000 - 10.0) < 0.1
 
 
 def test_audio_route_refuses_paths_outside_its_folder(comfy):
