@@ -98,3 +98,14 @@ def test_module_entry_point_runs():
     assert result.returncode == 0
     for command in ("generate", "think", "format", "sample", "doctor", "serve"):
         assert command in result.stdout
+
+
+def test_generate_with_thinking_plans_then_generates(tmp_path):
+    audio, params, _ = _run(tmp_path, "--thinking", "--caption", "lofi", "--lyrics", "[Instrumental]",
+                            "--bpm", "90", "--key-scale", "C major", "--time-signature", "4",
+                            "--audio-duration", "10", "--lm-temperature", "0", "--lm-seed", "5")
+    # All four metas given: phase 1 is skipped and the LM writes exactly 10 s × 5 codes.
+    assert params["plan"]["audio_codes"] and len(params["plan"]["audio_codes"]) == 50
+    assert params["plan"]["lm_seed"] == 5
+    assert params["task"] == "cover" and params["audio_code_count"] == 50 and params["latent_frames"] == 250
+    assert abs(load_audio(audio).shape[1] / SR - 10.0) < 0.05
