@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,21 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from nodes_models import SHORTENED_SECONDS, build_models_dir, shorten_for_tiny, write_source_audio
+from comfyui_harness import HAVE_COMFYUI, REPO_ROOT, SKIP_REASON, running_comfyui
+from nodes_models import SHORTENED_SECONDS, shorten_for_tiny, write_source_audio
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (str(Path(COMFYUI_DIR) / ".venv" / "bin" / "python")
-                                                      if COMFYUI_DIR else None)
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PORT = int(os.environ.get("ACE15S_TEST_PORT", "18231"))
 BASE = f"http://127.0.0.1:{PORT}"
-STARTUP_LIMIT_S = 300
 RUN_LIMIT_S = 600
 
 pytestmark = [
     pytest.mark.comfyui, pytest.mark.slow,
-    pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
-                       reason="set COMFYUI_DIR to a ComfyUI source tree (and COMFYUI_PYTHON) to run real-ComfyUI tests"),
+    pytest.mark.skipif(not HAVE_COMFYUI, reason=SKIP_REASON),
 ]
 
 
@@ -51,38 +44,10 @@ def _http(method, path, body=None):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_dir, comfy_tiny_dir):
     root = tmp_path_factory.mktemp("comfyui")
-    models = build_models_dir(root, tiny_dir, comfy_tiny_dir, official=False)  # ComfyUI files only
-    for d in ("out", "in", "temp", "user", "custom"):
-        (root / d).mkdir(exist_ok=True)
+    (root / "in").mkdir(exist_ok=True)
     write_source_audio(root / "in" / "ace15s_example_song.flac", tiny_dir)
-    (root / "custom" / "acestep15_studio").symlink_to(REPO_ROOT)
-    (root / "paths.yaml").write_text(
-        f"ace15s:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  vae: vae\n"
-        f"  text_encoders: text_encoders\n  acestep: acestep\n  custom_nodes: {root / 'custom'}\n")
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(PORT), "--disable-auto-launch",
-         "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
-         "--output-directory", str(root / "out"), "--input-directory", str(root / "in"),
-         "--temp-directory", str(root / "temp"), "--database-url", "sqlite:///:memory:",
-         "--user-directory", str(root / "user")],
-        cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + STARTUP_LIMIT_S
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ComfyUI exited during startup:\n{(root / 'server.log').read_text()[-4000:]}")
-        if "To see the GUI go to" in (root / "server.log").read_text():
-            break
-        time.sleep(1)
-    else:
-        proc.terminate()
-        pytest.fail("ComfyUI did not start in time")
-    yield {"root": root, "log": root / "server.log"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_comfyui(root, tiny_dir, comfy_tiny_dir, PORT) as info:
+        yield info
 
 
 class Client:

@@ -7,11 +7,7 @@ this project's engine dependencies). Without them these tests skip.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,27 +16,15 @@ from pathlib import Path
 import pytest
 
 from acestep_core.audio_io import load_audio
-from nodes_models import build_models_dir
+from comfyui_harness import HAVE_COMFYUI, SKIP_REASON, free_port, running_comfyui
 from test_server_skill_flow import downloaded_files, run_completion_flow, run_flow
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (str(Path(COMFYUI_DIR) / ".venv" / "bin" / "python")
-                                                      if COMFYUI_DIR else None)
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STARTUP_LIMIT_S = 300
 
 pytestmark = [
     pytest.mark.comfyui, pytest.mark.slow,
-    pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
-                       reason="set COMFYUI_DIR to a ComfyUI source tree (and COMFYUI_PYTHON) to run real-ComfyUI tests"),
+    pytest.mark.skipif(not HAVE_COMFYUI, reason=SKIP_REASON),
     pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -54,38 +38,8 @@ def get(url: str) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, tiny_dir, comfy_tiny_dir):
     root = tmp_path_factory.mktemp("comfyui_api")
-    models = build_models_dir(root, tiny_dir, comfy_tiny_dir, official=False)  # ComfyUI files only
-    for d in ("out", "in", "temp", "user", "custom"):
-        (root / d).mkdir(exist_ok=True)
-    (root / "custom" / "acestep15_studio").symlink_to(REPO_ROOT)
-    (root / "paths.yaml").write_text(
-        f"ace15s:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  vae: vae\n"
-        f"  text_encoders: text_encoders\n  acestep: acestep\n  custom_nodes: {root / 'custom'}\n")
-    port = free_port()
-    log_path = root / "server.log"
-    proc = subprocess.Popen(
-        [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-         "--disable-api-nodes", "--extra-model-paths-config", str(root / "paths.yaml"),
-         "--output-directory", str(root / "out"), "--input-directory", str(root / "in"),
-         "--temp-directory", str(root / "temp"), "--database-url", "sqlite:///:memory:",
-         "--user-directory", str(root / "user")],
-        cwd=COMFYUI_DIR, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + STARTUP_LIMIT_S
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ComfyUI exited during startup:\n{log_path.read_text()[-4000:]}")
-        if "To see the GUI go to" in log_path.read_text():
-            break
-        time.sleep(1)
-    else:
-        proc.terminate()
-        pytest.fail("ComfyUI did not start in time")
-    yield {"root": root, "url": f"http://127.0.0.1:{port}/acestep", "log": log_path}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_comfyui(root, tiny_dir, comfy_tiny_dir, free_port()) as info:
+        yield dict(info, url=f"http://127.0.0.1:{info['port']}/acestep")
 
 
 def test_routes_are_mounted_under_acestep(comfy):
