@@ -68,6 +68,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _write_byte_tokenizer(folder: Path) -> None:
     vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    vocab.update(SPECIAL_TOKENS)  # the special tokens keep their real Qwen ids
     tokenizer = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [

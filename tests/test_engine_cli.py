@@ -109,3 +109,19 @@ def test_generate_with_thinking_plans_then_generates(tmp_path):
     assert params["plan"]["lm_seed"] == 5
     assert params["task"] == "cover" and params["audio_code_count"] == 50 and params["latent_frames"] == 250
     assert abs(load_audio(audio).shape[1] / SR - 10.0) < 0.05
+
+
+def test_random_tiny_checkpoints_build_and_generate(tmp_path):
+    """The --tiny fallback for machines without the fixture set: official layout, real special-token ids."""
+    from acestep_core import GenerationRequest
+    from acestep_core.pipeline import ACEStepPipeline
+    from acestep_core.tiny import build_tiny_checkpoints
+
+    paths = build_tiny_checkpoints(tmp_path / "tiny")
+    assert (paths["dit"] / "silence_latent.pt").is_file() and (paths["vae"] / "config.json").is_file()
+    pipe = ACEStepPipeline.from_pretrained(dit=paths["dit"], vae=paths["vae"], text_encoder=paths["text_encoder"],
+                                           dtype="float32")
+    ids, _ = pipe.text_encoder.tokenize(["a<|endoftext|>\n"], 16)
+    assert ids[0].tolist()[-3:] == [151643, 10, 151643]
+    result = pipe.generate(GenerationRequest(caption="x", audio_duration=5.2, seed=1))
+    assert result.audio.shape == (1, 2, 130 * 1920)
