@@ -205,13 +205,10 @@ class ApiHandlers:
             if req.task_type in SOURCE_TASKS and not has_source:
                 raise FieldError("src_audio", f"task_type={req.task_type} needs source audio: upload it as "
                                               "multipart field 'src_audio' or give src_audio_path")
-            job, position = rt.submit(req, temp_files=list(uploads.values()))
-        except QueueFullError as exc:
-            remove_quietly(uploads.values())
-            raise HTTPError(429, str(exc)) from None
         except BaseException:
             remove_quietly(uploads.values())
             raise
+        job, position = self._submit(req, uploads)
         return ok({"task_id": job.task_id, "status": "queued", "queue_position": position})
 
     async def query_result(self, request: web.Request) -> web.Response:
@@ -323,14 +320,22 @@ class ApiHandlers:
                 uploads[target] = str(dest)
                 await loop.run_in_executor(None, _check_decodable, str(dest), where)
             req.uploads.update(uploads)
-            job, _ = rt.submit(req, temp_files=list(uploads.values()))
+        except BaseException:
+            remove_quietly(uploads.values())
+            raise
+        job, _ = self._submit(req, uploads)
+        return job
+
+    def _submit(self, req, uploads: dict):
+        """Queue a job that owns `uploads`; a full queue is a 429 and the uploads are removed."""
+        try:
+            return self.runtime.submit(req, temp_files=list(uploads.values()))
         except QueueFullError as exc:
             remove_quietly(uploads.values())
             raise HTTPError(429, str(exc)) from None
         except BaseException:
             remove_quietly(uploads.values())
             raise
-        return job
 
     async def _stream_completion(self, request: web.Request, job, completion_id: str,
                                  model: str) -> web.StreamResponse:
