@@ -344,7 +344,7 @@ def load_dit_file(
     config = infer_dit_config(state_dict)
     # Nothing in the file says turbo or base; the file name does for the published files.
     config["is_turbo"] = "turbo" in file.name.lower()
-    config["model_version"] = "turbo" if config["is_turbo"] else "base"
+    config["model_version"] = "turbo" if config["is_turbo"] else ("sft" if "sft" in file.name.lower() else "base")
     override = dict(sidecar_config(file) or {})
     override.update(config_override or {})
     notes = []

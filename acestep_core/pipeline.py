@@ -21,7 +21,7 @@ from .conditioning import Condition, encode_caption_only, encode_condition, enco
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CheckpointError, InputError
 from .memory.offload import OffloadManager
-from .prompts import TEXT2MUSIC_INSTRUCTION, metas_string
+from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
 from .safetensors_io import read_safetensors
 from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
@@ -33,6 +33,7 @@ from .tasks import (
     TaskInputs,
     codes_cover_inputs,
     cover_audio_inputs,
+    full_source_inputs,
     pad_for_window,
     repaint_inputs,
     text2music_inputs,
@@ -363,8 +364,26 @@ class ACEStepPipeline:
         return audio_io.load_audio(src)
 
     def _prepare_task(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
+        inputs = self._task_inputs(request, codes, seeds)
+        if request.instruction.strip():
+            inputs.instruction = request.instruction.strip()
+        return inputs
+
+    def _check_track_task(self, task: str) -> None:
+        """extract / lego / complete were trained into the base model only (turbo and SFT lack them)."""
+        name = self.model_name.lower()
+        if self.is_turbo or self.dit.model_version == "sft" or "sft" in name or "turbo" in name:
+            kind = "turbo" if self.is_turbo or "turbo" in name else "SFT"
+            raise InputError(
+                f"task {task!r} needs the ACE-Step 1.5 base model, but the loaded DiT {self.model_name!r} is {kind}; "
+                "load acestep-v15-base (ComfyUI: acestep_v1.5_base.safetensors) for extract, lego and complete"
+            )
+
+    def _task_inputs(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
         silence = self.dit.silence_latent
         task = request.task_type
+        if task in TRACK_TASKS:
+            self._check_track_task(task)
         if task == "text2music":
             if codes:
                 with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer), \
@@ -379,11 +398,13 @@ class ACEStepPipeline:
         source_seconds = (waveform.shape[-1] / SAMPLE_RATE) if waveform is not None else request.src_latents.shape[1] / FRAMES_PER_SECOND
         generator = torch.Generator(device="cpu").manual_seed(seeds[0])
 
-        if task == "cover":
+        if task in ("cover", "extract", "complete"):
             latents = request.src_latents.float() if request.src_latents is not None else self.encode_audio(waveform, generator)
-            return cover_audio_inputs(latents[:1], source_seconds)
+            if task == "cover":
+                return cover_audio_inputs(latents[:1], source_seconds)
+            return full_source_inputs(task, track_instruction(task, request.tracks()), latents[:1], source_seconds)
 
-        # repaint / continuation: a window, possibly past either end of the source
+        # repaint / continuation / lego: a window, possibly past either end of the source
         if task == "continuation":
             extra = request.continuation_seconds
             end = request.repainting_end if request.repainting_end not in (None, -1) else (
@@ -412,8 +433,10 @@ class ACEStepPipeline:
                 latents = torch.cat([silence[:, :left], latents, silence[:, :right]], dim=1)
         else:
             latents = self.encode_audio(padded, generator)
+        window_task = {"lego": dict(task="lego", instruction=track_instruction("lego", request.tracks()))}
         return repaint_inputs(latents, silence, start_s, end_s, source_seconds, request.chunk_mask_mode,
-                              request.repaint_mode, request.repaint_strength, source_waveform=padded)
+                              request.repaint_mode, request.repaint_strength, source_waveform=padded,
+                              **window_task.get(task, {}))
 
     def _reference_latents(self, request: GenerationRequest, seeds: list[int], batch: int):
         if request.reference_audio is None:

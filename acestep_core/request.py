@@ -11,9 +11,10 @@ import torch
 
 from .errors import InputError
 from .plan import Plan
-from .prompts import VALID_LANGUAGES
+from .prompts import TRACK_NAMES, TRACK_TASKS, VALID_LANGUAGES
 
-TASK_TYPES = ("text2music", "cover", "repaint", "continuation")
+TASK_TYPES = ("text2music", "cover", "repaint", "continuation", *TRACK_TASKS)
+SOURCE_TASKS = ("cover", "repaint", "continuation", *TRACK_TASKS)
 TASK_ALIASES = {"repainting": "repaint", "continue": "continuation", "extend": "continuation"}
 INFER_METHODS = ("ode", "sde")
 CHUNK_MASK_MODES = ("auto", "explicit")
@@ -57,6 +58,11 @@ class GenerationRequest:
     plan: Optional[Plan] = None
     # Continuation only: seconds to add after the source (sets the repaint window past its end).
     continuation_seconds: Optional[float] = None
+    # extract / lego: the one track to take out or add; complete: the tracks to add (list or comma string).
+    track_name: str = ""
+    track_classes: Union[str, list, None] = ""
+    # The DiT instruction; empty = the task's own (ACESTEP15.md §7.1).
+    instruction: str = ""
 
     def __post_init__(self):
         self.task_type = TASK_ALIASES.get(self.task_type, self.task_type)
@@ -92,10 +98,11 @@ class GenerationRequest:
             raise InputError(
                 f"vocal_language {self.vocal_language!r} is not supported; use one of: {' '.join(VALID_LANGUAGES)}"
             )
-        if self.task_type in ("cover", "repaint", "continuation"):
+        if self.task_type in SOURCE_TASKS:
             if self.src_audio is None and self.src_latents is None:
                 raise InputError(f"task_type {self.task_type!r} needs src_audio (or src_latents)")
-        if self.task_type == "repaint":
+        self.tracks()  # parses and checks
+        if self.task_type in ("repaint", "lego"):
             if self.repainting_end is not None and self.repainting_end >= 0 and self.repainting_end <= self.repainting_start:
                 raise InputError(
                     f"repainting_end ({self.repainting_end}) must be after repainting_start ({self.repainting_start})"
@@ -107,6 +114,26 @@ class GenerationRequest:
                 shape = tuple(self.src_latents.shape) if isinstance(self.src_latents, torch.Tensor) else type(self.src_latents).__name__
                 raise InputError(f"src_latents must be a [batch, frames, 64] tensor, got {shape}")
         self.seeds()  # parses and checks
+
+    def tracks(self) -> list[str]:
+        """The track names of an extract / lego (one) or complete (any number) task, lower case."""
+        if self.task_type in ("extract", "lego"):
+            if "," in (self.track_name or "") or "|" in (self.track_name or ""):
+                raise InputError(f"track_name names one track for {self.task_type}, got {self.track_name!r}; "
+                                 "use task_type 'complete' to add several")
+            raw = [self.track_name] if self.track_name else []
+        elif self.task_type == "complete":
+            raw = self.track_classes or []
+            if isinstance(raw, str):
+                raw = raw.replace("|", ",").split(",")
+        else:
+            return []
+        names = [normalize_track(str(r)) for r in raw if str(r).strip()]
+        for name in names:
+            if name not in TRACK_NAMES:
+                what = "track_name" if self.task_type != "complete" else "track_classes"
+                raise InputError(f"{what}: unknown track {name!r}; use one of: {', '.join(TRACK_NAMES)}")
+        return list(dict.fromkeys(names))
 
     def seeds(self) -> list[Optional[int]]:
         """One seed per batch item; None means draw a random one."""
@@ -142,6 +169,11 @@ class GenerationRequest:
                 value = value.to_dict()
             out[f.name] = value
         return out
+
+
+def normalize_track(name: str) -> str:
+    """'Backing Vocals' / 'backing-vocals' / 'BACKING_VOCALS' -> 'backing_vocals'."""
+    return "_".join(name.strip().lower().replace("-", " ").split())
 
 
 def _check_range(name: str, value, low: float, high: float) -> None:

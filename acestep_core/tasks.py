@@ -51,7 +51,7 @@ class RepaintWindow:
 
 @dataclass
 class TaskInputs:
-    task: str  # text2music | cover | repaint (continuation is a repaint past the end)
+    task: str  # text2music | cover | repaint | extract | lego | complete (continuation is a repaint past the end)
     instruction: str
     frames: int
     src_latents: torch.Tensor  # [1, T, 64]
@@ -107,6 +107,21 @@ def cover_audio_inputs(source_latents: torch.Tensor, source_seconds: float) -> T
     )
 
 
+def full_source_inputs(task: str, instruction: str, source_latents: torch.Tensor, source_seconds: float) -> TaskInputs:
+    """extract / complete: the whole encoded source is the context, as it is (no 5 Hz bottleneck),
+    and every frame is generated."""
+    frames = source_latents.shape[1]
+    return TaskInputs(
+        task=task,
+        instruction=instruction,
+        frames=frames,
+        src_latents=source_latents,
+        chunk_mask=torch.ones(1, frames),
+        is_cover=False,
+        metas_duration=source_seconds,
+    )
+
+
 def pad_for_window(waveform: torch.Tensor, start: float, end: float) -> tuple[torch.Tensor, float, float]:
     """Zero-pad the source waveform so the window fits; returns the new waveform and shifted window."""
     seconds = waveform.shape[-1] / SAMPLE_RATE
@@ -128,7 +143,11 @@ def repaint_inputs(
     repaint_mode: str,
     repaint_strength: float,
     source_waveform: Optional[torch.Tensor] = None,
+    task: str = "repaint",
+    instruction: str = REPAINT_INSTRUCTION,
 ) -> TaskInputs:
+    """A window to regenerate. Repaint silences the source inside it; lego keeps the source mix
+    there as the context its new track is generated against (the reference's `is_lego`)."""
     frames = source_latents.shape[1]
     start_frame = max(0, seconds_to_frame(start_seconds))
     end_frame = min(frames, seconds_to_frame(end_seconds))
@@ -138,15 +157,16 @@ def repaint_inputs(
             f"{frames / FRAMES_PER_SECOND:.2f} s; choose an end after the start (at least 0.04 s apart)"
         )
     src = source_latents.clone()
-    src[0, start_frame:end_frame] = silence_frames(silence_latent, start_frame, end_frame).to(src)
+    if task != "lego":
+        src[0, start_frame:end_frame] = silence_frames(silence_latent, start_frame, end_frame).to(src)
     window = torch.zeros(1, frames)
     window[0, start_frame:end_frame] = 1.0
     # The official "auto" mode writes 2.0 into a boolean mask: the DiT then sees all ones
     # (ACESTEP15.md §7.5), while the window still drives injection and splicing.
     chunk_mask = torch.ones(1, frames) if chunk_mask_mode == "auto" else window.clone()
     return TaskInputs(
-        task="repaint",
-        instruction=REPAINT_INSTRUCTION,
+        task=task,
+        instruction=instruction,
         frames=frames,
         src_latents=src,
         chunk_mask=chunk_mask,

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 from ..errors import CheckpointError, InputError
+from ..prompts import TRACK_NAMES
 
 FORMATS = ("mp3", "flac", "wav", "opus")
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate music (text2music, cover, repaint, continuation)",
+    p = subparsers.add_parser("generate", help="generate music (text2music, cover, repaint, continuation, extract, lego, complete)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("song")
     g.add_argument("--caption", default="", help="style / description of the music")
@@ -36,8 +37,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--cfg-interval-end", type=float, default=1.0)
     g.add_argument("--batch-size", type=int, default=1)
     g = p.add_argument_group("task")
-    g.add_argument("--task-type", default="text2music", choices=["text2music", "cover", "repaint", "continuation"])
-    g.add_argument("--src-audio", default=None, help="source audio for cover / repaint / continuation")
+    g.add_argument("--task-type", default="text2music",
+                   choices=["text2music", "cover", "repaint", "continuation", "extract", "lego", "complete"],
+                   help="extract / lego / complete need a base model")
+    g.add_argument("--src-audio", default=None, help="source audio for cover / repaint / continuation / track tasks")
     g.add_argument("--src-latents", default=None, help="safetensors with 'latents' [1, frames, 64] used as the encoded source")
     g.add_argument("--reference-audio", default=None, help="timbre reference audio")
     g.add_argument("--repainting-start", type=float, default=0.0)
@@ -48,6 +51,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--chunk-mask-mode", default="auto", choices=["auto", "explicit"])
     g.add_argument("--repaint-mode", default="balanced", choices=["aggressive", "balanced", "conservative"])
     g.add_argument("--repaint-strength", type=float, default=0.5)
+    g.add_argument("--track-name", default="",
+                   help="extract / lego: the track to take out or add (" + ", ".join(TRACK_NAMES) + ")")
+    g.add_argument("--track-classes", default="", help="complete: comma list of tracks to add")
+    g.add_argument("--instruction", default="", help="replace the task's DiT instruction (expert use)")
     g = p.add_argument_group("models and output")
     g.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR", "checkpoints"))
     g.add_argument("--dit", default=None, help="DiT folder name/path or a ComfyUI .safetensors (default acestep-v15-turbo)")
@@ -112,7 +119,8 @@ def run(args) -> int:
         continuation_seconds=args.continuation_seconds, audio_cover_strength=args.audio_cover_strength,
         audio_code_string=args.audio_code_string, cfg_interval_start=args.cfg_interval_start,
         cfg_interval_end=args.cfg_interval_end, chunk_mask_mode=args.chunk_mask_mode, repaint_mode=args.repaint_mode,
-        repaint_strength=args.repaint_strength, batch_size=args.batch_size,
+        repaint_strength=args.repaint_strength, batch_size=args.batch_size, track_name=args.track_name,
+        track_classes=args.track_classes, instruction=args.instruction,
     )
     from ..memory.policy import clamp_request
 
