@@ -356,3 +356,49 @@ def test_thinking_runs_the_lm_plan_through_the_dit(tiny_dir, tmp_path):
         out = tmp_path / "thought.mp3"
         out.write_bytes(got.body)
         assert load_audio(out).shape[1] / SR == pytest.approx(10.0, abs=0.1)
+
+
+def test_extract_and_lego_on_a_base_model_server(tiny_dir, tmp_path):
+    """The base model's track tasks over HTTP: an uploaded mix in, a file of the same length out."""
+    provider = tiny_provider(tiny_dir)
+    provider_base = type(provider)(dit=str(tiny_dir / "acestep-v15-base-tiny"), vae=str(tiny_dir / "vae-tiny"),
+                                   text_encoder=str(tiny_dir / "Qwen3-Embedding-tiny"), lm=None, use_lm=False)
+    source = torch.sin(torch.linspace(0, 2000, int(4.0 * SR))).expand(2, -1) * 0.3
+    src = tmp_path / "mix.wav"
+    save_audio(src, source, SR, format="wav")
+    config = ServerConfig.from_env(tmp_path / "results", env={})
+    with LiveServer(Runtime(provider_base, config)) as live:
+        form = aiohttp.FormData()
+        for key, value in dict(FAST, task_type="extract", track_name="vocals", audio_format="wav", seed=3).items():
+            form.add_field(key, str(value).lower() if isinstance(value, bool) else str(value))
+        form.add_field("src_audio", src.read_bytes(), filename="mix.wav", content_type="audio/wav")
+        reply = release(live.url, data=form)
+        assert reply.status == 200, reply.body
+        done = wait_done(live.url, reply.data["task_id"])
+        assert done["status"] == 1, done
+        out = tmp_path / "vocals.wav"
+        out.write_bytes(download(live.url, result_items(done)[0]["file"]).body)
+        assert load_audio(out).shape[1] / SR == pytest.approx(4.0, abs=0.05)  # locked to the source
+
+        lego = release(live.url, dict(FAST, task_type="lego", track_name="drums", src_audio_path=str(src),
+                                      repainting_start=1.0, repainting_end=3.0, audio_format="flac"))
+        assert lego.status == 400 and lego.error.startswith("src_audio_path:")  # outside the allowed folders
+        lego = release(live.url, dict(FAST, task_type="lego", track_name="drums",
+                                      src_audio_path=result_items(done)[0]["file"], repainting_start=1.0,
+                                      repainting_end=3.0, audio_format="flac"))
+        assert lego.status == 200, lego.body
+        added = wait_done(live.url, lego.data["task_id"])
+        assert added["status"] == 1, added
+        assert result_items(added)[0]["file"].endswith(".flac")
+
+
+def test_track_task_on_a_turbo_server_fails_with_the_fix(server):
+    source_less = release(server.url, dict(FAST, task_type="extract", track_name="vocals"))
+    assert source_less.status == 400 and source_less.error.startswith("src_audio:")
+    first = release(server.url, dict(FAST, prompt="x", audio_format="wav", seed=1))
+    song = result_items(wait_done(server.url, first.data["task_id"]))[0]["file"]
+    reply = release(server.url, dict(FAST, task_type="complete", track_classes=["drums", "bass"], src_audio_path=song))
+    assert reply.status == 200, reply.body
+    item = wait_done(server.url, reply.data["task_id"])
+    assert item["status"] == 2
+    assert "needs the ACE-Step 1.5 base model" in item["error"] and "acestep-v15-base" in item["error"]

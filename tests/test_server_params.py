@@ -75,6 +75,18 @@ def test_continuation_task_names():
     assert parse({"task_type": "extend"}).task_type == "continuation"
 
 
+def test_track_tasks_and_their_fields():
+    assert parse({"task_type": "Extract", "track_name": "Backing Vocals"}).track_name == "backing_vocals"
+    assert parse({"task_type": "lego", "trackName": "DRUMS"}).task_type == "lego"
+    assert parse({"track_classes": ["drums", "bass"]}).track_classes == ["drums", "bass"]
+    assert parse({"trackClasses": "drums, bass"}).track_classes == ["drums", "bass"]
+    assert parse({"instruments": "guitar|strings"}).track_classes == ["guitar", "strings"]
+    assert parse({}).track_classes == [] and parse({}).track_name == ""
+    # the official default instruction means "the task's own"; any other text replaces it
+    assert parse({"instruction": "Fill the audio semantic mask based on the given conditions:"}).instruction == ""
+    assert parse({"instruction": "Extract the BASS track from the audio:"}).instruction.startswith("Extract the BASS")
+
+
 @pytest.mark.parametrize(
     "body, field, words",
     [
@@ -83,7 +95,8 @@ def test_continuation_task_names():
         ({"thinking": "maybe"}, "thinking", "true or false"),
         ({"inference_steps": 2.5}, "inference_steps", "integer"),
         ({"audio_format": "wma"}, "audio_format", "mp3, wav, flac, opus"),
-        ({"task_type": "lego"}, "task_type", "not served"),
+        ({"track_name": "kazoo"}, "track_name", "unknown track 'kazoo'"),
+        ({"instruments": ["drums", "cowbell"]}, "instruments", "unknown track 'cowbell'"),
         ({"task_type": "remix"}, "task_type", "must be one of"),
         ({"duration": 5}, "duration", "between 10 and 600"),
         ({"timesignature": "5/4"}, "timesignature", "2, 3, 4, 6"),

@@ -29,7 +29,8 @@ from .params import FieldError, ReleaseRequest, parse_release_request
 MODEL_PREFIX = "acestep"
 AUDIO_MIME = {"mp3": "audio/mpeg", "wav": "audio/wav", "wav32": "audio/wav", "flac": "audio/flac",
               "opus": "audio/ogg"}
-SOURCE_TASKS = ("cover", "repaint", "repainting", "continuation", "continue", "extend")
+SOURCE_TASKS = ("cover", "repaint", "repainting", "continuation", "continue", "extend", "extract", "lego",
+                "complete")
 LYRIC_MARKERS = ("[verse", "[chorus", "[bridge", "[intro", "[outro", "[hook", "[pre-chorus", "[refrain",
                  "[inst")
 _PROMPT_TAG = re.compile(r"<prompt>(.*?)</prompt>", re.DOTALL | re.IGNORECASE)
@@ -51,7 +52,7 @@ CHAT_FIELD_NAMES = {
 PASSTHROUGH_FIELDS = ("thinking", "use_format", "use_cot_caption", "use_cot_language", "guidance_scale",
                       "seed", "batch_size", "task_type", "repainting_start", "repainting_end",
                       "audio_cover_strength", "inference_steps", "infer_method", "shift", "lm_seed",
-                      "lm_cfg_scale")
+                      "lm_cfg_scale", "track_name", "track_classes", "instruction")
 AUDIO_CONFIG_FIELDS = {"duration": "audio_duration", "bpm": "bpm", "key_scale": "key_scale",
                        "time_signature": "time_signature", "vocal_language": "vocal_language",
                        "format": "audio_format"}
@@ -224,7 +225,7 @@ def route_audio(chat: ChatInput, task_type: str) -> dict[str, tuple[str, bytes, 
     """Which input audio fills which request slot (official routing)."""
     if not chat.audio:
         return {}
-    if task_type in ("cover", "repaint", "continuation"):
+    if task_type in ("cover", "repaint", "continuation", "extract", "lego", "complete"):
         slots = {"src_audio": chat.audio[0]}
         if len(chat.audio) > 1:
             slots["reference_audio"] = chat.audio[1]

@@ -2,8 +2,8 @@
 
 Order of work (the official server's): simple mode (`sample_mode` / `sample_query`) asks the LM to
 write caption, lyrics and metadata; `use_format` asks it to rewrite the caption and lyrics; `thinking`
-asks it for the plan with audio codes (text2music only: the LM is skipped for cover, repaint and
-continuation); then the DiT generates, and every batch item is written to the job's folder.
+asks it for the plan with audio codes (text2music only: the LM is skipped for cover, repaint,
+continuation and extract, and plans only metadata for lego and complete); then the DiT generates, and every batch item is written to the job's folder.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from .files import audio_url
 from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
 
-LM_SKIPPED_TASKS = ("cover", "repaint", "continuation")
+LM_SKIPPED_TASKS = ("cover", "repaint", "continuation", "extract")
+# The LM may plan metadata and caption for these, but its codes would replace the source they are built on.
+LM_METAS_ONLY_TASKS = ("lego", "complete")
 INSTRUMENTAL_WORDS = ("instrumental", "no vocals", "no vocal", "without vocals", "no singing")
 
 
@@ -134,7 +136,8 @@ def run_job(
             song.caption, song.lyrics, bpm=song.bpm, keyscale=song.keyscale or None,
             timesignature=song.timesignature or None, duration=song.duration, language=song.language or None,
             sampling=lm_sampling(req), use_cot_caption=req.use_cot_caption,
-            use_cot_language=req.use_cot_language, constrained_decoding=req.constrained_decoding)
+            use_cot_language=req.use_cot_language, constrained_decoding=req.constrained_decoding,
+            generate_codes=task not in LM_METAS_ONLY_TASKS)
         song.apply_plan(lm_plan, caption=req.use_cot_caption, language=req.use_cot_language)
         timings["lm_think_s"] = time.perf_counter() - t0
     elif task == "text2music" and wants_cot and song.missing_metas() and not timings:
@@ -182,6 +185,9 @@ def run_job(
         chunk_mask_mode=req.chunk_mask_mode,
         repaint_mode=req.repaint_mode,
         repaint_strength=req.repaint_strength,
+        track_name=req.track_name,
+        track_classes=req.track_classes,
+        instruction=req.instruction,
         batch_size=req.batch_size,
         plan=lm_plan,
     )

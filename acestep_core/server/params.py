@@ -23,8 +23,10 @@ TASK_TYPES = {
     "continuation": "continuation",
     "continue": "continuation",
     "extend": "continuation",
+    "extract": "extract",
+    "lego": "lego",
+    "complete": "complete",
 }
-UNSUPPORTED_TASKS = ("lego", "extract", "complete")
 INFER_METHODS = ("ode", "sde")
 REPAINT_MODES = ("balanced", "aggressive", "conservative")
 TIME_SIGNATURES = ("2", "3", "4", "6")
@@ -153,11 +155,36 @@ def one_of(*choices: str, mapping: Optional[dict] = None) -> Callable[[str], str
 
 
 def check_task(v: str) -> str:
-    key = v.strip().lower()
-    if key in UNSUPPORTED_TASKS:
-        raise ValueError(f"'{key}' needs the base model's extra task heads and is not served here; "
-                         f"use one of {', '.join(sorted(set(TASK_TYPES)))}")
-    return one_of(mapping=TASK_TYPES)(key)
+    return one_of(mapping=TASK_TYPES)(v.strip().lower())
+
+
+def to_track_list(value: Any) -> list[str]:
+    """A list of track names, or one string of them separated by commas or '|'."""
+    parts = value if isinstance(value, list) else str(value).replace("|", ",").split(",")
+    return [to_str(p).strip() for p in parts if to_str(p).strip()]
+
+
+def check_tracks(names: list[str]) -> list[str]:
+    from ..prompts import TRACK_NAMES
+    from ..request import normalize_track
+
+    tracks = [normalize_track(n) for n in names]
+    unknown = [n for n in tracks if n not in TRACK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown track {unknown[0]!r}; use one of {', '.join(TRACK_NAMES)}")
+    return tracks
+
+
+def check_track(name: str) -> str:
+    return check_tracks([name])[0] if name.strip() else ""
+
+
+def check_instruction(text: str) -> str:
+    from ..prompts import TEXT2MUSIC_INSTRUCTION
+
+    # The official default instruction means "the task's own", as in the official server.
+    text = text.strip()
+    return "" if text == TEXT2MUSIC_INSTRUCTION else text
 
 
 def check_time_signature(v: str) -> str:
@@ -266,6 +293,10 @@ RELEASE_FIELDS: tuple[Field, ...] = (
     Field("chunk_mask_mode", to_str, "auto", ("chunkMaskMode",)),
     Field("repaint_mode", to_str, "balanced", ("repaintMode",), one_of(*REPAINT_MODES)),
     Field("repaint_strength", to_float, 0.5, ("repaintStrength",), in_range(0.0, 1.0)),
+    Field("track_name", to_str, "", ("trackName",), check_track),
+    Field("track_classes", to_track_list, [], ("trackClasses", "instruments", "complete_track_classes"),
+          check_tracks),
+    Field("instruction", to_str, "", (), check_instruction),
     # output
     Field("audio_format", to_str, "mp3", ("audioFormat",), one_of(*AUDIO_FORMATS)),
     # 5 Hz LM

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 FILE_FIELDS = {"src_audio": "src_audio", "ctx_audio": "src_audio",
                "reference_audio": "reference_audio", "ref_audio": "reference_audio"}
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
-SOURCE_TASKS = ("cover", "repaint", "continuation")
+SOURCE_TASKS = ("cover", "repaint", "continuation", "extract", "lego", "complete")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
