@@ -14,15 +14,17 @@ def build_models_dir(root: Path, tiny: Path, comfy_tiny: Path, official: bool = 
     (e.g. sliding_window 16), so each gets the documented `<stem>.acestep.json` sidecar.
     """
     models = root / "models"
-    for sub, name in (("diffusion_models", "acestep_v1.5_turbo.safetensors"), ("vae", "ace_1.5_vae.safetensors"),
+    for sub, name in (("diffusion_models", "acestep_v1.5_turbo.safetensors"),
+                      ("diffusion_models", "acestep_v1.5_base.safetensors"), ("vae", "ace_1.5_vae.safetensors"),
                       ("text_encoders", "qwen_0.6b_ace15.safetensors"),
                       ("text_encoders", "qwen_1.7b_ace15.safetensors")):
         (models / sub).mkdir(parents=True, exist_ok=True)
         link = models / sub / name
         if not link.exists():
             os.symlink(comfy_tiny / sub / name, link)
-    (models / "diffusion_models" / "acestep_v1.5_turbo.acestep.json").write_text(
-        (tiny / "acestep-v15-turbo-tiny" / "config.json").read_text())
+    for variant in ("turbo", "base"):
+        (models / "diffusion_models" / f"acestep_v1.5_{variant}.acestep.json").write_text(
+            (tiny / f"acestep-v15-{variant}-tiny" / "config.json").read_text())
     (models / "vae" / "ace_1.5_vae.acestep.json").write_text((tiny / "vae-tiny" / "config.json").read_text())
     (models / "acestep").mkdir(exist_ok=True)
     if official:
@@ -52,7 +54,8 @@ SOURCE_SECONDS = 249600 / 48000  # the goldens' source song written by write_sou
 # the source's length, Continue adds 2 s. Simple Mode's length is the LM's own choice (None).
 SHORTENED_SECONDS = {"text2music_thinking": 10.0, "format_input_text2music": 10.0, "simple_mode": None,
                      "mix_native_nodes": 6.0, "repaint": SOURCE_SECONDS, "cover": SOURCE_SECONDS,
-                     "continue": SOURCE_SECONDS + 2.0}
+                     "continue": SOURCE_SECONDS + 2.0, "extract_and_complete": SOURCE_SECONDS,
+                     "add_track": SOURCE_SECONDS}
 
 
 def shorten_for_tiny(prompt: dict) -> dict:

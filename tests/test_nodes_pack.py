@@ -15,6 +15,7 @@ EXPECTED = {
     "ACE15S_LoadModel": "Load ACE-Step", "ACE15S_LMThinking": "LM Thinking", "ACE15S_FormatInput": "Format Input",
     "ACE15S_SimpleMode": "Simple Mode", "ACE15S_Text2Music": "Text2Music", "ACE15S_Continue": "Continue",
     "ACE15S_Repaint": "Repaint", "ACE15S_Cover": "Cover", "ACE15S_SaveAudio": "Save Audio",
+    "ACE15S_ExtractTrack": "Extract Track", "ACE15S_AddTrack": "Add Track", "ACE15S_CompleteTrack": "Complete Track",
 }
 
 
@@ -69,7 +70,7 @@ def test_loader_lists_official_folders_and_comfy_files(pack, host_dirs, tiny_dir
     _, node_map = h.load_pack()  # re-registers models/acestep under the new models dir
     assert folder_paths.get_folder_paths("acestep")[0] == str(host_dirs["models"] / "acestep")
     options = {i.id: i.options["options"] for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
-    assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_turbo.safetensors"]
+    assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
     assert options["vae"] == ["auto", "vae", "ace_1.5_vae.safetensors"]
     # the LM file is not offered as a text encoder
     assert options["text_encoder"] == ["auto", "Qwen3-Embedding-0.6B", "qwen_0.6b_ace15.safetensors"]

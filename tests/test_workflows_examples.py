@@ -41,7 +41,7 @@ def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
 
 def test_all_use_cases_shipped():
     assert set(NAMES) == {"text2music_thinking", "simple_mode", "format_input_text2music", "continue", "repaint",
-                          "cover", "mix_native_nodes"}
+                          "cover", "mix_native_nodes", "extract_and_complete", "add_track"}
     for p in WORKFLOWS:
         assert p.with_suffix(".api.json").is_file()
 
@@ -155,3 +155,18 @@ def test_bad_prompt_rejected_like_comfyui(env):
     with pytest.raises(h.PromptError) as info:
         h.validate_prompt(api, node_map)
     assert info.value.node_errors["3"]["errors"][0]["type"] == "value_bigger_than_max"
+
+
+def test_track_nodes_refuse_turbo_and_unknown_tracks(env):
+    """The track workflows with the turbo file picked: a clear error naming the fix; a bad track list
+    is caught by validation before anything runs."""
+    node_map, _ = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "extract_and_complete.api.json").read_text()))
+    api["1"]["inputs"]["dit"] = "acestep_v1.5_turbo.safetensors"
+    input_error = importlib.import_module(f"{h.PACK_MODULE_NAME}.acestep_core.errors").InputError
+    with pytest.raises(input_error, match="needs the ACE-Step 1.5 base model.*acestep_v1.5_base.safetensors"):
+        h.execute_prompt(api, node_map)
+    complete = node_map["ACE15S_CompleteTrack"]
+    assert complete.validate_inputs(tracks="drums, Backing Vocals") is True
+    assert "unknown track 'cowbell'" in complete.validate_inputs(tracks="drums, cowbell")
+    assert "must be after start" in node_map["ACE15S_AddTrack"].validate_inputs(start=3.0, end=2.0)

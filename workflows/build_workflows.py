@@ -45,6 +45,9 @@ LYRICS = ("[Verse 1]\nCity lights are calling out my name\nWindows down, we neve
 LOADER = {"dit": "acestep_v1.5_turbo.safetensors", "vae": "ace_1.5_vae.safetensors",
           "text_encoder": "qwen_0.6b_ace15.safetensors", "lm": "1.7B", "offload": "auto", "dtype": "auto"}
 LOADER_NO_LM = {**LOADER, "lm": "none"}
+LOADER_BASE = {**LOADER_NO_LM, "dit": "acestep_v1.5_base.safetensors"}
+BASE_MODEL = {"name": "acestep_v1.5_base.safetensors", "url": f"{HF}/diffusion_models/acestep_v1.5_base.safetensors",
+              "directory": "diffusion_models"}
 
 
 def _schemas():
@@ -103,7 +106,8 @@ def build(name, title, description, nodes, links, schemas):
         props = dict(CORE_PROPS if node_type in CORE else PACK_PROPS)
         props["Node name for S&R"] = node_type
         if node_type == "ACE15S_LoadModel":
-            props["models"] = LOADER_MODELS
+            props["models"] = [BASE_MODEL, *LOADER_MODELS[1:]] if values.get("dit") == BASE_MODEL["name"] \
+                else LOADER_MODELS
         height = 60 + 26 * (len(sockets) + len(widgets)) + (160 if node_type.endswith(("Thinking", "Music")) else 0)
         ui_nodes.append({"id": nid, "type": node_type, "pos": list(pos), "size": [360, height], "flags": {},
                          "order": order, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs, "title": node_title,
@@ -169,6 +173,26 @@ def main():
            (4, "ACE15S_SaveAudio", "Save Audio", (840, 0), {**save, "filename_prefix": "audio/ACE-Step-cover"})],
           [(1, "model", 3, "model"), (2, "AUDIO", 3, "audio"), (5, "AUDIO", 3, "reference"), (3, "audio", 4, "audio")],
           s)
+    build("extract_and_complete", "ACE-Step extract a track, then complete it",
+          "The base model takes the vocals out of a song, then writes a new band around them.",
+          [(1, "ACE15S_LoadModel", "Load ACE-Step (base)", (0, 0), LOADER_BASE),
+           (2, "LoadAudio", "Load Audio", (0, 360), {"audio": SOURCE_AUDIO}),
+           (3, "ACE15S_ExtractTrack", "Extract Track", (420, 0), {"track": "vocals", "caption": CAPTION, "seed": 42}),
+           (4, "ACE15S_SaveAudio", "Save vocals", (840, 420), {**save, "filename_prefix": "audio/ACE-Step-vocals"}),
+           (5, "ACE15S_CompleteTrack", "Complete Track", (840, 0),
+            {"tracks": "drums, bass, guitar, keyboard",
+             "caption": "indie rock band, live drums, warm bass, jangly guitars, piano", "seed": 7}),
+           (6, "ACE15S_SaveAudio", "Save new mix", (1260, 0), {**save, "filename_prefix": "audio/ACE-Step-complete"})],
+          [(1, "model", 3, "model"), (2, "AUDIO", 3, "audio"), (3, "audio", 4, "audio"), (1, "model", 5, "model"),
+           (3, "audio", 5, "audio"), (5, "audio", 6, "audio")], s)
+    build("add_track", "ACE-Step add a track",
+          "The base model writes a new drum track that fits the song, inside a window; the rest is kept.",
+          [(1, "ACE15S_LoadModel", "Load ACE-Step (base)", (0, 0), LOADER_BASE),
+           (2, "LoadAudio", "Load Audio", (0, 360), {"audio": SOURCE_AUDIO}),
+           (3, "ACE15S_AddTrack", "Add Track", (420, 0),
+            {"track": "drums", "start": 1.0, "end": 4.0, "caption": "tight funk drums", "seed": 42}),
+           (4, "ACE15S_SaveAudio", "Save Audio", (840, 0), {**save, "filename_prefix": "audio/ACE-Step-add-track"})],
+          [(1, "model", 3, "model"), (2, "AUDIO", 3, "audio"), (3, "audio", 4, "audio")], s)
     build("mix_native_nodes", "ACE-Step with native audio nodes",
           "Text2Music feeds ComfyUI's PreviewAudio; its output is repainted and saved with the core SaveAudioMP3.",
           [(1, "ACE15S_LoadModel", "Load ACE-Step", (0, 0), LOADER_NO_LM),
