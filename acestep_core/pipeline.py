@@ -371,9 +371,9 @@ class ACEStepPipeline:
 
     def _check_track_task(self, task: str) -> None:
         """extract / lego / complete were trained into the base model only (turbo and SFT lack them)."""
-        name = self.model_name.lower()
-        if self.is_turbo or self.dit.model_version == "sft" or "sft" in name or "turbo" in name:
-            kind = "turbo" if self.is_turbo or "turbo" in name else "SFT"
+        # SFT folders may not say so in their config; their name does.
+        if self.is_turbo or self.dit.model_version == "sft" or "sft" in self.model_name.lower():
+            kind = "turbo" if self.is_turbo else "SFT"
             raise InputError(
                 f"task {task!r} needs the ACE-Step 1.5 base model, but the loaded DiT {self.model_name!r} is {kind}; "
                 "load acestep-v15-base (ComfyUI: acestep_v1.5_base.safetensors) for extract, lego and complete"

@@ -41,6 +41,7 @@ def find_tiny_fixtures() -> Optional[dict[str, Path]]:
         if (root / "acestep-v15-turbo-tiny" / "config.json").is_file():
             return {
                 "dit": root / "acestep-v15-turbo-tiny",
+                "dit_base": root / "acestep-v15-base-tiny",
                 "vae": root / "vae-tiny",
                 "text_encoder": root / "Qwen3-Embedding-tiny",
                 "lm": root / "acestep-5Hz-lm-tiny",

@@ -62,6 +62,34 @@ def test_audio_tasks_from_the_cli(tmp_path, source_wav, task, extra, seconds):
     assert params["task"] == ("cover" if task == "cover" else "repaint")
 
 
+@pytest.mark.parametrize("task,extra,instruction", [
+    ("extract", ["--track-name", "vocals"], "Extract the VOCALS track from the audio:"),
+    ("lego", ["--track-name", "drums", "--repainting-start", "1", "--repainting-end", "3"],
+     "Generate the DRUMS track based on the audio context:"),
+    ("complete", ["--track-classes", "drums,bass"], "Complete the input track with DRUMS | BASS:"),
+])
+def test_track_tasks_from_the_cli_run_on_the_tiny_base(tmp_path, source_wav, task, extra, instruction):
+    audio, params, _ = _run(tmp_path, "--task-type", task, "--src-audio", str(source_wav), "--inference-steps", "2",
+                            *extra)
+    assert abs(load_audio(audio).shape[1] / SR - 5.2) < 0.05
+    assert params["task"] == task and params["instruction"] == instruction
+    assert params["is_turbo"] is False and params["dit_model"] == "acestep-v15-base-tiny"
+
+
+def test_track_task_errors_are_one_line(tmp_path, source_wav, capsys):
+    turbo = str(TINY_DIR / "acestep-v15-turbo-tiny")
+    code = main(["generate", "--dit", turbo, "--vae", str(TINY_DIR / "vae-tiny"), "--text-encoder",
+                 str(TINY_DIR / "Qwen3-Embedding-tiny"), "--device", "cpu", "--out", str(tmp_path / "o"),
+                 "--task-type", "extract", "--src-audio", str(source_wav)])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: task 'extract' needs the ACE-Step 1.5 base model" in err and "Traceback" not in err
+    code = main(["generate", "--tiny", "--device", "cpu", "--out", str(tmp_path / "o"), "--task-type", "complete",
+                 "--track-classes", "drums,cowbell", "--src-audio", str(source_wav)])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: track_classes: unknown track 'cowbell'" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 def test_src_latents_chain(tmp_path, source_wav):
     _, _, out = _run(tmp_path, "--caption", "x", "--audio-duration", "6", "--save-latents", "a.safetensors")
     second = tmp_path / "second"
@@ -125,3 +153,9 @@ def test_random_tiny_checkpoints_build_and_generate(tmp_path):
     assert ids[0].tolist()[-3:] == [151643, 10, 151643]
     result = pipe.generate(GenerationRequest(caption="x", audio_duration=5.2, seed=1))
     assert result.audio.shape == (1, 2, 130 * 1920)
+    # what --tiny does for the track tasks when no tiny base model is at hand
+    base = ACEStepPipeline.from_pretrained(dit=paths["dit"], vae=paths["vae"], text_encoder=paths["text_encoder"],
+                                           dtype="float32", config_override={"is_turbo": False, "model_version": "base"})
+    extracted = base.generate(GenerationRequest(caption="x", task_type="extract", track_name="bass",
+                                                src_latents=result.latents, seed=1, inference_steps=2))
+    assert extracted.latents.shape == result.latents.shape and extracted.params["model_version"] == "base"

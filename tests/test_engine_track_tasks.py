@@ -5,6 +5,8 @@ No golden exists for these tasks, so the tests check each DiT input against the 
 5 Hz bottleneck), the chunk mask and the cover flag, plus the repaint-style window handling of lego.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -156,3 +158,19 @@ def test_track_tasks_need_a_source(task):
 def test_turbo_refuses_track_tasks_with_the_fix(task):
     with pytest.raises(InputError, match="needs the ACE-Step 1.5 base model.*is turbo.*acestep-v15-base"):
         tiny_pipeline().generate(GenerationRequest(task_type=task, src_latents=_source_latents(), seed=1))
+
+
+def test_sft_file_refuses_track_tasks(tmp_path, comfy_tiny_dir, tiny_dir):
+    """A ComfyUI DiT file says SFT only in its name: that is enough to stop with the fix."""
+    from acestep_core.pipeline import ACEStepPipeline
+
+    sft = tmp_path / "acestep_v1.5_sft.safetensors"
+    sft.symlink_to(comfy_tiny_dir / "diffusion_models" / "acestep_v1.5_base.safetensors")
+    config = json.loads((tiny_dir / BASE / "config.json").read_text())
+    config.pop("model_version")  # the sidecar holds what shapes cannot show; the variant comes from the name
+    (tmp_path / "acestep_v1.5_sft.acestep.json").write_text(json.dumps(config))
+    pipe = ACEStepPipeline.from_pretrained(dit=sft, vae=tiny_dir / "vae-tiny", text_encoder=tiny_dir / "Qwen3-Embedding-tiny",
+                                           dtype="float32")
+    assert pipe.dit.model_version == "sft"
+    with pytest.raises(InputError, match="is SFT; load acestep-v15-base"):
+        pipe.generate(GenerationRequest(task_type="lego", track_name="drums", src_latents=_source_latents(), seed=1))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..prompts import TRACK_TASKS
 
 GET_WEIGHTS_HELP = (
     "No ACE-Step 1.5 weights found in {root}.\n"
@@ -53,6 +54,12 @@ def pipeline_kwargs(args) -> tuple[dict, list[str]]:
     if args.tiny:
         tiny = tiny_checkpoints()
         kwargs.update(dit=tiny["dit"], vae=tiny["vae"], text_encoder=tiny["text_encoder"], dtype="float32")
+        if getattr(args, "task_type", None) in TRACK_TASKS:
+            # The track tasks need a base model: the tiny base when it is at hand, else the random one as base.
+            if tiny.get("dit_base") is not None and tiny["dit_base"].is_dir():
+                kwargs["dit"] = tiny["dit_base"]
+            else:
+                kwargs["config_override"] = {"is_turbo": False, "model_version": "base"}
         kwargs["_tiny_lm"] = str(tiny["lm"])
         notes.append(tiny_notice())
     else:
