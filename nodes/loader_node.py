@@ -76,7 +76,7 @@ class LoadModel(io.ComfyNode):
                         "models/acestep/ (official folders) or diffusion_models/, vae/, text_encoders/ "
                         "(ComfyUI files). 'auto' follows the VRAM tier policy; the decision is shown.",
             inputs=[
-                io.Combo.Input("dit", options=dits, default=dits[0] if dits else None,
+                io.Combo.Input("dit", options=dits, default=model_files.preferred_dit(dits),
                                tooltip="Official folder in models/acestep/ or a file in models/diffusion_models/."),
                 io.Combo.Input("vae", options=model_files.vae_choices(), default=AUTO,
                                tooltip="auto = the vae/ folder beside the official DiT folder."),

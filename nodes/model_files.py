@@ -127,6 +127,14 @@ def dit_choices() -> list[str]:
     return list(official_folders("dit")) + _ace_first(_safetensor_files("diffusion_models"))
 
 
+def preferred_dit(choices: list[str]) -> Optional[str]:
+    """The default DiT among `choices`: turbo, the official default (non-XL first), else the first."""
+    def rank(name: str) -> int:
+        low = os.path.basename(name).lower()
+        return 0 if "turbo" in low and "xl" not in low else 1 if "turbo" in low else 2
+    return min(choices, key=rank) if choices else None
+
+
 def vae_choices() -> list[str]:
     return [AUTO] + list(official_folders("vae")) + _ace_first(_safetensor_files("vae"))
 

@@ -52,10 +52,10 @@ class _Staged:
 
 
 def default_components() -> tuple[str, str, str]:
-    """What Load ACE-Step would be set to by a user with these files: the first DiT, and for VAE and
-    text encoder 'auto' when an official folder exists, else the first ComfyUI file."""
+    """What Load ACE-Step would be set to by a user with these files: its default DiT (turbo first),
+    and for VAE and text encoder 'auto' when an official folder exists, else the first ComfyUI file."""
     from ..acestep_core.errors import CheckpointError
-    from .model_files import AUTO, dit_choices, official_folders, text_encoder_choices, vae_choices
+    from .model_files import AUTO, dit_choices, official_folders, preferred_dit, text_encoder_choices, vae_choices
 
     dits = dit_choices()
     if not dits:
@@ -68,7 +68,7 @@ def default_components() -> tuple[str, str, str]:
         files = [c for c in choices if c != AUTO]
         return AUTO if official_folders(kind) or not files else files[0]
 
-    return dits[0], pick("vae", vae_choices()), pick("text_encoder", text_encoder_choices())
+    return preferred_dit(dits), pick("vae", vae_choices()), pick("text_encoder", text_encoder_choices())
 
 
 class ComfyModelProvider:
@@ -105,13 +105,14 @@ class ComfyModelProvider:
         if model is not None:
             return [ModelInfo(self._name(model), is_default=True)]
         try:
-            from .model_files import dit_choices
+            from .model_files import dit_choices, preferred_dit
 
             names = dit_choices()
         except Exception:  # listing must never break /v1/models
             names = []
-        return [ModelInfo(os.path.basename(n).removesuffix(".safetensors"), is_default=i == 0)
-                for i, n in enumerate(names)]
+        default = preferred_dit(names) if names else None
+        return [ModelInfo(os.path.basename(n).removesuffix(".safetensors"), is_default=n == default)
+                for n in sorted(names, key=lambda n: n != default)]
 
     def lm_name(self) -> Optional[str]:
         model = self._current()

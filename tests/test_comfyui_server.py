@@ -124,10 +124,12 @@ def test_pack_nodes_registered(server):
     assert status == 200
     info = json.loads(raw)
     ours = {k: v for k, v in info.items() if k.startswith("ACE15S_")}
-    assert len(ours) == 9, (server["log"].read_text()[-3000:])
+    assert len(ours) == 12, (server["log"].read_text()[-3000:])
     assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
-    assert ours["ACE15S_LoadModel"]["input"]["required"]["dit"][1]["options"] == ["acestep_v1.5_turbo.safetensors"] \
-        or ours["ACE15S_LoadModel"]["input"]["required"]["dit"][0] == ["acestep_v1.5_turbo.safetensors"]
+    dit = ours["ACE15S_LoadModel"]["input"]["required"]["dit"]
+    files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
+    assert (dit[1].get("options") or dit[0]) == files
+    assert dit[1]["default"] == "acestep_v1.5_turbo.safetensors"  # the official default model
     assert info["SaveAudio"]["python_module"] == "comfy_extras.nodes_audio"  # core untouched
 
 

@@ -67,16 +67,21 @@ def test_loader_lists_official_folders_and_comfy_files(pack, host_dirs, tiny_dir
     import folder_paths
 
     build_models_dir(host_dirs["models"].parent, tiny_dir, comfy_tiny_dir)
+    from importlib import import_module
+
     _, node_map = h.load_pack()  # re-registers models/acestep under the new models dir
     assert folder_paths.get_folder_paths("acestep")[0] == str(host_dirs["models"] / "acestep")
     options = {i.id: i.options["options"] for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
     assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
+    defaults = {i.id: i.default for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
+    assert defaults["dit"] == "acestep-v15-turbo"
+    files = import_module(h.PACK_MODULE_NAME + ".nodes.model_files")
+    assert files.preferred_dit(["acestep_v1.5_base.safetensors", "acestep_v1.5_xl_turbo_bf16.safetensors",
+                                "acestep_v1.5_turbo.safetensors"]) == "acestep_v1.5_turbo.safetensors"
+    assert files.preferred_dit(["acestep_v1.5_base.safetensors"]) == "acestep_v1.5_base.safetensors"
     assert options["vae"] == ["auto", "vae", "ace_1.5_vae.safetensors"]
     # the LM file is not offered as a text encoder
     assert options["text_encoder"] == ["auto", "Qwen3-Embedding-0.6B", "qwen_0.6b_ace15.safetensors"]
-    from importlib import import_module
-
-    files = import_module(h.PACK_MODULE_NAME + ".nodes.model_files")
     assert files.available_lms() == {"1.7B": str(host_dirs["models"] / "acestep" / "acestep-5Hz-lm-1.7B")}
 
 
