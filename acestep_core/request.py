@@ -123,17 +123,10 @@ class GenerationRequest:
                                  "use task_type 'complete' to add several")
             raw = [self.track_name] if self.track_name else []
         elif self.task_type == "complete":
-            raw = self.track_classes or []
-            if isinstance(raw, str):
-                raw = raw.replace("|", ",").split(",")
+            raw = self.track_classes
         else:
             return []
-        names = [normalize_track(str(r)) for r in raw if str(r).strip()]
-        for name in names:
-            if name not in TRACK_NAMES:
-                what = "track_name" if self.task_type != "complete" else "track_classes"
-                raise InputError(f"{what}: unknown track {name!r}; use one of: {', '.join(TRACK_NAMES)}")
-        return list(dict.fromkeys(names))
+        return parse_tracks(raw, "track_name" if self.task_type != "complete" else "track_classes")
 
     def seeds(self) -> list[Optional[int]]:
         """One seed per batch item; None means draw a random one."""
@@ -174,6 +167,17 @@ class GenerationRequest:
 def normalize_track(name: str) -> str:
     """'Backing Vocals' / 'backing-vocals' / 'BACKING_VOCALS' -> 'backing_vocals'."""
     return "_".join(name.strip().lower().replace("-", " ").split())
+
+
+def parse_tracks(raw: Union[str, list, None], field_name: str = "tracks") -> list[str]:
+    """Track names from a list or a string separated by ',' or '|': normalised, checked, deduplicated."""
+    if isinstance(raw, str):
+        raw = raw.replace("|", ",").split(",")
+    names = [normalize_track(str(r)) for r in (raw or []) if str(r).strip()]
+    for name in names:
+        if name not in TRACK_NAMES:
+            raise InputError(f"{field_name}: unknown track {name!r}; use one of: {', '.join(TRACK_NAMES)}")
+    return list(dict.fromkeys(names))
 
 
 def _check_range(name: str, value, low: float, high: float) -> None:

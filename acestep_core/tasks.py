@@ -95,21 +95,13 @@ def codes_cover_inputs(silence_latent: torch.Tensor, hints: torch.Tensor, durati
 
 def cover_audio_inputs(source_latents: torch.Tensor, source_seconds: float) -> TaskInputs:
     """Cover from audio: the encoded source goes in; the DiT's own tokenizer bottleneck is applied later."""
-    frames = source_latents.shape[1]
-    return TaskInputs(
-        task="cover",
-        instruction=COVER_INSTRUCTION,
-        frames=frames,
-        src_latents=source_latents,
-        chunk_mask=torch.ones(1, frames),
-        is_cover=True,
-        metas_duration=source_seconds,
-    )
+    return full_source_inputs("cover", COVER_INSTRUCTION, source_latents, source_seconds, is_cover=True)
 
 
-def full_source_inputs(task: str, instruction: str, source_latents: torch.Tensor, source_seconds: float) -> TaskInputs:
-    """extract / complete: the whole encoded source is the context, as it is (no 5 Hz bottleneck),
-    and every frame is generated."""
+def full_source_inputs(task: str, instruction: str, source_latents: torch.Tensor, source_seconds: float,
+                       is_cover: bool = False) -> TaskInputs:
+    """The whole encoded source as the context, every frame generated: cover, extract, complete.
+    Only cover passes it through the 5 Hz bottleneck (is_cover); extract / complete take it as it is."""
     frames = source_latents.shape[1]
     return TaskInputs(
         task=task,
@@ -117,7 +109,7 @@ def full_source_inputs(task: str, instruction: str, source_latents: torch.Tensor
         frames=frames,
         src_latents=source_latents,
         chunk_mask=torch.ones(1, frames),
-        is_cover=False,
+        is_cover=is_cover,
         metas_duration=source_seconds,
     )
 

@@ -17,13 +17,9 @@ def _track_input(default: str):
 
 
 def _parse_tracks(text: str) -> list[str]:
-    from ..acestep_core.request import normalize_track
+    from ..acestep_core.request import parse_tracks
 
-    names = [normalize_track(t) for t in str(text).replace("|", ",").split(",") if t.strip()]
-    unknown = [n for n in names if n not in TRACK_NAMES]
-    if unknown:
-        raise InputError(f"Complete Track: unknown track {unknown[0]!r}; use any of: {', '.join(TRACK_NAMES)}")
-    return names
+    return parse_tracks(str(text), "Complete Track: tracks")
 
 
 class ExtractTrack(io.ComfyNode):

@@ -158,25 +158,24 @@ def check_task(v: str) -> str:
     return one_of(mapping=TASK_TYPES)(v.strip().lower())
 
 
-def to_track_list(value: Any) -> list[str]:
-    """A list of track names, or one string of them separated by commas or '|'."""
-    parts = value if isinstance(value, list) else str(value).replace("|", ",").split(",")
-    return [to_str(p).strip() for p in parts if to_str(p).strip()]
+def to_tracks(value: Any) -> list[str]:
+    """Track names: a list, or one string separated by ',' or '|' (normalised and checked)."""
+    from ..errors import InputError
+    from ..request import parse_tracks
 
-
-def check_tracks(names: list[str]) -> list[str]:
-    from ..prompts import TRACK_NAMES
-    from ..request import normalize_track
-
-    tracks = [normalize_track(n) for n in names]
-    unknown = [n for n in tracks if n not in TRACK_NAMES]
-    if unknown:
-        raise ValueError(f"unknown track {unknown[0]!r}; use one of {', '.join(TRACK_NAMES)}")
-    return tracks
+    if isinstance(value, list):
+        value = [to_str(v) for v in value]
+    try:
+        return parse_tracks(value if isinstance(value, list) else to_str(value), "track")
+    except InputError as exc:
+        raise ValueError(str(exc).split(": ", 1)[1]) from None
 
 
 def check_track(name: str) -> str:
-    return check_tracks([name])[0] if name.strip() else ""
+    tracks = to_tracks(name)
+    if len(tracks) > 1:
+        raise ValueError(f"names one track, got {name!r}; use task_type 'complete' with track_classes for several")
+    return tracks[0] if tracks else ""
 
 
 def check_instruction(text: str) -> str:
@@ -294,8 +293,7 @@ RELEASE_FIELDS: tuple[Field, ...] = (
     Field("repaint_mode", to_str, "balanced", ("repaintMode",), one_of(*REPAINT_MODES)),
     Field("repaint_strength", to_float, 0.5, ("repaintStrength",), in_range(0.0, 1.0)),
     Field("track_name", to_str, "", ("trackName",), check_track),
-    Field("track_classes", to_track_list, [], ("trackClasses", "instruments", "complete_track_classes"),
-          check_tracks),
+    Field("track_classes", to_tracks, [], ("trackClasses", "instruments", "complete_track_classes")),
     Field("instruction", to_str, "", (), check_instruction),
     # output
     Field("audio_format", to_str, "mp3", ("audioFormat",), one_of(*AUDIO_FORMATS)),
