@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import audio_io
-from .codes import codes_from_any, codes_to_hints, latents_to_hints
+from .codes import codes_from_any, codes_to_hints, latents_to_codes, latents_to_hints
 from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CheckpointError, InputError
@@ -346,10 +346,25 @@ class ACEStepPipeline:
             updates["audio_code_string"] = list(plan.audio_codes)
         return replace(request, **updates)
 
+    @torch.no_grad()
+    def audio_to_codes(self, audio, seed: int = 0) -> list[int]:
+        """Audio (a path, or 48 kHz [channels, N]) → its 5 Hz semantic codes, what the LM's `understand`
+        reads: VAE encode, then the DiT's own audio tokenizer (ACESTEP15.md §9.5). 5 latent frames per
+        code; the last code covers the tail padded with silence."""
+        wave = self._waveform(audio)
+        if wave.shape[-1] < HOP:
+            raise InputError("the audio is shorter than 0.04 s; give at least one latent frame of audio")
+        latents = self.encode_audio(wave, torch.Generator(device="cpu").manual_seed(seed))
+        with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer):
+            _, indices = latents_to_codes(self.dit, latents.to(device=self.device, dtype=self.dtype))
+        return [int(c) for c in indices.reshape(-1).tolist()]
+
     def _load_source(self, request: GenerationRequest) -> Optional[torch.Tensor]:
-        src = request.src_audio
-        if src is None:
-            return None
+        return None if request.src_audio is None else self._waveform(request.src_audio)
+
+    @staticmethod
+    def _waveform(src) -> torch.Tensor:
+        """A path or a tensor → float32 [2, N] at 48 kHz on the CPU."""
         if isinstance(src, torch.Tensor):
             wave = src.detach().float().cpu()
             if wave.dim() == 1:

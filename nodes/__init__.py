@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .host import ComfyExtension, io
 from .generate_nodes import Continue, Cover, Repaint, Text2Music
-from .lm_nodes import FormatInput, LMThinking, SimpleMode
+from .lm_nodes import DescribeAudio, FormatInput, LMThinking, SimpleMode
 from .loader_node import LoadModel
 from .save_node import SaveAudio
 from .track_nodes import AddTrack, CompleteTrack, ExtractTrack
@@ -12,7 +12,7 @@ from .track_nodes import AddTrack, CompleteTrack, ExtractTrack
 NODE_PREFIX = "ACE15S_"
 NODES: list[type[io.ComfyNode]] = [
     LoadModel, LMThinking, FormatInput, SimpleMode, Text2Music, Continue, Repaint, Cover, SaveAudio,
-    ExtractTrack, AddTrack, CompleteTrack,
+    ExtractTrack, AddTrack, CompleteTrack, DescribeAudio,
 ]
 
 

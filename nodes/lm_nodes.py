@@ -1,4 +1,4 @@
-"""LM nodes: thinking (plan + audio codes), format input, simple mode."""
+"""LM nodes: thinking (plan + audio codes), format input, simple mode, describe audio."""
 
 from __future__ import annotations
 
@@ -145,4 +145,33 @@ class SimpleMode(io.ComfyNode):
         plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.create_sample(
             description, instrumental=bool(instrumental), language=opt_choice(language), sampling=sampling,
             progress=progress, cancel=cancel)))
+        return plan_node_output(plan)
+
+
+class DescribeAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ACE15S_DescribeAudio",
+            display_name="Describe Audio",
+            category=CATEGORY,
+            description="The LM listens to a song through its 5 Hz codes and writes its caption, lyrics and metas. "
+                        "The plan keeps the song's codes: into Text2Music it re-renders the song from them.",
+            inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
+                    *lm_sampling_inputs(temperature=0.3, cfg_scale=1.0)],
+            outputs=plan_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, model, audio, lm_temperature, lm_cfg_scale, lm_top_k, lm_top_p, lm_negative_prompt,
+                lm_seed) -> io.NodeOutput:
+        from . import audio_wire
+
+        kw = dict(locals())
+        planner = require_planner(model)
+        clip = audio_wire.from_comfy_audio(audio)
+        codes = model.run_pipeline(lambda: model.pipeline.audio_to_codes(clip, seed=int(lm_seed)))
+        sampling = lm_sampling(kw)
+        plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.understand(
+            codes, sampling=sampling, progress=progress, cancel=cancel)))
         return plan_node_output(plan)

@@ -50,11 +50,11 @@ def meta_inputs(auto_tip: str) -> list:
     ]
 
 
-def lm_sampling_inputs() -> list:
+def lm_sampling_inputs(temperature: float = 0.85, cfg_scale: float = 2.0) -> list:
     return [
-        io.Float.Input("lm_temperature", default=0.85, min=0.0, max=2.0, step=0.05,
+        io.Float.Input("lm_temperature", default=temperature, min=0.0, max=2.0, step=0.05,
                        tooltip="LM sampling temperature (0 = greedy)."),
-        io.Float.Input("lm_cfg_scale", default=2.0, min=1.0, max=10.0, step=0.1,
+        io.Float.Input("lm_cfg_scale", default=cfg_scale, min=1.0, max=10.0, step=0.1,
                        tooltip="LM classifier-free guidance scale (1 = off)."),
         io.Int.Input("lm_top_k", default=0, min=0, max=1000, tooltip="Top-k (0 = off)."),
         io.Float.Input("lm_top_p", default=0.9, min=0.0, max=1.0, step=0.01, tooltip="Top-p (1 = off)."),

@@ -55,7 +55,7 @@ SOURCE_SECONDS = 249600 / 48000  # the goldens' source song written by write_sou
 SHORTENED_SECONDS = {"text2music_thinking": 10.0, "format_input_text2music": 10.0, "simple_mode": None,
                      "mix_native_nodes": 6.0, "repaint": SOURCE_SECONDS, "cover": SOURCE_SECONDS,
                      "continue": SOURCE_SECONDS + 2.0, "extract_and_complete": SOURCE_SECONDS,
-                     "add_track": SOURCE_SECONDS}
+                     "add_track": SOURCE_SECONDS, "describe_and_rerender": SOURCE_SECONDS}
 
 
 def shorten_for_tiny(prompt: dict) -> dict:

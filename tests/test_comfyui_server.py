@@ -124,7 +124,7 @@ def test_pack_nodes_registered(server):
     assert status == 200
     info = json.loads(raw)
     ours = {k: v for k, v in info.items() if k.startswith("ACE15S_")}
-    assert len(ours) == 12, (server["log"].read_text()[-3000:])
+    assert len(ours) == 13, (server["log"].read_text()[-3000:])
     assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
     dit = ours["ACE15S_LoadModel"]["input"]["required"]["dit"]
     files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from acestep_core.errors import CancelledError, CheckpointError, InputError
 from acestep_core.lm import LMPlanner, LMSampling, find_lm
@@ -124,3 +126,32 @@ def test_cli_think_json(tiny_dir, capsys):
                          "audio_codes", "cot_text"}
     rc = main(["think", "--lm-model", str(tiny_dir / "acestep-5Hz-lm-tiny"), "--bpm", "999"])
     assert rc == 2
+
+
+def test_cli_understand_from_codes_and_from_audio(tiny_dir, tmp_path, capsys):
+    """`understand` describes given codes, or encodes a song (VAE + the DiT's tokenizer) into them first."""
+    from acestep_core.audio_io import load_audio, save_audio
+    from acestep_core.cli import main
+    from acestep_core.codes import latents_to_codes
+    from acestep_core.pipeline import ACEStepPipeline
+
+    lm = ["--lm-model", str(tiny_dir / "acestep-5Hz-lm-tiny"), "--lm-max-duration", "10", "--json"]
+    assert main(["understand", "--audio-codes", "7, 99,63999", *lm]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["audio_codes"] == [7, 99, 63999] and data["cot_text"].startswith("<think>")
+
+    song = load_file(str(tiny_dir / "goldens" / "source_audio.safetensors"))["src_a"]
+    path = save_audio(tmp_path / "song.wav", song, 48000, "wav", quality=32)
+    models = ["--dit", str(tiny_dir / "acestep-v15-turbo-tiny"), "--vae", str(tiny_dir / "vae-tiny"),
+              "--text-encoder", str(tiny_dir / "Qwen3-Embedding-tiny"), "--dtype", "float32", "--seed", "4"]
+    assert main(["understand", "--src-audio", str(path), *models, *lm]) == 0
+    codes = json.loads(capsys.readouterr().out)["audio_codes"]
+    pipe = ACEStepPipeline.from_pretrained(dit=tiny_dir / "acestep-v15-turbo-tiny", vae=tiny_dir / "vae-tiny",
+                                           text_encoder=tiny_dir / "Qwen3-Embedding-tiny", dtype="float32")
+    latents = pipe.encode_audio(load_audio(path), torch.Generator().manual_seed(4))
+    assert latents.shape[1] == 130 and len(codes) == 26  # 5 latent frames per code
+    assert codes == latents_to_codes(pipe.dit, latents)[1].reshape(-1).tolist()
+    assert pipe.audio_to_codes(path, seed=4) == codes  # seeded: the same song gives the same codes
+
+    assert main(["understand", "--src-audio", str(path), *lm]) == 2
+    assert "--src-audio needs the DiT and VAE" in capsys.readouterr().err

@@ -20,7 +20,7 @@ CORE_WIDGET_COUNTS = {"LoadAudio": 3, "PreviewAudio": 0, "SaveAudioMP3": 2}
 # Here the budget is the planner's smallest (10 s -> 550 tokens); the real-ComfyUI run
 # (test_comfyui_server.py) runs the same workflows with the full default budget.
 TINY_LM_MAX_DURATION = 10
-FREE_RUNNING_LM_CALLS = ("format_input", "create_sample")
+FREE_RUNNING_LM_CALLS = ("format_input", "create_sample", "understand")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
 
 def test_all_use_cases_shipped():
     assert set(NAMES) == {"text2music_thinking", "simple_mode", "format_input_text2music", "continue", "repaint",
-                          "cover", "mix_native_nodes", "extract_and_complete", "add_track"}
+                          "cover", "mix_native_nodes", "extract_and_complete", "add_track",
+                          "describe_and_rerender"}
     for p in WORKFLOWS:
         assert p.with_suffix(".api.json").is_file()
 
@@ -134,6 +135,10 @@ def test_api_workflow_executes_on_tiny_models(env, short_lm_budget, name):
             plan = values[0]  # the metas given on the node are kept; Format Input writes no codes
             assert (plan.bpm, plan.keyscale, plan.timesignature, plan.duration) == (120, "C major", "4", 10.0)
             assert plan.audio_codes == [] and values[1:4] == (plan.caption, plan.lyrics, 10)
+        if prompt[nid]["class_type"] == "ACE15S_DescribeAudio":
+            plan = values[0]  # the song's own codes: 5.2 s = 130 latent frames = 26 codes
+            assert len(plan.audio_codes) == 26 and all(0 <= c < 64000 for c in plan.audio_codes)
+            assert plan.lm_seed == prompt[nid]["inputs"]["lm_seed"] and values[8] == plan.audio_code_string()
         if prompt[nid]["class_type"] == "ACE15S_SimpleMode":
             plan = values[0]
             assert plan.audio_codes == [] and plan.cot_text.startswith("<think>")

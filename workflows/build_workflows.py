@@ -193,6 +193,16 @@ def main():
             {"track": "drums", "start": 1.0, "end": 4.0, "caption": "tight funk drums", "seed": 42}),
            (4, "ACE15S_SaveAudio", "Save Audio", (840, 0), {**save, "filename_prefix": "audio/ACE-Step-add-track"})],
           [(1, "model", 3, "model"), (2, "AUDIO", 3, "audio"), (3, "audio", 4, "audio")], s)
+    build("describe_and_rerender", "ACE-Step describe a song, then re-render it",
+          "The LM listens to a song (its 5 Hz codes) and writes caption, lyrics and metas; Text2Music re-renders "
+          "the song from that plan. Edit the caption output's text into Text2Music to restyle it.",
+          [(1, "ACE15S_LoadModel", "Load ACE-Step", (0, 0), LOADER),
+           (2, "LoadAudio", "Load Audio", (0, 360), {"audio": SOURCE_AUDIO}),
+           (3, "ACE15S_DescribeAudio", "Describe Audio", (420, 0), {"lm_seed": 11}),
+           (4, "ACE15S_Text2Music", "Text2Music", (840, 0), {"seed": 42}),
+           (5, "ACE15S_SaveAudio", "Save Audio", (1260, 0), {**save, "filename_prefix": "audio/ACE-Step-rerender"})],
+          [(1, "model", 3, "model"), (2, "AUDIO", 3, "audio"), (1, "model", 4, "model"), (3, "plan", 4, "plan"),
+           (4, "audio", 5, "audio")], s)
     build("mix_native_nodes", "ACE-Step with native audio nodes",
           "Text2Music feeds ComfyUI's PreviewAudio; its output is repainted and saved with the core SaveAudioMP3.",
           [(1, "ACE15S_LoadModel", "Load ACE-Step", (0, 0), LOADER_NO_LM),

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "think",
     "format",
     "sample",
+    "understand",
     "doctor",
     "serve",
 ]

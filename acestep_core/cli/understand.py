@@ -1,0 +1,57 @@
+"""`understand`: describe a song with the 5 Hz LM — caption, lyrics and metas from its audio codes."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import InputError
+from ..lm.cli_common import add_common, print_plan, progress_printer
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("understand", help="describe a song (caption, lyrics, metas) with the 5 Hz LM")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--src-audio", default=None, help="the song; encoded with the VAE and the DiT's tokenizer")
+    src.add_argument("--audio-codes", default=None, help="its 5 Hz codes instead: <|audio_code_N|> string or comma ints")
+    g = p.add_argument_group("models for --src-audio")
+    g.add_argument("--dit", default=None, help="DiT folder or ComfyUI file (its audio tokenizer is used)")
+    g.add_argument("--vae", default=None)
+    g.add_argument("--text-encoder", default=None)
+    g.add_argument("--text-tokenizer", default=None)
+    g.add_argument("--offload", default="auto", choices=["auto", "on", "off"])
+    g.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (proves the install; the text is noise)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sample")
+    add_common(p)
+    # The reference describes audio at temperature 0.3 without CFG.
+    p.set_defaults(func=run, lm_temperature=0.3, lm_cfg_scale=1.0)
+
+
+def _codes_from_audio(args) -> list[int]:
+    from ..pipeline import ACEStepPipeline
+    from .model_setup import pipeline_kwargs, pop_private
+
+    if args.checkpoint_dir is None and not (args.tiny or args.dit):
+        raise InputError("--src-audio needs the DiT and VAE: pass --checkpoint-dir (or --dit/--vae/--text-encoder, "
+                         "or --tiny), or give --audio-codes instead")
+    kwargs, notes = pipeline_kwargs(args)
+    for note in notes:
+        print(note, file=sys.stderr)
+    if args.tiny and args.lm_model is None:
+        args.lm_model = kwargs.get("_tiny_lm")
+    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
+    args.device = str(pipe.device)
+    codes = pipe.audio_to_codes(args.src_audio, seed=args.seed)
+    print(f"{len(codes)} audio codes from {args.src_audio}", file=sys.stderr)
+    return codes
+
+
+def run(args) -> int:
+    from ..codes import codes_from_any
+    from ..lm.cli_args import load_planner_from_args, sampling_from_args
+
+    codes = codes_from_any(args.audio_codes) if args.audio_codes is not None else _codes_from_audio(args)
+    planner = load_planner_from_args(args)
+    plan = planner.understand(codes, sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,
+                              max_duration=args.lm_max_duration, progress=progress_printer(not args.json))
+    print_plan(plan, args.json)
+    return 0
