@@ -15,6 +15,10 @@ from .prompts import TRACK_NAMES, TRACK_TASKS, VALID_LANGUAGES
 
 TASK_TYPES = ("text2music", "cover", "repaint", "continuation", *TRACK_TASKS)
 SOURCE_TASKS = ("cover", "repaint", "continuation", *TRACK_TASKS)
+# The official pipeline skips the LM where the source audio sets the song; for lego / complete it plans
+# metadata only (its codes would replace the source those tasks build on).
+LM_SKIPPED_TASKS = ("cover", "repaint", "continuation", "extract")
+LM_METAS_ONLY_TASKS = ("lego", "complete")
 TASK_ALIASES = {"repainting": "repaint", "continue": "continuation", "extend": "continuation"}
 INFER_METHODS = ("ode", "sde")
 CHUNK_MASK_MODES = ("auto", "explicit")

@@ -159,3 +159,15 @@ def test_random_tiny_checkpoints_build_and_generate(tmp_path):
     extracted = base.generate(GenerationRequest(caption="x", task_type="extract", track_name="bass",
                                                 src_latents=result.latents, seed=1, inference_steps=2))
     assert extracted.latents.shape == result.latents.shape and extracted.params["model_version"] == "base"
+
+
+def test_thinking_is_skipped_for_extract_and_plans_metas_only_for_lego(tmp_path, source_wav, capsys):
+    audio, params, _ = _run(tmp_path / "a", "--task-type", "extract", "--track-name", "vocals", "--src-audio",
+                            str(source_wav), "--inference-steps", "2", "--thinking")
+    assert "--thinking is skipped for extract" in capsys.readouterr().err and "plan" not in params
+    audio, params, _ = _run(tmp_path / "b", "--task-type", "lego", "--track-name", "drums", "--src-audio",
+                            str(source_wav), "--inference-steps", "2", "--thinking", "--bpm", "100",
+                            "--key-scale", "C major", "--time-signature", "4", "--audio-duration", "10",
+                            "--lm-temperature", "0")
+    assert params["plan"]["audio_codes"] == [] and params["audio_code_count"] == 0
+    assert params["task"] == "lego" and abs(load_audio(audio).shape[1] / SR - 5.2) < 0.05

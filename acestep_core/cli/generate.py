@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, InputError
 from ..prompts import TRACK_NAMES
+from ..request import LM_METAS_ONLY_TASKS, LM_SKIPPED_TASKS
 
 FORMATS = ("mp3", "flac", "wav", "opus")
 
@@ -130,7 +131,10 @@ def run(args) -> int:
         print(message, file=sys.stderr)
     request.validate()
 
-    if args.thinking:
+    if args.thinking and request.task_type in LM_SKIPPED_TASKS:
+        print(f"note: --thinking is skipped for {request.task_type} (the source audio sets the song), "
+              "as in the official pipeline", file=sys.stderr)
+    elif args.thinking:
         from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
         from ..lm.cli_common import progress_printer
 
@@ -142,7 +146,8 @@ def run(args) -> int:
         request.plan = planner.think(
             request.caption, request.lyrics, bpm=request.bpm, keyscale=request.key_scale or None,
             timesignature=request.time_signature or None, duration=request.audio_duration,
-            language=None, progress=progress_printer(True), **think_kwargs_from_args(args))
+            language=None, progress=progress_printer(True), **think_kwargs_from_args(args),
+            generate_codes=request.task_type not in LM_METAS_ONLY_TASKS)
         del planner
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..request import LM_METAS_ONLY_TASKS, LM_SKIPPED_TASKS
 from .files import audio_url
 from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
 
-LM_SKIPPED_TASKS = ("cover", "repaint", "continuation", "extract")
-# The LM may plan metadata and caption for these, but its codes would replace the source they are built on.
-LM_METAS_ONLY_TASKS = ("lego", "complete")
 INSTRUMENTAL_WORDS = ("instrumental", "no vocals", "no vocal", "without vocals", "no singing")
 
 
