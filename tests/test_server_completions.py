@@ -170,11 +170,28 @@ def test_cover_of_input_audio_and_streaming(server, tmp_path):
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "task_type": "cover"},
      "messages: task_type=cover needs source audio"),
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "stream": "maybe"}, "stream: expected"),
+    ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "task_type": "extract",
+      "track_name": "vocals"}, "messages: task_type=extract needs source audio"),
+    ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "task_type": "lego",
+      "track_name": "kazoo"}, "track_name: unknown track 'kazoo'"),
 ])
 def test_bad_requests_are_400_naming_the_field(server, body, starts):
     reply = chat(server.url, body)
     assert reply.status == 400, reply.body
     assert reply.json()["detail"].startswith(starts), reply.json()["detail"]  # the skill prints .detail
+    assert not any(server.runtime.upload_dir.glob("*"))
+
+
+def test_track_task_routes_the_input_audio_as_source(server):
+    """extract with input audio: the audio is the source (so the job runs), and this turbo server
+    answers 400 (a request this model cannot serve) with the engine's reason naming the base model."""
+    body = {"model": "acestep/acestep-v15-turbo-tiny", "task_type": "extract", "track_name": "vocals",
+            "inference_steps": 2, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "<prompt>a song</prompt>"},
+                {"type": "input_audio", "input_audio": {"data": _tone_b64(), "format": "wav"}}]}]}
+    reply = chat(server.url, body)
+    assert reply.status == 400, reply.body
+    assert "needs the ACE-Step 1.5 base model" in reply.json()["detail"]
     assert not any(server.runtime.upload_dir.glob("*"))
 
 
