@@ -25,7 +25,7 @@ from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_in
 from .request import MAX_SEED, GenerationRequest
 from .safetensors_io import read_safetensors
 from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
-from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, turbo_schedule
+from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule
 from .tasks import (
     FRAMES_PER_SECOND,
     HOP,
@@ -265,6 +265,15 @@ class ACEStepPipeline:
                 raise InputError(f"initial latents must have shape {list(noise.shape)}, got {list(latents.shape)}")
             noise = latents.to(device=device, dtype=dtype)
         settings, schedule_info = self._sampler_settings(request)
+        start = None
+        if request.cover_noise_strength > 0:
+            # Start part-way: the task's source latents re-noised to the nearest schedule step (the
+            # reference does this for every task, with the seeded noise), then the remaining steps.
+            settings.timesteps, t_start = start_from_source(settings.timesteps, request.cover_noise_strength)
+            source = task_inputs.src_latents.to(device=device, dtype=dtype).expand(batch, -1, -1)
+            start = t_start * noise + (1 - t_start) * source
+            schedule_info.update(inference_steps=settings.num_steps, start_timestep=round(t_start, 6),
+                                 timesteps=[round(float(t), 6) for t in settings.timesteps[:-1]])
         if switch:
             settings.cover_steps = int(settings.num_steps * request.audio_cover_strength)
         repaint_guide = None
@@ -283,7 +292,7 @@ class ACEStepPipeline:
         with self.offload.use("dit", self.dit.transformer):
             latents = denoise(self.dit.transformer, noise, condition, settings, null_condition_emb=null_emb,
                               non_cover_condition=non_cover, repaint=repaint_guide, generators=generators,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, start=start)
         if task_inputs.repaint is not None and task_inputs.repaint.settings.crossfade_frames > 0:
             latents = crossfade_latents(latents, clean, task_inputs.repaint.start_frame, task_inputs.repaint.end_frame,
                                         task_inputs.repaint.settings.crossfade_frames)

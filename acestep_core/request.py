@@ -51,6 +51,8 @@ class GenerationRequest:
     repainting_start: float = 0.0
     repainting_end: Optional[float] = None
     audio_cover_strength: float = 1.0
+    # Start from the source re-noised to t = 1 - strength instead of pure noise (0 = off; [M] handler).
+    cover_noise_strength: float = 0.0
     audio_code_string: Union[str, list, None] = ""
     cfg_interval_start: float = 0.0
     cfg_interval_end: float = 1.0
@@ -83,6 +85,7 @@ class GenerationRequest:
             raise InputError(f"repaint_mode must be one of {', '.join(REPAINT_MODES)}, got {self.repaint_mode!r}")
         _check_range("repaint_strength", self.repaint_strength, 0.0, 1.0)
         _check_range("audio_cover_strength", self.audio_cover_strength, 0.0, 1.0)
+        _check_range("cover_noise_strength", self.cover_noise_strength, 0.0, 1.0)
         _check_range("cfg_interval_start", self.cfg_interval_start, 0.0, 1.0)
         _check_range("cfg_interval_end", self.cfg_interval_end, 0.0, 1.0)
         if self.cfg_interval_start > self.cfg_interval_end:

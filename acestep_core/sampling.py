@@ -67,9 +67,13 @@ def denoise(
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelFn] = None,
     on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
+    start: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Integrate from noise (t = 1) to a clean latent (t = 0); returns [B, T, 64]."""
-    x = noise
+    """Integrate from the first timestep to a clean latent (t = 0); returns [B, T, 64].
+
+    `start` replaces `noise` as the starting point (the source re-noised to the first timestep, for
+    cover_noise_strength); repaint injection still follows `noise`."""
+    x = noise if start is None else start
     batch = x.shape[0]
     dtype = x.dtype
     momentum = MomentumBuffer() if settings.guided else None

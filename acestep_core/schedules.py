@@ -75,3 +75,12 @@ def base_schedule(steps: int, shift: float, dtype: torch.dtype, device) -> torch
     if shift != 1.0:
         t = shift * t / (1 + (shift - 1) * t)
     return t
+
+
+def start_from_source(timesteps: torch.Tensor, strength: float) -> tuple[torch.Tensor, float]:
+    """`cover_noise_strength`: the schedule entry nearest to 1 - strength (the first on a tie, i.e. the
+    noisier one; the final 0 is never a candidate) and the schedule from there on."""
+    candidates = timesteps[:-1].tolist()
+    target = 1.0 - strength
+    index = min(range(len(candidates)), key=lambda i: abs(candidates[i] - target))
+    return timesteps[index:], candidates[index]

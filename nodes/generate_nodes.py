@@ -170,17 +170,21 @@ class Cover(io.ComfyNode):
                     io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
                                    tooltip="Share of the steps that follow the source (audio_cover_strength)."),
                     caption_input(), lyrics_input(), *dit_inputs(),
-                    io.Audio.Input("reference", optional=True, tooltip="Reference audio for the timbre.")],
+                    io.Audio.Input("reference", optional=True, tooltip="Reference audio for the timbre."),
+                    io.Float.Input("noise_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                                   tooltip="How close to the source to start (cover_noise_strength): 0 = from "
+                                           "pure noise, higher = start from the source re-noised, fewer steps.")],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
 
     @classmethod
     def execute(cls, model, audio, strength, caption, lyrics, seed, steps, shift, guidance,
-                reference=None) -> io.NodeOutput:
+                reference=None, noise_strength=0.0) -> io.NodeOutput:
         clip, _ = _source(audio)
         ref = _source(reference, "reference")[0] if reference is not None else None
         request = _request(caption=caption, lyrics=lyrics, task_type="cover", src_audio=clip, reference_audio=ref,
-                           audio_cover_strength=float(strength), **_dit_fields(seed, steps, shift, guidance))
+                           audio_cover_strength=float(strength), cover_noise_strength=float(noise_strength or 0.0),
+                           **_dit_fields(seed, steps, shift, guidance))
         result = _generate(model, request)
         return io.NodeOutput(_audio_out(model, result))

@@ -75,6 +75,13 @@ def test_continuation_task_names():
     assert parse({"task_type": "extend"}).task_type == "continuation"
 
 
+def test_cover_noise_strength_field():
+    assert parse({}).cover_noise_strength == 0.0
+    assert parse({"coverNoiseStrength": "0.4"}).cover_noise_strength == 0.4
+    with pytest.raises(FieldError, match="between 0 and 1"):
+        parse({"cover_noise_strength": 2})
+
+
 def test_track_tasks_and_their_fields():
     assert parse({"task_type": "Extract", "track_name": "Backing Vocals"}).track_name == "backing_vocals"
     assert parse({"task_type": "lego", "trackName": "DRUMS"}).task_type == "lego"

@@ -175,3 +175,13 @@ def test_track_nodes_refuse_turbo_and_unknown_tracks(env):
     assert complete.validate_inputs(tracks="drums, Backing Vocals") is True
     assert "unknown track 'cowbell'" in complete.validate_inputs(tracks="drums, cowbell")
     assert "must be after start" in node_map["ACE15S_AddTrack"].validate_inputs(start=3.0, end=2.0)
+
+
+def test_cover_prompts_saved_before_noise_strength_still_run(env):
+    """noise_strength was appended to Cover as an optional input: API prompts without it validate and run."""
+    node_map, _ = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "cover.api.json").read_text()))
+    cover = next(n for n in api.values() if n["class_type"] == "ACE15S_Cover")
+    assert cover["inputs"].pop("noise_strength") == 0.0
+    result = h.execute_prompt(api, node_map)
+    assert result["outputs"]

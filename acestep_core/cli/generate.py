@@ -48,6 +48,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--repainting-end", type=float, default=None, help="-1 or unset = end of the source")
     g.add_argument("--continuation-seconds", type=float, default=None, help="continuation: seconds to add")
     g.add_argument("--audio-cover-strength", type=float, default=1.0)
+    g.add_argument("--cover-noise-strength", type=float, default=0.0,
+                   help="start from the source re-noised to t = 1 - s and run only the remaining steps (0 = off)")
     g.add_argument("--audio-code-string", default="", help="<|audio_code_N|> string (runs text2music as cover)")
     g.add_argument("--chunk-mask-mode", default="auto", choices=["auto", "explicit"])
     g.add_argument("--repaint-mode", default="balanced", choices=["aggressive", "balanced", "conservative"])
@@ -118,6 +120,7 @@ def run(args) -> int:
         src_audio=args.src_audio, src_latents=src_latents, reference_audio=args.reference_audio,
         repainting_start=args.repainting_start, repainting_end=args.repainting_end,
         continuation_seconds=args.continuation_seconds, audio_cover_strength=args.audio_cover_strength,
+        cover_noise_strength=args.cover_noise_strength,
         audio_code_string=args.audio_code_string, cfg_interval_start=args.cfg_interval_start,
         cfg_interval_end=args.cfg_interval_end, chunk_mask_mode=args.chunk_mask_mode, repaint_mode=args.repaint_mode,
         repaint_strength=args.repaint_strength, batch_size=args.batch_size, track_name=args.track_name,

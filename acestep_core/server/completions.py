@@ -52,7 +52,7 @@ CHAT_FIELD_NAMES = {
 PASSTHROUGH_FIELDS = ("thinking", "use_format", "use_cot_caption", "use_cot_language", "guidance_scale",
                       "seed", "batch_size", "task_type", "repainting_start", "repainting_end",
                       "audio_cover_strength", "inference_steps", "infer_method", "shift", "lm_seed",
-                      "lm_cfg_scale", "track_name", "track_classes", "instruction")
+                      "lm_cfg_scale", "track_name", "track_classes", "instruction", "cover_noise_strength")
 AUDIO_CONFIG_FIELDS = {"duration": "audio_duration", "bpm": "bpm", "key_scale": "key_scale",
                        "time_signature": "time_signature", "vocal_language": "vocal_language",
                        "format": "audio_format"}

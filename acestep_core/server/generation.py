@@ -177,6 +177,7 @@ def run_job(
         repainting_start=req.repainting_start,
         repainting_end=req.repainting_end,
         audio_cover_strength=req.audio_cover_strength,
+        cover_noise_strength=req.cover_noise_strength,
         audio_code_string=req.audio_code_string,
         cfg_interval_start=req.cfg_interval_start,
         cfg_interval_end=req.cfg_interval_end,

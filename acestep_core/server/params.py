@@ -288,6 +288,7 @@ RELEASE_FIELDS: tuple[Field, ...] = (
     Field("repainting_start", to_float, 0.0, ("repaintingStart", "repaint_start")),
     Field("repainting_end", to_float, None, ("repaintingEnd", "repaint_end"), check_repaint_end),
     Field("audio_cover_strength", to_float, 1.0, ("audioCoverStrength", "cover_strength"), in_range(0.0, 1.0)),
+    Field("cover_noise_strength", to_float, 0.0, ("coverNoiseStrength",), in_range(0.0, 1.0)),
     Field("audio_code_string", to_code_string, "", ("audioCodeString", "audio_codes")),
     Field("chunk_mask_mode", to_str, "auto", ("chunkMaskMode",)),
     Field("repaint_mode", to_str, "balanced", ("repaintMode",), one_of(*REPAINT_MODES)),
