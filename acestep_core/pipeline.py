@@ -457,10 +457,9 @@ class ACEStepPipeline:
                 latents = torch.cat([silence[:, :left], latents, silence[:, :right]], dim=1)
         else:
             latents = self.encode_audio(padded, generator)
-        window_task = {"lego": dict(task="lego", instruction=track_instruction("lego", request.tracks()))}
+        lego = dict(task="lego", instruction=track_instruction("lego", request.tracks())) if task == "lego" else {}
         return repaint_inputs(latents, silence, start_s, end_s, source_seconds, request.chunk_mask_mode,
-                              request.repaint_mode, request.repaint_strength, source_waveform=padded,
-                              **window_task.get(task, {}))
+                              request.repaint_mode, request.repaint_strength, source_waveform=padded, **lego)
 
     def _reference_latents(self, request: GenerationRequest, seeds: list[int], batch: int):
         if request.reference_audio is None:
