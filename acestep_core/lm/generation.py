@@ -55,6 +55,19 @@ def _cfg(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.nan_to_num(out, nan=float("-inf"))
 
 
+def _prefill(decoder: StaticCacheDecoder, rows: list[list[int]], new_tokens: int):
+    """Left-pad the rows, size the cache for `new_tokens` more, run the prompt in one pass.
+
+    Returns the first row's prompt ids (padding dropped, on the device), the batch, the prompt width
+    and the last position's hidden state [B, H]."""
+    ids, mask = left_pad(rows)
+    ids, mask = ids.to(decoder.device), mask.to(decoder.device)
+    batch, start = ids.shape
+    decoder.reset(batch, start + new_tokens)
+    hidden = decoder.forward(ids, 0, mask)[:, -1]
+    return ids[0][mask[0].bool()], batch, start, hidden
+
+
 @torch.inference_mode()
 def decode_with_fsm(
     decoder: StaticCacheDecoder,
@@ -69,15 +82,11 @@ def decode_with_fsm(
     record_margins: bool = False,
 ) -> DecodeResult:
     """Token-by-token loop for CoT / format / sample / understand (the FSM needs each token on host)."""
-    ids, mask = left_pad(rows)
-    ids, mask = ids.to(decoder.device), mask.to(decoder.device)
-    batch, start = ids.shape
-    decoder.reset(batch, start + max_new_tokens + 1)
-    hidden = decoder.forward(ids, 0, mask)[:, -1]
+    prompt, batch, start, hidden = _prefill(decoder, rows, max_new_tokens + 1)
     seen = None
     if sampling.repetition_penalty != 1.0:
         seen = torch.zeros(decoder.embed.weight.shape[0], dtype=torch.bool, device=decoder.device)
-        seen[ids[0][mask[0].bool()]] = True
+        seen[prompt] = True
     generated: list[int] = []
     margins: list[float] = []
     pos = start
@@ -112,7 +121,7 @@ def decode_with_fsm(
                 seen[token] = True
             hidden = decoder.decode(torch.full((batch, 1), token, dtype=torch.long, device=decoder.device), pos)
             pos += 1
-    return DecodeResult([int(t) for t in ids[0][mask[0].bool()].tolist()], generated, margins)
+    return DecodeResult(prompt.tolist(), generated, margins)
 
 
 @torch.inference_mode()
@@ -128,11 +137,8 @@ def decode_codes(
     record_margins: bool = False,
 ) -> DecodeResult:
     """Exactly `target_codes` audio codes then EOS; rows = [cond] or [cond, uncond] for CFG."""
-    ids, mask = left_pad(rows)
-    ids, mask = ids.to(decoder.device), mask.to(decoder.device)
-    batch, start = ids.shape
     total = target_codes + 1
-    decoder.reset(batch, start + total)
+    prompt, batch, start, hidden = _prefill(decoder, rows, total)
     device = decoder.device
     # EOS is blocked until exactly `target_codes` codes and then forced, so the loop only ever
     # scores the 64 000 code rows and the final EOS is written up front.
@@ -142,9 +148,7 @@ def decode_codes(
     seen = None
     if sampling.repetition_penalty != 1.0:
         seen = torch.zeros(NUM_VALID_CODES, dtype=torch.bool, device=device)
-        prompt = ids[0][mask[0].bool()]
         seen[prompt[(prompt >= AUDIO_CODE_BASE) & (prompt < AUDIO_CODE_BASE + NUM_VALID_CODES)] - AUDIO_CODE_BASE] = True
-    hidden = decoder.forward(ids, 0, mask)[:, -1]
     token = torch.empty((batch, 1), dtype=torch.long, device=device)  # fed back without leaving the device
     with decoder.decoding():
         for step in range(target_codes):
@@ -166,4 +170,4 @@ def decode_codes(
     if progress is not None:
         progress(total, total)
     margins = margin_buf.tolist() if margin_buf is not None else []
-    return DecodeResult([int(t) for t in ids[0][mask[0].bool()].tolist()], out.tolist(), margins)
+    return DecodeResult(prompt.tolist(), out.tolist(), margins)
