@@ -360,20 +360,25 @@ class ACEStepPipeline:
         """Audio (a path, or 48 kHz [channels, N]) → its 5 Hz semantic codes, what the LM's `understand`
         reads: VAE encode, then the DiT's own audio tokenizer (ACESTEP15.md §9.5). 5 latent frames per
         code; the last code covers the tail padded with silence."""
-        wave = self._waveform(audio)
-        if wave.shape[-1] < HOP:
-            raise InputError("the audio is shorter than 0.04 s; give at least one latent frame of audio")
+        wave = self._waveform(audio, "the audio")
         latents = self.encode_audio(wave, torch.Generator(device="cpu").manual_seed(seed))
         with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer):
             _, indices = latents_to_codes(self.dit, latents.to(device=self.device, dtype=self.dtype))
         return [int(c) for c in indices.reshape(-1).tolist()]
 
     def _load_source(self, request: GenerationRequest) -> Optional[torch.Tensor]:
-        return None if request.src_audio is None else self._waveform(request.src_audio)
+        return None if request.src_audio is None else self._waveform(request.src_audio, "src_audio")
 
     @staticmethod
-    def _waveform(src) -> torch.Tensor:
-        """A path or a tensor → float32 [2, N] at 48 kHz on the CPU."""
+    def _waveform(src, what: str) -> torch.Tensor:
+        """A path or a tensor → float32 [2, N] at 48 kHz on the CPU, at least one latent frame long."""
+        wave = ACEStepPipeline._read_waveform(src)
+        if wave.shape[-1] < HOP:
+            raise InputError(f"{what} is shorter than 0.04 s; give at least one latent frame of audio")
+        return wave
+
+    @staticmethod
+    def _read_waveform(src) -> torch.Tensor:
         if isinstance(src, torch.Tensor):
             wave = src.detach().float().cpu()
             if wave.dim() == 1:
@@ -417,8 +422,6 @@ class ACEStepPipeline:
             return text2music_inputs(silence, request.audio_duration)
 
         waveform = self._load_source(request)
-        if waveform is not None and waveform.shape[-1] < HOP:
-            raise InputError("src_audio is shorter than 0.04 s; give at least one latent frame of audio")
         source_seconds = (waveform.shape[-1] / SAMPLE_RATE) if waveform is not None else request.src_latents.shape[1] / FRAMES_PER_SECOND
         generator = torch.Generator(device="cpu").manual_seed(seeds[0])
 

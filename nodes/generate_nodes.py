@@ -44,6 +44,11 @@ def _audio_out(model, result, plan=None) -> dict:
     return audio
 
 
+def generate_audio(model, request) -> io.NodeOutput:
+    """Run an audio-in, audio-out request: the node's single AUDIO output."""
+    return io.NodeOutput(_audio_out(model, _generate(model, request)))
+
+
 class Text2Music(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -114,8 +119,7 @@ class Continue(io.ComfyNode):
         request = _request(caption=caption, lyrics=lyrics, task_type="repaint", src_audio=clip,
                            repainting_start=start, repainting_end=src_seconds + float(seconds),
                            **_dit_fields(seed, steps, shift, guidance))
-        result = _generate(model, request)
-        return io.NodeOutput(_audio_out(model, result))
+        return generate_audio(model, request)
 
 
 class Repaint(io.ComfyNode):
@@ -153,8 +157,7 @@ class Repaint(io.ComfyNode):
                            repainting_start=float(start), repainting_end=min(float(end), src_seconds),
                            repaint_mode="balanced", repaint_strength=float(strength),
                            **_dit_fields(seed, steps, shift, guidance))
-        result = _generate(model, request)
-        return io.NodeOutput(_audio_out(model, result))
+        return generate_audio(model, request)
 
 
 class Cover(io.ComfyNode):
@@ -186,5 +189,4 @@ class Cover(io.ComfyNode):
         request = _request(caption=caption, lyrics=lyrics, task_type="cover", src_audio=clip, reference_audio=ref,
                            audio_cover_strength=float(strength), cover_noise_strength=float(noise_strength or 0.0),
                            **_dit_fields(seed, steps, shift, guidance))
-        result = _generate(model, request)
-        return io.NodeOutput(_audio_out(model, result))
+        return generate_audio(model, request)

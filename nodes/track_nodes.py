@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..acestep_core.errors import InputError
 from ..acestep_core.prompts import TRACK_NAMES
-from .generate_nodes import _audio_out, _dit_fields, _generate, _request, _source
+from .generate_nodes import _dit_fields, _request, _source, generate_audio
 from .host import io
 from .widgets import CATEGORY, MODEL, caption_input, dit_inputs, lyrics_input
 
@@ -42,7 +42,7 @@ class ExtractTrack(io.ComfyNode):
         clip, _ = _source(audio)
         request = _request(caption=caption, lyrics=lyrics, task_type="extract", track_name=str(track), src_audio=clip,
                            **_dit_fields(seed, steps, shift, guidance))
-        return io.NodeOutput(_audio_out(model, _generate(model, request)))
+        return generate_audio(model, request)
 
 
 class AddTrack(io.ComfyNode):
@@ -79,7 +79,7 @@ class AddTrack(io.ComfyNode):
                            repainting_start=float(start),
                            repainting_end=min(float(end), src_seconds) if float(end) > 0 else None,
                            **_dit_fields(seed, steps, shift, guidance))
-        return io.NodeOutput(_audio_out(model, _generate(model, request)))
+        return generate_audio(model, request)
 
 
 class CompleteTrack(io.ComfyNode):
@@ -113,4 +113,4 @@ class CompleteTrack(io.ComfyNode):
         clip, _ = _source(audio)
         request = _request(caption=caption, lyrics=lyrics, task_type="complete", track_classes=_parse_tracks(tracks),
                            src_audio=clip, **_dit_fields(seed, steps, shift, guidance))
-        return io.NodeOutput(_audio_out(model, _generate(model, request)))
+        return generate_audio(model, request)

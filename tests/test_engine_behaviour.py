@@ -239,3 +239,12 @@ def test_engine_never_imports_comfyui():
     offenders = [str(p) for p in root.rglob("*.py")
                  if re.search(r"^\s*(import comfy|from comfy)", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_audio_shorter_than_one_latent_frame_is_refused():
+    pipe = tiny_pipeline()
+    blip = torch.zeros(2, 100)
+    with pytest.raises(InputError, match="src_audio is shorter than 0.04 s"):
+        pipe.generate(GenerationRequest(caption="x", task_type="cover", src_audio=blip, seed=1))
+    with pytest.raises(InputError, match="the audio is shorter than 0.04 s"):
+        pipe.audio_to_codes(blip)
