@@ -42,7 +42,8 @@ CONFIGS = {
     "1.7B": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, max_position_embeddings=40960),
 }
-TOKENIZER = Path(__file__).resolve().parents[2] / "shared/fixtures/acestep-tiny/acestep-5Hz-lm-tiny"
+# The real Qwen BPE with the audio-code tokens (the tiny LM fixture's tokenizer); the weights are made here.
+TOKENIZER = Path(__file__).resolve().parents[1] / "tests/fixtures/acestep-tiny/acestep-5Hz-lm-tiny"
 
 
 def random_model(size: str, device: str):

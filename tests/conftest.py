@@ -1,4 +1,4 @@
-"""Shared test fixtures: the tiny official-layout checkpoints and goldens beside the repo."""
+"""Test fixtures: the tiny official-layout checkpoints and goldens in tests/fixtures/."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("ACESTEP_SHARED_DIR", REPO_ROOT.parent / "shared"))
-TINY_DIR = SHARED / "fixtures" / "acestep-tiny"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+TINY_DIR = FIXTURES_DIR / "acestep-tiny"
 GOLDENS_DIR = TINY_DIR / "goldens"
-COMFY_TINY_DIR = SHARED / "fixtures" / "comfyui-format-tiny"
+COMFY_TINY_DIR = FIXTURES_DIR / "comfyui-format-tiny"
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"test fixtures not found at {path}: the shared/ folder must sit beside the repo")
+        pytest.fail(f"test fixture {path} is missing: tests/fixtures/ is part of the repository "
+                    "(restore it with git checkout, or refresh it with scripts/sync_fixtures.sh)")
     return path
 
 

@@ -63,8 +63,8 @@ def _wait_for(predicate, what: str, limit_s: float = 300.0):
 def start_comfyui(root: Path) -> subprocess.Popen:
     from nodes_models import build_models_dir
 
-    shared = REPO_ROOT.parent / "shared" / "fixtures"
-    models = build_models_dir(root, shared / "acestep-tiny", shared / "comfyui-format-tiny", official=False)
+    fixtures = REPO_ROOT / "tests" / "fixtures"
+    models = build_models_dir(root, fixtures / "acestep-tiny", fixtures / "comfyui-format-tiny", official=False)
     for d in ("out", "in", "temp", "user", "custom"):
         (root / d).mkdir(exist_ok=True)
     (root / "custom" / "acestep15_studio").symlink_to(REPO_ROOT)
