@@ -26,7 +26,7 @@ def tiny_notice() -> str:
 
 
 def tiny_checkpoints() -> dict[str, Path]:
-    """The tiny fixture checkpoints when they sit beside the repo; otherwise build random ones."""
+    """The tiny set named by ACESTEP_TINY_DIR; otherwise random ones built once in the user's cache."""
     from ..tiny import build_tiny_checkpoints, find_tiny_fixtures
 
     found = find_tiny_fixtures()
@@ -55,11 +55,7 @@ def pipeline_kwargs(args) -> tuple[dict, list[str]]:
         tiny = tiny_checkpoints()
         kwargs.update(dit=tiny["dit"], vae=tiny["vae"], text_encoder=tiny["text_encoder"], dtype="float32")
         if getattr(args, "task_type", None) in TRACK_TASKS:
-            # The track tasks need a base model: the tiny base when it is at hand, else the random one as base.
-            if tiny.get("dit_base") is not None and tiny["dit_base"].is_dir():
-                kwargs["dit"] = tiny["dit_base"]
-            else:
-                kwargs["config_override"] = {"is_turbo": False, "model_version": "base"}
+            kwargs["dit"] = tiny["dit_base"]  # the track tasks need a base model
         kwargs["_tiny_lm"] = str(tiny["lm"])
         notes.append(tiny_notice())
     else:
