@@ -208,8 +208,12 @@ class ACEStepPipeline:
         progress: Optional[Callable[[int, int], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
         latents: Optional[torch.Tensor] = None,
+        decode_progress: Optional[Callable[[int, int], None]] = None,
     ) -> GenerationResult:
-        """Run one request. `latents` optionally replaces the seeded initial noise [B, T, 64]."""
+        """Run one request. `latents` optionally replaces the seeded initial noise [B, T, 64].
+
+        `progress(step, total)` is called after each diffusion step, `decode_progress(tile, total)`
+        after each VAE tile."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -300,7 +304,7 @@ class ACEStepPipeline:
 
         # 6. decode and post-process
         t0 = time.perf_counter()
-        audio = self.decode(latents)
+        audio = self.decode(latents, progress=decode_progress)
         if task_inputs.repaint is not None and task_inputs.source_waveform is not None \
                 and task_inputs.repaint.settings.splice_seconds > 0:
             audio = splice_waveform(audio, task_inputs.source_waveform.unsqueeze(0).expand(batch, -1, -1),
@@ -313,12 +317,12 @@ class ACEStepPipeline:
         return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1."""
         chunk = self.vae_chunk_frames or decode_chunk_frames(None, self.device.type)
         with self.offload.use("vae", self.vae):
             # Out of memory → smaller windows → CPU, each step reported; never a silent failure.
-            audio = decode_with_fallback(official_vae_decode_fn(self.vae), latents, chunk, self.device,
+            audio = decode_with_fallback(official_vae_decode_fn(self.vae, progress), latents, chunk, self.device,
                                          log=logger.warning)
         self.vae.to(self.offload.home("vae"))
         peak = audio.abs().amax(dim=(1, 2), keepdim=True)

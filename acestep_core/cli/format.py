@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, add_song_arguments, print_plan, progress_printer, read_text
+from ..lm.cli_common import add_common, add_song_arguments, report_plan, progress_printer, read_text, song_metas
 
 
 def add_parser(subparsers) -> None:
@@ -18,9 +18,8 @@ def run(args) -> int:
     planner = load_planner_from_args(args)
     plan = planner.format_input(
         read_text(args.caption, args.caption_file, "caption"), read_text(args.lyrics, args.lyrics_file, "lyrics"),
-        bpm=args.bpm, keyscale=args.keyscale, timesignature=args.timesignature, duration=args.duration,
-        language=args.language, sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,
+        **song_metas(args), sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,
         max_duration=args.lm_max_duration, progress=progress_printer(not args.json),
     )
-    print_plan(plan, args.json)
+    report_plan(plan, args)
     return 0

@@ -154,14 +154,10 @@ def run(args) -> int:
         del planner
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps_total = {"n": 0}
+    from .progress import StageProgress
 
-    def progress(step, total):
-        steps_total["n"] = total
-        print(f"\rdiffusion step {step}/{total}", end="", file=sys.stderr, flush=True)
-
-    result = pipe.generate(request, progress=progress)
-    print(file=sys.stderr)
+    result = pipe.generate(request, progress=StageProgress("diffusion", "steps"),
+                           decode_progress=StageProgress("VAE decode", "tiles"))
 
     stem = safe_stem(args.name or request.caption or "acestep")
     index = next_free_index(out_dir, stem)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, print_plan, progress_printer
+from ..lm.cli_common import add_common, add_with_alias, report_plan, progress_printer
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="simple mode: write caption, lyrics and metas from a description")
     p.add_argument("query", nargs="?", default="", help="description of the song")
     p.add_argument("--instrumental", action="store_true")
-    p.add_argument("--language", default=None, help="vocal language code (e.g. en, zh)")
+    add_with_alias(p, "--vocal-language", "--language", default=None, help="vocal language code (e.g. en, zh)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -19,9 +19,9 @@ def run(args) -> int:
 
     planner = load_planner_from_args(args)
     plan = planner.create_sample(
-        args.query, instrumental=args.instrumental, language=args.language, sampling=sampling_from_args(args),
+        args.query, instrumental=args.instrumental, language=args.vocal_language, sampling=sampling_from_args(args),
         constrained_decoding=args.constrained_decoding, max_duration=args.lm_max_duration,
         progress=progress_printer(not args.json),
     )
-    print_plan(plan, args.json)
+    report_plan(plan, args)
     return 0

@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
                    help="results are written to <output-dir>/<task_id>/ and served from there only")
     p.add_argument("--api-key", default=None, help="require this key (overrides ACESTEP_API_KEY)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--tiny", action="store_true",
+                   help="serve tiny random-weight checkpoints (proves the install and the API; songs are noise)")
     p.set_defaults(func=run)
 
 
@@ -53,6 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from ..server import LocalModelProvider, Runtime, ServerConfig, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.tiny:
+        from .model_setup import tiny_checkpoints, tiny_notice
+
+        tiny = tiny_checkpoints()
+        args.dit, args.vae, args.text_encoder = str(tiny["dit"]), str(tiny["vae"]), str(tiny["text_encoder"])
+        args.lm = args.lm or str(tiny["lm"])
+        args.dtype = "float32"
+        print(tiny_notice(), file=sys.stderr, flush=True)
     if args.checkpoint_dir is None and args.dit is None:
         print("error: give --checkpoint-dir (official checkpoints/ root) or --dit/--vae/--text-encoder",
               file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, add_song_arguments, print_plan, progress_printer, read_text
+from ..lm.cli_common import add_common, add_song_arguments, report_plan, progress_printer, read_text, song_metas
 
 
 def add_parser(subparsers) -> None:
@@ -19,9 +19,8 @@ def run(args) -> int:
     planner = load_planner_from_args(args)
     plan = planner.think(
         read_text(args.caption, args.caption_file, "caption"), read_text(args.lyrics, args.lyrics_file, "lyrics"),
-        bpm=args.bpm, keyscale=args.keyscale, timesignature=args.timesignature, duration=args.duration,
-        language=args.language, generate_codes=not args.no_codes, progress=progress_printer(not args.json),
+        **song_metas(args), generate_codes=not args.no_codes, progress=progress_printer(not args.json),
         **think_kwargs_from_args(args),
     )
-    print_plan(plan, args.json)
+    report_plan(plan, args)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from ..lm.cli_common import add_common, print_plan, progress_printer
+from ..lm.cli_common import add_common, report_plan, progress_printer
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +19,6 @@ def add_parser(subparsers) -> None:
     g.add_argument("--text-encoder", default=None)
     g.add_argument("--text-tokenizer", default=None)
     g.add_argument("--offload", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints (proves the install; the text is noise)")
     g.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sample")
     add_common(p)
     # The reference describes audio at temperature 0.3 without CFG.
@@ -53,5 +52,5 @@ def run(args) -> int:
     planner = load_planner_from_args(args)
     plan = planner.understand(codes, sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,
                               max_duration=args.lm_max_duration, progress=progress_printer(not args.json))
-    print_plan(plan, args.json)
+    report_plan(plan, args)
     return 0

@@ -54,6 +54,13 @@ def think_kwargs_from_args(args) -> dict:
 def load_planner_from_args(args):
     from .planner import LMPlanner, find_lm
 
+    if getattr(args, "tiny", False) and not args.lm_model:
+        import sys
+
+        from ..cli.model_setup import tiny_checkpoints, tiny_notice
+
+        print(tiny_notice(), file=sys.stderr)
+        args.lm_model = str(tiny_checkpoints()["lm"])
     path = find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)
     return LMPlanner.from_pretrained(path, tokenizer_path=args.lm_tokenizer,
                                      device=getattr(args, "device", "cpu") or "cpu",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,20 +17,37 @@ def add_common(parser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny random-weight checkpoints (proves the install; the text and codes are noise)")
     add_lm_arguments(parser)
 
 
+def add_with_alias(parser, official: str, alias: str, **kwargs) -> None:
+    """`official` (the REST field in kebab-case) plus a hidden older spelling that scripts may still use."""
+    dest = official.lstrip("-").replace("-", "_")
+    parser.add_argument(official, dest=dest, **kwargs)
+    parser.add_argument(alias, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                        **{k: v for k, v in kwargs.items() if k in ("type", "choices")})
+
+
 def add_song_arguments(parser) -> None:
-    """Caption, lyrics and the metas the user may fix (the LM fills the rest)."""
+    """Caption, lyrics and the metas the user may fix (the LM fills the rest), with `generate`'s names."""
     parser.add_argument("--caption", default="")
     parser.add_argument("--caption-file", default=None)
     parser.add_argument("--lyrics", default="")
     parser.add_argument("--lyrics-file", default=None)
     parser.add_argument("--bpm", type=int, default=None)
-    parser.add_argument("--keyscale", default=None)
-    parser.add_argument("--timesignature", default=None)
-    parser.add_argument("--duration", type=float, default=None)
-    parser.add_argument("--language", default=None)
+    add_with_alias(parser, "--key-scale", "--keyscale", default=None, help='e.g. "C major"')
+    add_with_alias(parser, "--time-signature", "--timesignature", default=None, help="2, 3, 4 or 6")
+    add_with_alias(parser, "--audio-duration", "--duration", type=float, default=None, help="seconds (10-600)")
+    add_with_alias(parser, "--vocal-language", "--language", default=None,
+                   help="vocal language code (e.g. en, zh); unset = the LM decides")
+
+
+def song_metas(args) -> dict:
+    """The metas of `add_song_arguments` as the planner's keyword arguments."""
+    return dict(bpm=args.bpm, keyscale=args.key_scale, timesignature=args.time_signature,
+                duration=args.audio_duration, language=args.vocal_language)
 
 
 def read_text(value, file_value, what: str) -> str:
@@ -39,6 +57,15 @@ def read_text(value, file_value, what: str) -> str:
             raise InputError(f"{what} file not found: {path}")
         return path.read_text(encoding="utf-8")
     return value or ""
+
+
+def report_plan(plan, args) -> None:
+    """Print the plan; after a --tiny run, say loudly that it is noise."""
+    print_plan(plan, args.json)
+    if getattr(args, "tiny", False):
+        from ..cli.model_setup import tiny_notice
+
+        print(tiny_notice(), file=sys.stderr)
 
 
 def print_plan(plan, as_json: bool) -> None:
@@ -58,11 +85,9 @@ def print_plan(plan, as_json: bool) -> None:
 
 
 def progress_printer(enabled: bool):
+    """LM token progress on stderr (a bar on a terminal, one line per phase otherwise)."""
     if not enabled:
         return None
+    from ..cli.progress import StageProgress
 
-    def report(done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            print(f"\rLM {done}/{total} tokens", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-    return report
+    return StageProgress("LM", "tokens")

@@ -121,6 +121,8 @@ def decode_with_fsm(
                 seen[token] = True
             hidden = decoder.decode(torch.full((batch, 1), token, dtype=torch.long, device=decoder.device), pos)
             pos += 1
+    if progress is not None and len(generated) < max_new_tokens:
+        progress(len(generated), len(generated))  # stopped early: the phase is complete
     return DecodeResult(prompt.tolist(), generated, margins)
 
 
