@@ -1,4 +1,4 @@
-"""The memory policy against the official [M] tier table (ACESTEP15.md §10.2), overrides and fallbacks."""
+"""The memory policy against the official [M] tier table (docs/memory.md#vram-tiers), overrides and fallbacks."""
 
 from __future__ import annotations
 
