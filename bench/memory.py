@@ -157,7 +157,7 @@ def run_text_encoder(te, device, dtype):
     caption = torch.randint(0, 151643, (1, 256), device=device)
     lyrics = torch.randint(0, 151643, (1, 512), device=device)
     te(input_ids=caption).last_hidden_state
-    te.embed_tokens(lyrics)  # lyrics use only the embedding table (§1.5)
+    te.embed_tokens(lyrics)  # lyrics use only the embedding table (docs/architecture.md#text-encoder)
 
 
 def run_dit(dit, device, dtype):
