@@ -1,4 +1,4 @@
-"""5 Hz semantic audio codes ↔ 25 Hz latent hints (FSQ + detokenizer; ACESTEP15.md §5)."""
+"""5 Hz semantic audio codes ↔ 25 Hz latent hints (docs/architecture.md#audio-codes-fsq-tokenizer-and-detokenizer)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text, lyric and timbre conditioning → the packed cross-attention sequence (ACESTEP15.md §4, §8)."""
+"""Text, lyric and timbre conditioning → the packed cross-attention sequence (docs/architecture.md)."""
 
 from __future__ import annotations
 

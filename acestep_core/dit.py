@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 COMFY_DIT_PREFIXES = ("model.diffusion_model.", "model.model.")
 
-# Published 2B config (ACESTEP15.md §1.3): what a ComfyUI single file cannot tell from its shapes.
+# Published 2B config (docs/architecture.md#dit-configuration): what a ComfyUI single file cannot tell from its shapes.
 PUBLISHED_DIT_DEFAULTS: dict[str, Any] = {
     "hidden_size": 2048,
     "intermediate_size": 6144,
@@ -101,7 +101,7 @@ class DiTModel:
 
     @property
     def is_turbo(self) -> bool:
-        # The official handler decides on `is_turbo` alone (DIFFUSERS.md item 10).
+        # The official handler decides on `is_turbo` alone (docs/architecture.md#dit-configuration).
         return bool(self.config.get("is_turbo", False))
 
     @property

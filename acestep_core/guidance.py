@@ -1,4 +1,4 @@
-"""Adaptive projected guidance (APG) as the official base/SFT sampler applies it (ACESTEP15.md §6.5)."""
+"""Adaptive projected guidance (APG) as the official base/SFT sampler applies it (docs/sampling.md#apg-guidance)."""
 
 from __future__ import annotations
 

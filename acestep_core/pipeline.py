@@ -362,7 +362,7 @@ class ACEStepPipeline:
     @torch.no_grad()
     def audio_to_codes(self, audio, seed: int = 0) -> list[int]:
         """Audio (a path, or 48 kHz [channels, N]) → its 5 Hz semantic codes, what the LM's `understand`
-        reads: VAE encode, then the DiT's own audio tokenizer (ACESTEP15.md §9.5). 5 latent frames per
+        reads: VAE encode, then the DiT's own audio tokenizer (docs/lm.md#auxiliary-functions). 5 latent frames per
         code; the last code covers the tail padded with silence."""
         wave = self._waveform(audio, "the audio")
         latents = self.encode_audio(wave, torch.Generator(device="cpu").manual_seed(seed))

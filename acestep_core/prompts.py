@@ -1,4 +1,4 @@
-"""Exact prompt templates and instruction strings of the official implementation (ACESTEP15.md §7, §8)."""
+"""Exact prompt templates and instruction strings of the official implementation (docs/tasks.md#text-templates)."""
 
 from __future__ import annotations
 

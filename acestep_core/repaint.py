@@ -1,4 +1,4 @@
-"""Repaint modes of the official sampler: step injection, latent cross-fade, waveform splice (ACESTEP15.md §7.4)."""
+"""Repaint modes of the official sampler: step injection, latent cross-fade, waveform splice (docs/tasks.md#repaint-modes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A generation request, with the official REST parameter names (ACESTEP15.md §11.3)."""
+"""A generation request, with the official REST parameter names (docs/rest-api.md#release_task-parameters)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class GenerationRequest:
     # extract / lego: the one track to take out or add; complete: the tracks to add (list or comma string).
     track_name: str = ""
     track_classes: Union[str, list, None] = ""
-    # The DiT instruction; empty = the task's own (ACESTEP15.md §7.1).
+    # The DiT instruction; empty = the task's own (docs/tasks.md#overview).
     instruction: str = ""
 
     def __post_init__(self):

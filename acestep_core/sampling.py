@@ -1,4 +1,4 @@
-"""The denoising loop of the official turbo and base/SFT samplers (ACESTEP15.md §6)."""
+"""The denoising loop of the official turbo and base/SFT samplers (docs/sampling.md)."""
 
 from __future__ import annotations
 

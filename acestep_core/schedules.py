@@ -1,7 +1,7 @@
-"""Timestep schedules of the official turbo and base/SFT samplers (ACESTEP15.md §6.2–§6.3).
+"""Timestep schedules of the official turbo and base/SFT samplers (docs/sampling.md#turbo-schedule).
 
 Schedules are built in the model dtype, as the reference does: on bf16 the rounded grid values also
-set the Euler step sizes (DIFFUSERS.md item 7).
+set the Euler step sizes (docs/sampling.md#dtype-of-the-time-grid).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Task → DiT inputs: source latents, chunk mask, cover flag, repaint window (ACESTEP15.md §7).
+"""Task → DiT inputs: source latents, chunk mask, cover flag, repaint window (docs/tasks.md).
 
 Latent-length and window rules follow the official handler, not diffusers' pipeline
-(DIFFUSERS.md items 3, 4, 6, 11).
+(docs/sampling.md#where-diffusers-pipeline-differs).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def repaint_inputs(
     window = torch.zeros(1, frames)
     window[0, start_frame:end_frame] = 1.0
     # The official "auto" mode writes 2.0 into a boolean mask: the DiT then sees all ones
-    # (ACESTEP15.md §7.5), while the window still drives injection and splicing.
+    # (docs/tasks.md#chunk-mask-modes), while the window still drives injection and splicing.
     chunk_mask = torch.ones(1, frames) if chunk_mask_mode == "auto" else window.clone()
     return TaskInputs(
         task=task,

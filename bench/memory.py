@@ -42,7 +42,7 @@ GB = 1024**3
 SECONDS = 30
 FRAMES = SECONDS * 25  # 25 latent frames per second
 
-LM_CONFIGS = {  # ACESTEP15.md §1.6
+LM_CONFIGS = {  # docs/checkpoints.md#text-encoder-and-lm-keys
     "0.6B": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, max_position_embeddings=32768),
     "1.7B": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
@@ -116,7 +116,7 @@ def build_text_encoder(dtype: torch.dtype):
 def build_dit(dtype: torch.dtype):
     from diffusers import AceStepConditionEncoder, AceStepTransformer1DModel
 
-    # Class defaults are the published 2B config (ACESTEP15.md §1.3).
+    # Class defaults are the published 2B config (docs/architecture.md#dit-configuration).
     return torch.nn.ModuleDict({
         "condition_encoder": AceStepConditionEncoder(),
         "transformer": AceStepTransformer1DModel(),
@@ -157,7 +157,7 @@ def run_text_encoder(te, device, dtype):
     caption = torch.randint(0, 151643, (1, 256), device=device)
     lyrics = torch.randint(0, 151643, (1, 512), device=device)
     te(input_ids=caption).last_hidden_state
-    te.embed_tokens(lyrics)  # lyrics use only the embedding table (§1.5)
+    te.embed_tokens(lyrics)  # lyrics use only the embedding table (docs/architecture.md#text-encoder)
 
 
 def run_dit(dit, device, dtype):

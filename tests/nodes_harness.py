@@ -2,7 +2,7 @@
 
 Works with the stand-in host of tests/fake_comfyui/ (always-on tests). The executor imitates
 execution.validate_prompt / validate_inputs and the topological execution of output nodes'
-ancestors; error types and messages follow ComfyUI's (§9.2 of the ComfyUI spec).
+ancestors; error types and messages follow ComfyUI's (docs/comfyui.md#workflows).
 """
 
 from __future__ import annotations

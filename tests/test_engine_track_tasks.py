@@ -1,7 +1,7 @@
 """The base model's track tasks (extract, lego, complete): what reaches the DiT, lengths, errors.
 
 No golden exists for these tasks, so the tests check each DiT input against the reference's rules
-(ACESTEP15.md §7.1): the instruction text, the source latents (as given, not silenced, not through the
+(docs/tasks.md#overview): the instruction text, the source latents (as given, not silenced, not through the
 5 Hz bottleneck), the chunk mask and the cover flag, plus the repaint-style window handling of lego.
 """
 

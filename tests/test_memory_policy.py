@@ -1,4 +1,4 @@
-"""The memory policy against the official [M] tier table (ACESTEP15.md §10.2), overrides and fallbacks."""
+"""The memory policy against the official [M] tier table (docs/memory.md#vram-tiers), overrides and fallbacks."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def cpu(ram_gb: float) -> DeviceMemory:
 
 
 # Card size → (tier, lm, init_lm, offload_cpu, offload_dit, max_duration_s, max_batch, vae_chunk).
-# Durations / batches are the "with LM" column where the LM runs and "no LM" otherwise (§10.2);
-# VAE chunk from free memory = total here (§12: ≥24 → 512, ≥16 → 384, ≥12 → 256, else 128).
+# Durations / batches are the "with LM" column where the LM runs and "no LM" otherwise (docs/memory.md#vram-tiers);
+# VAE chunk from free memory = total here (docs/memory.md#vae-tiling-and-fallback: ≥24 → 512, ≥16 → 384, ≥12 → 256, else 128).
 OFFICIAL = {
     2: ("tier1", "none", False, True, True, 360, 1, 128),
     4: ("tier1", "none", False, True, True, 360, 1, 128),

@@ -1,4 +1,4 @@
-"""Fixed vocabularies, instruction strings and token ids of the ACE-Step 1.5 5 Hz LM (ACESTEP15.md §8.3, §9)."""
+"""Fixed vocabularies, instruction strings and token ids of the ACE-Step 1.5 5 Hz LM (docs/lm.md#token-ids)."""
 
 from __future__ import annotations
 

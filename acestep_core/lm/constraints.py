@@ -1,4 +1,4 @@
-"""Constrained decoding state machine of the 5 Hz LM (ACESTEP15.md §9.3).
+"""Constrained decoding state machine of the 5 Hz LM (docs/lm.md#constrained-decoding-state-machine).
 
 Reproduces the reference's `MetadataConstrainedLogitsProcessor` token for token: field order,
 prefix trees built from the real tokenization of `"<field>: <value>"`, user fields injected as

@@ -1,6 +1,6 @@
 """`LMPlanner`: the 5 Hz LM as a song planner (think, format, create sample, understand).
 
-Follows the reference's `LLMHandler` flow (ACESTEP15.md §9.2): phase 1 writes the chain of thought
+Follows the reference's `LLMHandler` flow (docs/lm.md#two-phase-generation): phase 1 writes the chain of thought
 under the constrained decoder (skipped when bpm, key, time signature and duration are all given),
 phase 2 writes exactly duration × 5 audio codes with LM CFG over a cond / uncond batch.
 """

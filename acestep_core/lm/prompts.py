@@ -1,4 +1,4 @@
-"""Prompt builders, CoT formatting and output parsing of the 5 Hz LM (ACESTEP15.md §9.1, §9.2, §9.5).
+"""Prompt builders, CoT formatting and output parsing of the 5 Hz LM (docs/lm.md#two-phase-generation).
 
 The strings are rendered with the standard Qwen3 chat template (the `chat_template.jinja` of the
 official LM folders). Only the message shapes the planner uses occur, so the template is

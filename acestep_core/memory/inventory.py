@@ -14,7 +14,7 @@ from .policy import LM_FOLDER_PREFIX, lm_size_from_name
 
 CHECKPOINTS_ENV = "ACESTEP_CHECKPOINTS_DIR"
 
-# Files a folder of each kind needs (any one of a tuple is enough), ACESTEP15.md §1.1.
+# Files a folder of each kind needs (any one of a tuple is enough), docs/checkpoints.md#official-folder-layout.
 _REQUIRED = {
     "dit": ("config.json", ("model.safetensors", "model.safetensors.index.json"), "silence_latent.pt"),
     "vae": ("config.json", "diffusion_pytorch_model.safetensors"),

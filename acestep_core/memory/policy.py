@@ -27,7 +27,7 @@ GIB = 1024**3
 LM_SIZES = ("0.6B", "1.7B", "4B")
 LM_FOLDER_PREFIX = "acestep-5Hz-lm-"
 
-# Environment variables read by `decide()` / `detect_device_memory()` (ACESTEP15.md §10.4).
+# Environment variables read by `decide()` / `detect_device_memory()` (docs/memory.md#environment-variables).
 ENV_INIT_LLM = "ACESTEP_INIT_LLM"
 ENV_LM_MODEL_PATH = "ACESTEP_LM_MODEL_PATH"
 ENV_OFFLOAD_TO_CPU = "ACESTEP_OFFLOAD_TO_CPU"
@@ -435,7 +435,7 @@ def vae_chunk_frames_for(device_type: str, free_bytes: int, total_bytes: int | N
 
 
 def _dtypes(memory: DeviceMemory) -> tuple[str, str]:
-    """(model dtype, LM dtype) suggestion (ACESTEP15.md §10.3)."""
+    """(model dtype, LM dtype) suggestion (docs/memory.md#dtypes)."""
     if memory.device_type == "cpu":
         return "float32", "float32"
     if memory.device_type == "mps":
