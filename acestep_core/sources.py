@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from . import audio_io
@@ -27,6 +29,13 @@ def source_waveform(src, what: str) -> torch.Tensor:
             wave = wave.expand(2, -1)
         wave = wave[:2].clamp(-1, 1)
     else:
+        from .request import MAX_DURATION
+
+        # A declared length far over the limit is refused before decoding hours of audio.
+        declared = audio_io.probe_seconds(src) if Path(src).is_file() else None
+        if declared is not None and declared > MAX_DURATION + 1:
+            raise InputError(f"{what} {src} is {declared:.1f} s long; the longest source the engine takes is "
+                             f"{MAX_DURATION:g} s: cut it to the part you need first")
         wave = audio_io.load_audio(src)
     if wave.shape[-1] < HOP:
         raise InputError(f"{what} is shorter than 0.04 s; give at least one latent frame of audio")
