@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
 
 
 def add_common(parser) -> None:
@@ -33,12 +32,37 @@ def add_song_arguments(parser) -> None:
 
 
 def read_text(value, file_value, what: str) -> str:
+    from ..values import check_text, read_text_file
+
     if file_value:
-        path = Path(file_value)
-        if not path.is_file():
-            raise InputError(f"{what} file not found: {path}")
-        return path.read_text(encoding="utf-8")
-    return value or ""
+        return read_text_file(file_value, what)
+    return check_text(what, value or "")
+
+
+def check_song_arguments(args) -> tuple[str, str]:
+    """Caption, lyrics and metas checked (and the vocabularies normalised on `args`) before the LM loads."""
+    from .. import values
+    from .cli_args import sampling_from_args
+    from .planner import validate_user_fields
+
+    caption = read_text(args.caption, args.caption_file, "caption")
+    lyrics = read_text(args.lyrics, args.lyrics_file, "lyrics")
+    args.keyscale = values.key_scale(args.keyscale, "--keyscale") or None
+    args.timesignature = values.time_signature(args.timesignature, "--timesignature") or None
+    args.language = values.language(args.language, "--language") or None
+    if args.duration is not None:
+        values.finite_number("--duration", args.duration)
+    validate_user_fields(args.bpm, args.keyscale, args.timesignature, args.duration, args.language,
+                         args.lm_max_duration)
+    sampling_from_args(args).validate()
+    check_device(args)
+    return caption, lyrics
+
+
+def check_device(args) -> None:
+    from ..pipeline import resolve_device
+
+    resolve_device(getattr(args, "device", "cpu") or "cpu")
 
 
 def print_plan(plan, as_json: bool) -> None:
