@@ -153,6 +153,10 @@ def run(args) -> int:
     if thinking:
         _check_thinking_args(args, request)
     kwargs, notes = pipeline_kwargs(args)
+    if thinking and not args.tiny:
+        from ..lm.planner import find_lm
+
+        find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)  # a missing LM is known before the DiT loads
     from ..memory.policy import clamp_request
 
     request.audio_duration, request.batch_size, messages = clamp_request(
