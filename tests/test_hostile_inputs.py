@@ -30,7 +30,7 @@ from acestep_core.request import GenerationRequest
 SR = 48000
 
 
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------ shared pieces
 
 def _digest(root: Path) -> dict[str, tuple[str, int]]:
     """Content hash and permission bits of every file under `root`."""
