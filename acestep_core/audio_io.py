@@ -69,11 +69,32 @@ def load_audio(source: str | os.PathLike | bytes | bytearray | memoryview, targe
 
     if samples.shape[1] == 0:
         raise InputError(f"{name} contains no audio samples.")
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples)).sum())
+        raise InputError(f"{name} contains {bad} NaN or infinite sample(s): the file is damaged; re-export it.")
     audio = torch.from_numpy(samples)
     if audio.shape[0] == 1:
         audio = audio.expand(2, -1)
     audio = audio[:2].clamp(-1.0, 1.0).contiguous()
     return audio
+
+
+def probe_seconds(source: str | os.PathLike) -> float | None:
+    """The length a file's container declares, without decoding it (None when it declares none)."""
+    import av
+
+    try:
+        with open(source, "rb") as handle, av.open(handle, mode="r") as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / 1_000_000  # av.time_base
+    except (OSError, av.FFmpegError, ValueError):
+        return None  # load_audio gives the real error
+    return None
 
 
 class _NoAudio(Exception):
@@ -121,6 +142,11 @@ FLAC_BIT_DEPTHS = (16, 24)
 DEFAULT_QUALITY = {"mp3": "128k", "opus": "128k", "wav": 16, "flac": 16}  # mp3 128k as the reference
 FILE_EXTENSIONS = {"mp3": ".mp3", "flac": ".flac", "wav": ".wav", "opus": ".opus"}
 _MP3_RATES = (32000, 44100, 48000, 16000, 22050, 24000, 8000, 11025, 12000)
+
+
+def check_output_format(format: str, quality=None, sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:
+    """Raise InputError now for a format / quality that `save_audio` would refuse after the run."""
+    _encoding_for(format, quality, int(sample_rate))
 
 
 def _encoding_for(format: str, quality, sample_rate: int) -> _Encoding:

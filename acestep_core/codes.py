@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Iterable
 
 import torch
 
 from .dit import DiTModel
+from .errors import InputError
 
 CODE_PATTERN = re.compile(r"<\|audio_code_(\d+)\|>")
 MAX_CODE = 63999
 FRAMES_PER_CODE = 5
+# The LM tokenizer has 65535 code tokens (<|audio_code_0|> .. <|audio_code_65534|>) of which the FSQ
+# uses 0..63999. Like the official parser, codes the tokenizer has are clamped into the FSQ range;
+# a bigger number is no code at all (a typo or garbage) and is refused instead of turned into 63999.
+MAX_TOKEN_CODE = 65534
+# 5 codes per second: the longest song (600 s) has 3000 codes.
+MAX_CODES = 3000
+_TOKEN_PREFIX = "<|audio_code_"
+
+
+def _clamped(values: list[int], text_for_error) -> list[int]:
+    bad = [v for v in values if v < 0 or v > MAX_TOKEN_CODE]
+    if bad:
+        raise InputError(f"audio code {bad[0]} is out of range: codes are 0..{MAX_CODE} "
+                         f"({MAX_CODE + 1}..{MAX_TOKEN_CODE}, LM tokens outside the codebook, are clamped to {MAX_CODE}); "
+                         f"got {text_for_error}")
+    if len(values) > MAX_CODES:
+        raise InputError(f"{len(values)} audio codes are {len(values) / 5:.0f} s of music; "
+                         f"the limit is {MAX_CODES} codes (600 s)")
+    return [min(v, MAX_CODE) for v in values]
 
 
 def parse_audio_codes(text: str) -> list[int]:
     """Codes in an LM output string, clamped to the valid range as the reference does."""
-    return [min(max(int(m), 0), MAX_CODE) for m in CODE_PATTERN.findall(text or "")]
+    text = text or ""
+    tokens = CODE_PATTERN.findall(text)
+    if text.count(_TOKEN_PREFIX) != len(tokens):
+        start = next(m.start() for m in re.finditer(re.escape(_TOKEN_PREFIX), text)
+                     if not CODE_PATTERN.match(text, m.start()))
+        raise InputError(f"malformed audio code token {text[start:start + 30]!r}: write <|audio_code_N|> "
+                         f"with N from 0 to {MAX_CODE}")
+    return _clamped([int(m) for m in tokens], repr(text[:60]))
 
 
 def codes_from_any(value) -> list[int]:
@@ -24,20 +52,32 @@ def codes_from_any(value) -> list[int]:
     if value is None:
         return []
     if isinstance(value, str):
-        if "<|audio_code_" in value:
+        if _TOKEN_PREFIX in value:
             return parse_audio_codes(value)
         parts = [p for p in re.split(r"[\s,]+", value.strip()) if p]
         if not parts:
             return []
         if not all(p.lstrip("-").isdigit() for p in parts):
-            from .errors import InputError
-
             raise InputError(
                 "audio_code_string must be '<|audio_code_N|>' tokens or a list of integers, "
                 f"got {value[:60]!r}"
             )
-        return [min(max(int(p), 0), MAX_CODE) for p in parts]
-    return [min(max(int(c), 0), MAX_CODE) for c in value]
+        return _clamped([int(p) for p in parts], repr(value[:60]))
+    values = []
+    for c in value:
+        if isinstance(c, bool):
+            raise InputError(f"audio codes must be integers, got {c!r}")
+        if isinstance(c, str) and c.strip().lstrip("-").isdigit():
+            values.append(int(c))
+            continue
+        try:
+            values.append(operator.index(c))  # ints, numpy / torch integers; not bools-as-text or 3.5
+        except TypeError:
+            if isinstance(c, float) and c.is_integer():
+                values.append(int(c))
+                continue
+            raise InputError(f"audio codes must be integers, got {c!r}") from None
+    return _clamped(values, repr(list(value)[:8]))
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .safetensors_io import check_state_dict, read_safetensors, read_sharded_or_single
+from .safetensors_io import check_state_dict, read_config_json, read_safetensors, read_sharded_or_single
 from .silence import builtin_silence_latent
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,11 @@ def build_dit(
     dtype: torch.dtype = torch.float32,
     name: str = "acestep-v15",
 ) -> DiTModel:
-    modules = _build_modules(config)
+    try:
+        modules = _build_modules(config)
+    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: its config cannot build an ACE-Step 1.5 DiT ({type(exc).__name__}: {exc}); "
+                              "use the config.json that came with the weights") from exc
     per_component: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
     unknown = []
     for key, tensor in state_dict.items():
@@ -240,12 +244,28 @@ def load_silence_latent(path: Path) -> torch.Tensor:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"missing {path}: an official DiT folder holds config.json") from None
-    except Exception as exc:
-        raise CheckpointError(f"cannot parse {path}: {exc}") from exc
+    return read_config_json(path, "DiT")
+
+
+_POSITIVE_INT_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                        "num_hidden_layers", "head_dim")
+
+
+def check_dit_config(config: dict, source: str) -> None:
+    """What would otherwise fail deep inside the model build with an IndexError or a shape error."""
+    for name in _POSITIVE_INT_FIELDS:
+        value = config.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise CheckpointError(f"{source}: {name} must be a positive integer, found {value!r}")
+    layer_types = config.get("layer_types")
+    layers = config.get("num_hidden_layers")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or not all(t in ("sliding_attention", "full_attention") for t in layer_types):
+            raise CheckpointError(f"{source}: layer_types must list 'sliding_attention' / 'full_attention' per layer")
+        if layers is not None and len(layer_types) != layers:
+            raise CheckpointError(
+                f"{source}: layer_types lists {len(layer_types)} layers but num_hidden_layers is {layers}; "
+                "the config does not match itself: use the config.json that came with the weights")
 
 
 def load_dit_folder(folder: Path, dtype: torch.dtype = torch.float32, config_override: dict | None = None) -> DiTModel:
@@ -257,6 +277,7 @@ def load_dit_folder(folder: Path, dtype: torch.dtype = torch.float32, config_ove
         config.update(config_override)
     if config.get("model_type") not in (None, "acestep"):
         raise CheckpointError(f"{folder / 'config.json'} is a '{config.get('model_type')}' config, not an ACE-Step DiT")
+    check_dit_config(config, str(folder / "config.json"))
     state_dict, source = read_sharded_or_single(folder)
     silence_path = folder / "silence_latent.pt"
     if silence_path.is_file():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,13 +36,73 @@ def next_free_index(out_dir: Path, stem: str) -> int:
     return max(used, default=0) + 1
 
 
-def save_latents(path: Path, latents: torch.Tensor) -> Path:
+def check_output_dir(out_dir: Path) -> Path:
+    """The output folder, or the folder it will be created in, must be a writable folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"the output folder {out_dir} is a file: give --out a folder (it is created if needed)")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot create the output folder {out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"the output folder {existing} is not writable: choose another --out")
+    return out_dir
+
+
+def check_new_file(path: Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """An output named by the user: refuse to replace an existing file unless told to."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists: choose another name, or add {flag} to replace it")
+    return path
+
+
+def publish(tmp: Path, target: Path, overwrite: bool = False) -> Path:
+    """Move a finished temporary file into place. Without `overwrite` this never replaces a file (even
+    one that appeared meanwhile); with it an existing file keeps its permission bits."""
+    from .audio_io import _current_umask
+
+    tmp, target = Path(tmp), Path(target)
+    try:
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_current_umask()
+        os.chmod(tmp, mode)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)  # fails when the name is taken: no clobbering
+            except FileExistsError:
+                raise InputError(f"{target} already exists: choose another name, or add --overwrite") from None
+            os.unlink(tmp)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def save_latents(path: Path, latents: torch.Tensor, overwrite: bool = False) -> Path:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".partial")
-    save_file({LATENTS_KEY: latents.float().contiguous().cpu()}, str(tmp))
-    tmp.replace(path)
-    return path
+    path = Path(path)
+    check_new_file(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    save_file({LATENTS_KEY: latents.float().contiguous().cpu()}, tmp)
+    return publish(Path(tmp), path, overwrite)
+
+
+def write_new_text(path: Path, text: str, overwrite: bool = False) -> Path:
+    """A small text output (the JSON beside each song), with the same no-clobber rule."""
+    path = Path(path)
+    check_new_file(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return publish(Path(tmp), path, overwrite)
 
 
 def load_latents(path: str | Path) -> torch.Tensor:

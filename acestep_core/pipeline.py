@@ -24,11 +24,14 @@ from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
 from .safetensors_io import read_safetensors
+from .sources import source_waveform
 from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
 from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule
 from .tasks import (
+    DEFAULT_DURATION,
     FRAMES_PER_SECOND,
     HOP,
+    MIN_FRAMES,
     SAMPLE_RATE,
     TaskInputs,
     codes_cover_inputs,
@@ -85,7 +88,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N, mps or xpu") from None
+    _check_device_available(resolved)
+    return resolved
+
+
+def _check_device_available(device: torch.device) -> None:
+    """Say so up front when the asked device is not there, instead of failing inside the first model."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} asked for, but no CUDA GPU is available to this torch "
+                             f"(torch {torch.__version__}); use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s), numbered from 0")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError("device 'mps' asked for, but Apple's Metal backend is not available; use cpu (or auto)")
+    elif device.type == "xpu":
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise InputError("device 'xpu' asked for, but no Intel GPU is available to this torch; use cpu (or auto)")
 
 
 def _resolve_component(explicit, checkpoint_dir: Optional[Path], default_name: str, what: str) -> Path:
@@ -314,6 +339,15 @@ class ACEStepPipeline:
         timings["total"] = time.perf_counter() - started
 
         params = self._resolved_params(request, task_inputs, seeds, schedule_info, caption, metas, language, codes)
+        # What the file holds, whatever was asked (automatic, a source length, a window past the end).
+        params["requested_duration"] = request.audio_duration
+        params["audio_duration"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
+        if request.task_type == "text2music" and not codes:
+            if request.audio_duration is None:
+                params["duration_note"] = f"no duration given: {DEFAULT_DURATION:g} s, the official default"
+            elif abs(params["audio_duration"] - request.audio_duration) > 1 / FRAMES_PER_SECOND:
+                params["duration_note"] = (f"{request.audio_duration:g} s asked for; the DiT's shortest output is "
+                                           f"{MIN_FRAMES * HOP / SAMPLE_RATE:g} s")
         return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
 
     @torch.no_grad()
@@ -376,25 +410,7 @@ class ACEStepPipeline:
     @staticmethod
     def _waveform(src, what: str) -> torch.Tensor:
         """A path or a tensor → float32 [2, N] at 48 kHz on the CPU, at least one latent frame long."""
-        wave = ACEStepPipeline._read_waveform(src)
-        if wave.shape[-1] < HOP:
-            raise InputError(f"{what} is shorter than 0.04 s; give at least one latent frame of audio")
-        return wave
-
-    @staticmethod
-    def _read_waveform(src) -> torch.Tensor:
-        if isinstance(src, torch.Tensor):
-            wave = src.detach().float().cpu()
-            if wave.dim() == 1:
-                wave = wave.unsqueeze(0)
-            if wave.dim() == 3 and wave.shape[0] == 1:
-                wave = wave[0]
-            if wave.dim() != 2:
-                raise InputError(f"src_audio tensor must be [channels, samples] at 48 kHz, got {tuple(src.shape)}")
-            if wave.shape[0] == 1:
-                wave = wave.expand(2, -1)
-            return wave[:2].clamp(-1, 1)
-        return audio_io.load_audio(src)
+        return source_waveform(src, what)
 
     def _prepare_task(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
         inputs = self._task_inputs(request, codes, seeds)
@@ -427,6 +443,7 @@ class ACEStepPipeline:
 
         waveform = self._load_source(request)
         source_seconds = (waveform.shape[-1] / SAMPLE_RATE) if waveform is not None else request.src_latents.shape[1] / FRAMES_PER_SECOND
+        request.check_window_against_source(source_seconds)
         generator = torch.Generator(device="cpu").manual_seed(seeds[0])
 
         if task in ("cover", "extract", "complete"):
@@ -471,8 +488,7 @@ class ACEStepPipeline:
     def _reference_latents(self, request: GenerationRequest, seeds: list[int], batch: int):
         if request.reference_audio is None:
             return None
-        wave = audio_io.load_audio(request.reference_audio) if not isinstance(request.reference_audio, torch.Tensor) \
-            else request.reference_audio.float()
+        wave = source_waveform(request.reference_audio, "reference_audio")
         rng = random.Random(seeds[0])
         clip = timbre_clip(wave, rng)
         generator = torch.Generator(device="cpu").manual_seed(seeds[0])

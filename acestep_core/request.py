@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
+from . import values
 from .errors import InputError
 from .plan import Plan
-from .prompts import TRACK_NAMES, TRACK_TASKS, VALID_LANGUAGES
+from .prompts import TRACK_NAMES, TRACK_TASKS
 
 TASK_TYPES = ("text2music", "cover", "repaint", "continuation", *TRACK_TASKS)
 SOURCE_TASKS = ("cover", "repaint", "continuation", *TRACK_TASKS)
@@ -23,7 +24,14 @@ TASK_ALIASES = {"repainting": "repaint", "continue": "continuation", "extend": "
 INFER_METHODS = ("ode", "sde")
 CHUNK_MASK_MODES = ("auto", "explicit")
 REPAINT_MODES = ("aggressive", "balanced", "conservative")
-MIN_DURATION, MAX_DURATION = 10.0, 600.0
+# -1 / 0 / None = automatic. The DiT's shortest output is 128 latent frames (5.12 s, the official
+# handler's minimum): a shorter request comes out 5.12 s long, and the result says so.
+MIN_DURATION, MAX_DURATION = 1.0, 600.0
+# The doors for people (CLI, REST) take the official API's range, which the LM can also plan.
+MIN_REQUEST_DURATION = 10.0
+# A source shorter than this is too short to cover, repaint or extend; longer than MAX_DURATION is
+# more than the engine can take in one run.
+MIN_SOURCE_SECONDS = 1.0
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
 
@@ -74,7 +82,11 @@ class GenerationRequest:
         self.task_type = TASK_ALIASES.get(self.task_type, self.task_type)
 
     def validate(self) -> None:
-        """Raise InputError naming the first bad field and what it accepts."""
+        """Raise InputError naming the first bad field and what it accepts.
+
+        Vocabulary fields are normalised in place to the spelling the models were trained on
+        ('c MAJOR' -> 'C major', '4/4' -> '4', 'EN' -> 'en'). Nothing here loads a model or decodes
+        audio; `check_sources` does the file checks that need the source itself."""
         if self.task_type not in TASK_TYPES:
             raise InputError(f"task_type must be one of {', '.join(TASK_TYPES)}, got {self.task_type!r}")
         if self.infer_method not in INFER_METHODS:
@@ -83,6 +95,11 @@ class GenerationRequest:
             raise InputError(f"chunk_mask_mode must be 'auto' or 'explicit', got {self.chunk_mask_mode!r}")
         if self.repaint_mode not in REPAINT_MODES:
             raise InputError(f"repaint_mode must be one of {', '.join(REPAINT_MODES)}, got {self.repaint_mode!r}")
+        for name in ("caption", "lyrics", "instruction"):
+            setattr(self, name, values.check_text(name, getattr(self, name)))
+        self.key_scale = values.key_scale(self.key_scale)
+        self.time_signature = values.time_signature(self.time_signature)
+        self.vocal_language = values.language(self.vocal_language)
         _check_range("repaint_strength", self.repaint_strength, 0.0, 1.0)
         _check_range("audio_cover_strength", self.audio_cover_strength, 0.0, 1.0)
         _check_range("cover_noise_strength", self.cover_noise_strength, 0.0, 1.0)
@@ -92,35 +109,96 @@ class GenerationRequest:
             raise InputError("cfg_interval_start must not exceed cfg_interval_end")
         _check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
         _check_range("shift", self.shift, 0.1, 10.0)
-        if not isinstance(self.inference_steps, int) or not 1 <= self.inference_steps <= 200:
+        if not _is_int(self.inference_steps) or not 1 <= self.inference_steps <= 200:
             raise InputError(f"inference_steps must be an integer from 1 to 200, got {self.inference_steps!r}")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH:
             raise InputError(f"batch_size must be an integer from 1 to {MAX_BATCH}, got {self.batch_size!r}")
-        if self.audio_duration is not None and self.audio_duration > 0:
-            _check_range("audio_duration", self.audio_duration, 1.0, MAX_DURATION)
+        self.audio_duration = values.optional_duration("audio_duration", self.audio_duration, MIN_DURATION,
+                                                       MAX_DURATION)
         if self.bpm is not None:
-            if not isinstance(self.bpm, int) or not 30 <= self.bpm <= 300:
+            if not _is_int(self.bpm) or not 30 <= self.bpm <= 300:
                 raise InputError(f"bpm must be an integer from 30 to 300, got {self.bpm!r}")
-        if self.vocal_language and self.vocal_language not in VALID_LANGUAGES:
-            raise InputError(
-                f"vocal_language {self.vocal_language!r} is not supported; use one of: {' '.join(VALID_LANGUAGES)}"
-            )
         if self.task_type in SOURCE_TASKS:
             if self.src_audio is None and self.src_latents is None:
                 raise InputError(f"task_type {self.task_type!r} needs src_audio (or src_latents)")
         self.tracks()  # parses and checks
-        if self.task_type in ("repaint", "lego"):
-            if self.repainting_end is not None and self.repainting_end >= 0 and self.repainting_end <= self.repainting_start:
-                raise InputError(
-                    f"repainting_end ({self.repainting_end}) must be after repainting_start ({self.repainting_start})"
-                )
+        self._check_window()
         if self.task_type == "continuation" and self.continuation_seconds is not None:
             _check_range("continuation_seconds", self.continuation_seconds, 0.2, MAX_DURATION)
         if self.src_latents is not None:
             if not isinstance(self.src_latents, torch.Tensor) or self.src_latents.ndim != 3 or self.src_latents.shape[-1] != 64:
                 shape = tuple(self.src_latents.shape) if isinstance(self.src_latents, torch.Tensor) else type(self.src_latents).__name__
                 raise InputError(f"src_latents must be a [batch, frames, 64] tensor, got {shape}")
+            values.check_finite_tensor("src_latents", self.src_latents)
+            seconds = self.src_latents.shape[1] / 25
+            _check_source_seconds("src_latents", seconds)
+        for name in ("src_audio", "reference_audio"):
+            audio = getattr(self, name)
+            if isinstance(audio, torch.Tensor):
+                values.check_finite_tensor(name, audio)
+        from .codes import codes_from_any
+
+        codes_from_any(self.audio_code_string)  # parses and checks
         self.seeds()  # parses and checks
+
+    def _check_window(self) -> None:
+        """The repaint window's own rules; against the source length see `check_window_against_source`."""
+        self.repainting_start = values.finite_number("repainting_start", self.repainting_start or 0.0)
+        if self.repainting_end is not None:
+            end = values.finite_number("repainting_end", self.repainting_end)
+            if end < 0 and end != -1:
+                raise InputError(f"repainting_end must be -1 (the end of the source) or a time in seconds, got {end:g}")
+            self.repainting_end = None if end == -1 else end
+        if self.task_type not in ("repaint", "lego", "continuation"):
+            return
+        if self.repainting_start < -MAX_DURATION:
+            raise InputError(f"repainting_start {self.repainting_start:g} s pads more than {MAX_DURATION:g} s of "
+                             "silence before the source; use a start of at least -600")
+        if self.repainting_end is not None and self.repainting_end <= self.repainting_start:
+            raise InputError(
+                f"repainting_end ({self.repainting_end:g}) must be after repainting_start ({self.repainting_start:g})"
+            )
+        if self.repainting_end is not None and self.repainting_end - min(0.0, self.repainting_start) > MAX_DURATION:
+            raise InputError(f"the repaint window ends at {self.repainting_end:g} s: the result would be longer than "
+                             f"{MAX_DURATION:g} s")
+
+    def check_window_against_source(self, source_seconds: float) -> None:
+        """A window that starts after the source ends would insert silence: refuse it and say what to do."""
+        _check_source_seconds("src_audio", source_seconds)
+        if self.task_type not in ("repaint", "lego", "continuation"):
+            return
+        start = self.repainting_start
+        if self.task_type == "continuation" and not start:
+            return
+        if start > source_seconds + 1 / 25:  # one latent frame of slack for rounding
+            hint = ("use task_type continuation with continuation_seconds to add music after the end"
+                    if self.task_type != "continuation" else f"use a start of at most {source_seconds:.2f} s")
+            raise InputError(f"repainting_start {start:g} s is past the end of the source ({source_seconds:.2f} s), "
+                             f"which would insert {start - source_seconds:.2f} s of silence; {hint}")
+        end = self.repainting_end
+        if self.task_type == "continuation" and end is None and self.continuation_seconds:
+            end = source_seconds + self.continuation_seconds
+        if end is not None and end - min(0.0, start) > MAX_DURATION:
+            raise InputError(f"the window ends at {end:g} s: the result would be longer than {MAX_DURATION:g} s")
+
+    def check_sources(self) -> "GenerationRequest":
+        """Decode the source and reference audio files once and check them (finite samples, length,
+        repaint window); returns a copy holding the decoded [2, N] tensors, so a front end can refuse
+        a bad file before loading any model and the pipeline does not decode it again."""
+        from .sources import source_waveform
+
+        updates = {}
+        for name in ("src_audio", "reference_audio"):
+            audio = getattr(self, name)
+            if audio is None:
+                continue
+            wave = source_waveform(audio, name)
+            if name == "src_audio":
+                self.check_window_against_source(wave.shape[-1] / 48000)
+            updates[name] = wave
+        if self.src_latents is not None and self.src_audio is None:
+            self.check_window_against_source(self.src_latents.shape[1] / 25)
+        return replace(self, **updates) if updates else self
 
     def tracks(self) -> list[str]:
         """The track names of an extract / lego (one) or complete (any number) task, lower case."""
@@ -187,7 +265,21 @@ def parse_tracks(raw: Union[str, list, None], field_name: str = "tracks") -> lis
     return list(dict.fromkeys(names))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_source_seconds(name: str, seconds: float) -> None:
+    if seconds < MIN_SOURCE_SECONDS:
+        raise InputError(f"{name} is {seconds:.2f} s long; a source must be at least {MIN_SOURCE_SECONDS:g} s")
+    if seconds > MAX_DURATION:
+        raise InputError(f"{name} is {seconds:.1f} s long; the longest source the engine takes is "
+                         f"{MAX_DURATION:g} s: cut it to the part you need first")
+
+
 def _check_range(name: str, value, low: float, high: float) -> None:
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number from {low} to {high}, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

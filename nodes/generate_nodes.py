@@ -24,6 +24,10 @@ def _dit_fields(seed, steps, shift, guidance) -> dict:
 
 
 def _generate(model, request):
+    # The engine's checks (values, decoded sources, the window against the source) run before the
+    # models are moved onto the device.
+    request.validate()
+    request = request.check_sources()
     return model.run_pipeline(lambda: run_engine(
         lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel)))
 

@@ -42,6 +42,14 @@ def _plan_summary(plan) -> str:
     return " | ".join(parts) + "\n\n" + (plan.caption or "")
 
 
+def _check_texts(**texts) -> None:
+    """The engine's text rule (no NUL / control characters), before the LM is loaded onto the device."""
+    from ..acestep_core.values import check_text
+
+    for name, text in texts.items():
+        check_text(name, text)
+
+
 def require_planner(model):
     if getattr(model, "planner", None) is None:
         raise InputError("This node needs the 5 Hz LM, but the model was loaded without one. "
@@ -86,6 +94,7 @@ class LMThinking(io.ComfyNode):
         kw = dict(locals())
         planner = require_planner(model)
         sampling = lm_sampling(kw)
+        _check_texts(caption=caption, lyrics=lyrics, lm_negative_prompt=lm_negative_prompt)
         plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.think(
             caption, lyrics, **_metas(kw), sampling=sampling, use_cot_caption=bool(use_cot_caption),
             use_cot_language=opt_choice(language) is None, generate_codes=bool(generate_codes),
@@ -113,6 +122,7 @@ class FormatInput(io.ComfyNode):
         kw = dict(locals())
         planner = require_planner(model)
         sampling = lm_sampling(kw)
+        _check_texts(caption=caption, lyrics=lyrics, lm_negative_prompt=lm_negative_prompt)
         plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.format_input(
             caption, lyrics, **_metas(kw), sampling=sampling, progress=progress, cancel=cancel)))
         return plan_node_output(_keep_given_metas(plan, _metas(kw)))
@@ -142,6 +152,7 @@ class SimpleMode(io.ComfyNode):
         kw = dict(locals())
         planner = require_planner(model)
         sampling = lm_sampling(kw)
+        _check_texts(description=description, lm_negative_prompt=lm_negative_prompt)
         plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.create_sample(
             description, instrumental=bool(instrumental), language=opt_choice(language), sampling=sampling,
             progress=progress, cancel=cancel)))

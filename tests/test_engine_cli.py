@@ -40,13 +40,14 @@ def _run(tmp_path, *args):
 
 
 def test_text2music_writes_playable_file_and_json(tmp_path):
-    audio, params, out = _run(tmp_path, "--caption", "lo-fi beat", "--audio-duration", "6",
+    audio, params, out = _run(tmp_path, "--caption", "lo-fi beat", "--audio-duration", "10",
                               "--audio-format", "mp3", "--save-latents", "song.safetensors")
     decoded = load_audio(audio)
-    assert decoded.shape[0] == 2 and abs(decoded.shape[1] / SR - 6.0) < 0.1
-    assert params["task"] == "text2music" and params["seed"] == 11 and params["latent_frames"] == 150
+    assert decoded.shape[0] == 2 and abs(decoded.shape[1] / SR - 10.0) < 0.1
+    assert params["task"] == "text2music" and params["seed"] == 11 and params["latent_frames"] == 250
+    assert params["audio_duration"] == 10.0
     assert "TINY RANDOM-WEIGHT" in params["note"]
-    assert load_latents(out / "song.safetensors").shape == (1, 150, 64)
+    assert load_latents(out / "song.safetensors").shape == (1, 250, 64)
 
 
 @pytest.mark.parametrize("task,extra,seconds", [
@@ -91,13 +92,13 @@ def test_track_task_errors_are_one_line(tmp_path, source_wav, capsys):
 
 
 def test_src_latents_chain(tmp_path, source_wav):
-    _, _, out = _run(tmp_path, "--caption", "x", "--audio-duration", "6", "--save-latents", "a.safetensors")
+    _, _, out = _run(tmp_path, "--caption", "x", "--audio-duration", "10", "--save-latents", "a.safetensors")
     second = tmp_path / "second"
     code = main(["generate", "--tiny", "--device", "cpu", "--out", str(second), "--task-type", "repaint",
                  "--src-latents", str(out / "a.safetensors"), "--repainting-start", "2", "--repainting-end", "4"])
     assert code == 0
     params = json.loads(next(second.glob("*.json")).read_text())
-    assert params["latent_frames"] == 150
+    assert params["latent_frames"] == 250
 
 
 def test_missing_weights_explain_how_to_get_them(tmp_path, capsys):
@@ -114,7 +115,7 @@ def test_bad_flag_value_is_one_line_error(tmp_path, capsys):
 
 
 def test_save_latents_outside_out_is_refused(tmp_path, capsys):
-    code = main(["generate", "--tiny", "--audio-duration", "6", "--out", str(tmp_path / "o"),
+    code = main(["generate", "--tiny", "--audio-duration", "10", "--out", str(tmp_path / "o"),
                  "--save-latents", "../escape.safetensors"])
     assert code == 2
     assert "outputs stay inside" in capsys.readouterr().err

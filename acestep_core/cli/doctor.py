@@ -111,14 +111,21 @@ def _print_text(report: dict) -> None:
         print(f"Checkpoints in {where}:")
         for c in report["checkpoints"]:
             state = "ok" if c["complete"] else "INCOMPLETE, missing " + ", ".join(c["missing"])
+            if c["corrupt"]:
+                state = "CORRUPT" if c["complete"] else state + "; CORRUPT"
             size = f", {c['lm_size']}" if c["lm_size"] else ""
             print(f"  {c['name']:<34} {c['kind']:<13} {_gb(c['size_bytes']):>10}{size}  [{state}]")
+            for problem in c["corrupt"]:
+                print(f"      {problem}")
     if report["comfy_models_dir"]:
         files = report["comfy_files"]
         print(f"ComfyUI files in {report['comfy_models_dir']}:" + ("" if files else " none found."))
         for c in files:
             size = f", {c['lm_size']} LM" if c["lm_size"] else ""
-            print(f"  {c['name']:<48} {c['kind']:<13} {_gb(c['size_bytes']):>10}{size}")
+            state = "  [CORRUPT]" if c["corrupt"] else "  [ok]"
+            print(f"  {c['name']:<48} {c['kind']:<13} {_gb(c['size_bytes']):>10}{size}{state}")
+            for problem in c["corrupt"]:
+                print(f"      {problem}")
 
 
 def run(args: argparse.Namespace) -> int:

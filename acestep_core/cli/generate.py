@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import CheckpointError, InputError
 from ..prompts import TRACK_NAMES
 from ..request import LM_METAS_ONLY_TASKS, LM_SKIPPED_TASKS
 
@@ -26,7 +25,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--key-scale", default="", help='e.g. "C major"')
     g.add_argument("--time-signature", default="", help="2, 3, 4 or 6")
     g.add_argument("--vocal-language", default="en")
-    g.add_argument("--audio-duration", type=float, default=None, help="seconds (10-600)")
+    g.add_argument("--audio-duration", type=float, default=None,
+                   help="seconds, 10-600; -1 or 0 = automatic (the LM's plan with --thinking, else 120 s)")
     g = p.add_argument_group("diffusion")
     g.add_argument("--inference-steps", type=int, default=None, help="default: 8 (turbo) / 32 (base, sft)")
     g.add_argument("--guidance-scale", type=float, default=7.0, help="base/sft only; turbo runs without CFG")
@@ -72,6 +72,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--audio-format", default="flac", choices=FORMATS)
     g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; wav 16|24|32")
     g.add_argument("--save-latents", default=None, help="write final latents [batch, frames, 64] to this file (inside --out)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let --save-latents replace an existing file (songs always get new numbered names)")
     g.add_argument("--tiny", action="store_true",
                    help="demo: use tiny random-weight checkpoints (proves the install; makes noise, not music)")
     g.add_argument("--thinking", action="store_true", help="plan metas, caption and audio codes with the 5 Hz LM first")
@@ -82,11 +84,10 @@ def add_parser(subparsers) -> None:
 
 
 def _read_lyrics(args) -> str:
+    from ..values import read_text_file
+
     if args.lyrics_file:
-        path = Path(args.lyrics_file)
-        if not path.is_file():
-            raise InputError(f"lyrics file not found: {path}")
-        return path.read_text(encoding="utf-8")
+        return read_text_file(args.lyrics_file, "lyrics")
     return args.lyrics
 
 
@@ -96,26 +97,20 @@ def _default_steps(args, is_turbo: bool) -> int:
     return 8 if is_turbo else 32
 
 
-def run(args) -> int:
-    from ..outputs import contained_path, load_latents, next_free_index, safe_stem, save_latents
-    from ..pipeline import ACEStepPipeline
-    from ..request import GenerationRequest
-    from .. import audio_io
-    from .model_setup import pipeline_kwargs, pop_private, tiny_notice
+def build_request(args):
+    """The request from the flags, fully checked (values, files, sources) without loading a model."""
+    from ..outputs import load_latents
+    from ..request import MAX_DURATION, MIN_REQUEST_DURATION, GenerationRequest
+    from ..values import optional_duration
 
-    out_dir = Path(args.out)
-    # Refuse a bad output path before spending minutes on generation.
-    latents_path = contained_path(out_dir, args.save_latents) if args.save_latents else None
-    kwargs, notes = pipeline_kwargs(args)
-    for note in notes:
-        print(note, file=sys.stderr)
-    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
-
+    # The command line takes the official API's range, as the REST server does.
+    duration = optional_duration("--audio-duration", args.audio_duration, MIN_REQUEST_DURATION, MAX_DURATION)
     src_latents = load_latents(args.src_latents) if args.src_latents else None
     request = GenerationRequest(
         caption=args.caption, lyrics=_read_lyrics(args), bpm=args.bpm, key_scale=args.key_scale,
-        time_signature=args.time_signature, vocal_language=args.vocal_language, audio_duration=args.audio_duration,
-        inference_steps=_default_steps(args, pipe.is_turbo), guidance_scale=args.guidance_scale, shift=args.shift,
+        time_signature=args.time_signature, vocal_language=args.vocal_language, audio_duration=duration,
+        # Placeholder until the DiT tells turbo (8) from base (32); both are valid.
+        inference_steps=_default_steps(args, True), guidance_scale=args.guidance_scale, shift=args.shift,
         seed=args.seed, infer_method=args.infer_method, timesteps=args.timesteps, task_type=args.task_type,
         src_audio=args.src_audio, src_latents=src_latents, reference_audio=args.reference_audio,
         repainting_start=args.repainting_start, repainting_end=args.repainting_end,
@@ -126,18 +121,57 @@ def run(args) -> int:
         repaint_strength=args.repaint_strength, batch_size=args.batch_size, track_name=args.track_name,
         track_classes=args.track_classes, instruction=args.instruction,
     )
+    request.validate()
+    return request.check_sources()
+
+
+def _check_thinking_args(args, request) -> None:
+    from ..lm.cli_args import sampling_from_args
+    from ..lm.planner import validate_user_fields
+
+    sampling_from_args(args).validate()
+    validate_user_fields(request.bpm, request.key_scale or None, request.time_signature or None,
+                         request.audio_duration, None, args.lm_max_duration)
+
+
+def run(args) -> int:
+    from ..audio_io import check_output_format
+    from ..outputs import check_new_file, check_output_dir, contained_path, next_free_index, safe_stem, save_latents, \
+        write_new_text
+    from ..pipeline import ACEStepPipeline
+    from .. import audio_io
+    from .model_setup import pipeline_kwargs, pop_private, tiny_notice
+
+    # Everything a user can get wrong is checked before minutes of model loading.
+    out_dir = check_output_dir(Path(args.out))
+    latents_path = None
+    if args.save_latents:
+        latents_path = check_new_file(contained_path(out_dir, args.save_latents), args.overwrite)
+    check_output_format(args.audio_format, args.audio_quality)
+    request = build_request(args)
+    thinking = args.thinking and request.task_type not in LM_SKIPPED_TASKS
+    if thinking:
+        _check_thinking_args(args, request)
+    kwargs, notes = pipeline_kwargs(args)
+    if thinking and not args.tiny:
+        from ..lm.planner import find_lm
+
+        find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)  # a missing LM is known before the DiT loads
     from ..memory.policy import clamp_request
 
     request.audio_duration, request.batch_size, messages = clamp_request(
         kwargs["_decision"], request.audio_duration, request.batch_size)
-    for message in messages:
-        print(message, file=sys.stderr)
     request.validate()
+    for note in [*notes, *messages]:
+        print(note, file=sys.stderr)
 
-    if args.thinking and request.task_type in LM_SKIPPED_TASKS:
+    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
+    request.inference_steps = _default_steps(args, pipe.is_turbo)
+
+    if args.thinking and not thinking:
         print(f"note: --thinking is skipped for {request.task_type} (the source audio sets the song), "
               "as in the official pipeline", file=sys.stderr)
-    elif args.thinking:
+    elif thinking:
         from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
         from ..lm.cli_common import progress_printer
 
@@ -163,26 +197,32 @@ def run(args) -> int:
     index = next_free_index(out_dir, stem)
     written = []
     params = dict(result.params)
+    # The decoded sources travel as tensors; the record names the files.
+    params.update(src_audio=args.src_audio, reference_audio=args.reference_audio, src_latents=args.src_latents)
     params.update(audio_format=args.audio_format, checkpoints=kwargs.get("_labels", {}))
     if args.tiny:
         params["note"] = tiny_notice()
     for item in range(result.audio.shape[0]):
         name = f"{stem}_{index + item:05d}"
         audio_path = contained_path(out_dir, f"{name}.{args.audio_format}")
+        json_path = contained_path(out_dir, f"{name}.json")
+        while audio_path.exists() or json_path.exists():  # a file appeared meanwhile: take the next number
+            index += 1
+            name = f"{stem}_{index + item:05d}"
+            audio_path = contained_path(out_dir, f"{name}.{args.audio_format}")
+            json_path = contained_path(out_dir, f"{name}.json")
         tags = {"title": (request.caption or "ACE-Step 1.5")[:120], "comment": f"seed {result.seeds[item]}",
                 "bpm": str(params.get("bpm") or ""), "key": str(params.get("key_scale") or "")}
         audio_io.save_audio(audio_path, result.audio[item], result.sample_rate, args.audio_format,
                             quality=args.audio_quality, metadata=tags)
         item_params = dict(params, seed=result.seeds[item], file=audio_path.name)
-        json_path = contained_path(out_dir, f"{name}.json")
-        json_path.write_text(json.dumps(item_params, indent=2, default=str))
+        write_new_text(json_path, json.dumps(item_params, indent=2, default=str))
         written.append(audio_path)
         print(f"wrote {audio_path} ({result.audio.shape[-1] / result.sample_rate:.2f} s, seed {result.seeds[item]}) and {json_path.name}")
     if latents_path is not None:
-        path = latents_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_latents(path, result.latents)
-        print(f"wrote latents {path} {list(result.latents.shape)}")
+        latents_path.parent.mkdir(parents=True, exist_ok=True)
+        save_latents(latents_path, result.latents, overwrite=args.overwrite)
+        print(f"wrote latents {latents_path} {list(result.latents.shape)}")
     if args.tiny:
         print(tiny_notice())
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, add_with_alias, report_plan, progress_printer
+from ..lm.cli_common import add_common, add_with_alias, check_device, progress_printer, report_plan
 
 
 def add_parser(subparsers) -> None:
@@ -17,9 +17,17 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..lm.cli_args import load_planner_from_args, sampling_from_args
 
+    from .. import values
+
+    # Checked before the LM loads.
+    query = values.check_text("query", args.query)
+    language = values.language(args.vocal_language, "--vocal-language") or None
+    sampling = sampling_from_args(args)
+    sampling.validate()
+    check_device(args)
     planner = load_planner_from_args(args)
     plan = planner.create_sample(
-        args.query, instrumental=args.instrumental, language=args.vocal_language, sampling=sampling_from_args(args),
+        query, instrumental=args.instrumental, language=language, sampling=sampling,
         constrained_decoding=args.constrained_decoding, max_duration=args.lm_max_duration,
         progress=progress_printer(not args.json),
     )

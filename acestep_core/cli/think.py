@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, add_song_arguments, report_plan, progress_printer, read_text, song_metas
+from ..lm.cli_common import add_common, add_song_arguments, check_song_arguments, progress_printer, report_plan, song_metas
 
 
 def add_parser(subparsers) -> None:
@@ -16,9 +16,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
 
+    caption, lyrics = check_song_arguments(args)  # before the LM loads
     planner = load_planner_from_args(args)
     plan = planner.think(
-        read_text(args.caption, args.caption_file, "caption"), read_text(args.lyrics, args.lyrics_file, "lyrics"),
+        caption, lyrics,
         **song_metas(args), generate_codes=not args.no_codes, progress=progress_printer(not args.json),
         **think_kwargs_from_args(args),
     )

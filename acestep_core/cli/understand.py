@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from ..lm.cli_common import add_common, report_plan, progress_printer
+from ..lm.cli_common import add_common, check_device, progress_printer, report_plan
 
 
 def add_parser(subparsers) -> None:
@@ -29,9 +29,12 @@ def _codes_from_audio(args) -> list[int]:
     from ..pipeline import ACEStepPipeline
     from .model_setup import pipeline_kwargs, pop_private
 
+    from ..sources import source_waveform
+
     if args.checkpoint_dir is None and not (args.tiny or args.dit):
         raise InputError("--src-audio needs the DiT and VAE: pass --checkpoint-dir (or --dit/--vae/--text-encoder, "
                          "or --tiny), or give --audio-codes instead")
+    wave = source_waveform(args.src_audio, "--src-audio")  # a bad file is refused before any model loads
     kwargs, notes = pipeline_kwargs(args)
     for note in notes:
         print(note, file=sys.stderr)
@@ -39,7 +42,7 @@ def _codes_from_audio(args) -> list[int]:
         args.lm_model = kwargs.get("_tiny_lm")
     pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
     args.device = str(pipe.device)
-    codes = pipe.audio_to_codes(args.src_audio, seed=args.seed)
+    codes = pipe.audio_to_codes(wave, seed=args.seed)
     print(f"{len(codes)} audio codes from {args.src_audio}", file=sys.stderr)
     return codes
 
@@ -48,9 +51,17 @@ def run(args) -> int:
     from ..codes import codes_from_any
     from ..lm.cli_args import load_planner_from_args, sampling_from_args
 
-    codes = codes_from_any(args.audio_codes) if args.audio_codes is not None else _codes_from_audio(args)
+    sampling = sampling_from_args(args)
+    sampling.validate()
+    check_device(args)
+    if args.audio_codes is not None:
+        codes = codes_from_any(args.audio_codes)
+        if not codes:
+            raise InputError("--audio-codes holds no codes: give <|audio_code_N|> tokens or comma-separated integers")
+    else:
+        codes = _codes_from_audio(args)
     planner = load_planner_from_args(args)
-    plan = planner.understand(codes, sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,
+    plan = planner.understand(codes, sampling=sampling, constrained_decoding=args.constrained_decoding,
                               max_duration=args.lm_max_duration, progress=progress_printer(not args.json))
     report_plan(plan, args)
     return 0

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
 
 
 def add_common(parser) -> None:
@@ -51,12 +50,37 @@ def song_metas(args) -> dict:
 
 
 def read_text(value, file_value, what: str) -> str:
+    from ..values import check_text, read_text_file
+
     if file_value:
-        path = Path(file_value)
-        if not path.is_file():
-            raise InputError(f"{what} file not found: {path}")
-        return path.read_text(encoding="utf-8")
-    return value or ""
+        return read_text_file(file_value, what)
+    return check_text(what, value or "")
+
+
+def check_song_arguments(args) -> tuple[str, str]:
+    """Caption, lyrics and metas checked (and the vocabularies normalised on `args`) before the LM loads."""
+    from .. import values
+    from .cli_args import sampling_from_args
+    from .planner import validate_user_fields
+
+    caption = read_text(args.caption, args.caption_file, "caption")
+    lyrics = read_text(args.lyrics, args.lyrics_file, "lyrics")
+    args.key_scale = values.key_scale(args.key_scale, "--key-scale") or None
+    args.time_signature = values.time_signature(args.time_signature, "--time-signature") or None
+    args.vocal_language = values.language(args.vocal_language, "--vocal-language") or None
+    if args.audio_duration is not None:
+        values.finite_number("--audio-duration", args.audio_duration)
+    validate_user_fields(args.bpm, args.key_scale, args.time_signature, args.audio_duration, args.vocal_language,
+                         args.lm_max_duration)
+    sampling_from_args(args).validate()
+    check_device(args)
+    return caption, lyrics
+
+
+def check_device(args) -> None:
+    from ..pipeline import resolve_device
+
+    resolve_device(getattr(args, "device", "cpu") or "cpu")
 
 
 def report_plan(plan, args) -> None:

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from ..errors import CheckpointError
+from ..safetensors_io import read_config_json
 from .constants import AUDIO_CODE_BASE, IM_END_ID
 from .decoder import StaticCacheDecoder  # noqa: F401  (re-exported)
 
@@ -108,7 +109,7 @@ def load_lm(path: Path, dtype, device) -> tuple[object, Path]:
                 sd.update(_read_safetensors(shard))
         else:
             sd = _read_safetensors(weights)
-        config = json.loads(config_file.read_text())
+        config = read_config_json(config_file, "5 Hz LM")
     elif path.is_file():
         if path.suffix != ".safetensors":
             raise CheckpointError(f"{path}: only .safetensors LM files are supported")
@@ -116,9 +117,17 @@ def load_lm(path: Path, dtype, device) -> tuple[object, Path]:
         config = config_from_state_dict(sd)
     else:
         raise CheckpointError(f"LM not found: {path}")
+    if "model.embed_tokens.weight" not in sd:
+        raise CheckpointError(f"{path} is not a 5 Hz LM: it has no model.embed_tokens.weight")
     if sd["model.embed_tokens.weight"].shape[0] <= AUDIO_CODE_BASE:
         raise CheckpointError(
             f"{path} has a {sd['model.embed_tokens.weight'].shape[0]}-row vocabulary: that is the "
             "Qwen3 text encoder, not the 5 Hz LM (whose vocabulary is 217204)"
         )
-    return build_model(config, sd, dt, device), path
+    try:
+        return build_model(config, sd, dt, device), path
+    except torch.OutOfMemoryError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the weights and the config do not make a 5 Hz LM ({exc}); "
+                              "use the config.json that came with the weights") from exc

@@ -104,6 +104,9 @@ class LMPlanner:
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, tokenizer_path=None, device="cpu", dtype="auto") -> "LMPlanner":
+        from ..pipeline import resolve_device
+
+        device = resolve_device(device)  # a missing GPU is a one-line error, not a failure inside the model
         path = Path(path).expanduser()
         if tokenizer_path is None:
             if path.is_dir():

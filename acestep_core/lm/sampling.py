@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Optional
@@ -25,6 +26,10 @@ class LMSampling:
     seed: int = -1
 
     def validate(self) -> None:
+        for name in ("temperature", "cfg_scale", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"lm {name.replace('_', ' ')} must be a finite number, got {value!r}")
         if self.temperature < 0:
             raise InputError(f"lm temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.cfg_scale < 1.0 and self.cfg_scale != 0:

@@ -1,11 +1,14 @@
 """Which ACE-Step 1.5 checkpoints are on disk (official folders and ComfyUI single files).
 
 Used by `python -m acestep_core doctor` and to tell the memory policy which LM sizes exist.
-Only names, sizes and the presence of required files are checked; nothing is loaded.
+Names, sizes and the presence of required files are checked, and every safetensors header and JSON
+config is read and checked against its file, so a truncated, random-bytes or broken-JSON download is
+reported as corrupt; no weights are loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +42,11 @@ class FoundCheckpoint:
     complete: bool = True
     missing: list[str] = field(default_factory=list)
     lm_size: str | None = None  # for LMs: 0.6B / 1.7B / 4B when the name says so
+    corrupt: list[str] = field(default_factory=list)  # one line per damaged file
+
+    @property
+    def usable(self) -> bool:
+        return self.complete and not self.corrupt
 
     @property
     def label(self) -> str:
@@ -91,8 +99,48 @@ def scan_checkpoint_dir(root: str | os.PathLike) -> list[FoundCheckpoint]:
             kind=kind, name=entry.name, path=str(entry), size_bytes=_folder_size(entry),
             complete=not missing, missing=missing,
             lm_size=lm_size_from_name(entry.name) if kind == "lm" else None,
+            corrupt=folder_problems(entry, kind),
         ))
     return found
+
+
+def file_problems(path: Path) -> list[str]:
+    """What is wrong with one checkpoint file (a safetensors header or a JSON file); empty when sound."""
+    from ..errors import CheckpointError
+    from ..safetensors_io import check_safetensors_header, read_config_json
+
+    try:
+        if path.suffix.lower() in _COMFY_EXTENSIONS:
+            check_safetensors_header(path)
+        elif path.suffix.lower() == ".json":
+            if path.name == "config.json":
+                read_config_json(path, "checkpoint")
+            else:
+                json.loads(path.read_text(encoding="utf-8"))
+    except CheckpointError as exc:
+        return [str(exc)]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return [f"{path} is corrupt: {exc}. Delete it and download it again."]
+    return []
+
+
+def folder_problems(folder: Path, kind: str) -> list[str]:
+    """Every safetensors header and JSON file of an official folder, and the DiT config's own consistency."""
+    from ..errors import CheckpointError
+
+    problems = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in (*_COMFY_EXTENSIONS, ".json"):
+            problems += file_problems(path)
+    config = folder / "config.json"
+    if kind == "dit" and config.is_file() and not problems:
+        from ..dit import check_dit_config
+
+        try:
+            check_dit_config(json.loads(config.read_text(encoding="utf-8")), str(config))
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def scan_comfy_models(models_dir: str | os.PathLike) -> list[FoundCheckpoint]:
@@ -118,7 +166,8 @@ def scan_comfy_models(models_dir: str | os.PathLike) -> list[FoundCheckpoint]:
                 if size in ("1.7B", "4B"):
                     file_kind, lm_size = "lm", size
             found.append(FoundCheckpoint(kind=file_kind, name=str(path.relative_to(models_dir)),
-                                         path=str(path), size_bytes=path.stat().st_size, lm_size=lm_size))
+                                         path=str(path), size_bytes=path.stat().st_size, lm_size=lm_size,
+                                         corrupt=file_problems(path)))
     return found
 
 
