@@ -91,6 +91,7 @@ def _write_byte_tokenizer(folder: Path, special: dict[str, int], audio_codes: in
     vocab = {ch: i for i, ch in enumerate(alphabet)}
     if audio_codes:
         vocab.update({f"w{i}": i for i in range(len(alphabet), min(special.values()))})
+    vocab.update(special)  # tokenizers keeps an added token's id only when the vocabulary holds it
     added = [(t, i, True) for t, i in special.items()]
     base = max(special.values()) + 1
     added += [(f"<|audio_code_{n}|>", base + n, False) for n in range(audio_codes)]
