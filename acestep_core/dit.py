@@ -21,6 +21,7 @@ from torch import nn
 from .errors import CheckpointError
 from .safetensors_io import check_state_dict, read_safetensors, read_sharded_or_single
 from .silence import builtin_silence_latent
+from .xl import check_timbre_cls, is_xl_config, use_timbre_cls
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,15 @@ class DiTModel:
     def model_version(self) -> str:
         return "turbo" if self.is_turbo else str(self.config.get("model_version") or "base")
 
+    @property
+    def is_xl(self) -> bool:
+        return is_xl_config(self.config)
+
+    @property
+    def is_sft(self) -> bool:
+        # SFT folders may not say so in their config; their name does.
+        return self.model_version.endswith("sft") or "sft" in self.name.lower()
+
     def modules(self) -> dict[str, nn.Module]:
         return {
             "transformer": self.transformer,
@@ -158,6 +168,8 @@ def _build_modules(config: dict) -> dict[str, nn.Module]:
             "audio_tokenizer": AceStepAudioTokenizer(**_kwargs_for(AceStepAudioTokenizer, encoder_config)),
             "detokenizer": AceStepAudioTokenDetokenizer(**_kwargs_for(AceStepAudioTokenDetokenizer, encoder_config)),
         }
+        if is_xl_config(config):
+            use_timbre_cls(modules["condition_encoder"])
     return modules
 
 
@@ -180,6 +192,8 @@ def build_dit(
     dtype: torch.dtype = torch.float32,
     name: str = "acestep-v15",
 ) -> DiTModel:
+    if is_xl_config(config):
+        check_timbre_cls(state_dict, int(config.get("encoder_hidden_size") or config["hidden_size"]), source)
     modules = _build_modules(config)
     per_component: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
     unknown = []
@@ -345,6 +359,8 @@ def load_dit_file(
     # Nothing in the file says turbo or base; the file name does for the published files.
     config["is_turbo"] = "turbo" in file.name.lower()
     config["model_version"] = "turbo" if config["is_turbo"] else ("sft" if "sft" in file.name.lower() else "base")
+    if is_xl_config(config):
+        config["model_version"] = "xl_" + config["model_version"]
     override = dict(sidecar_config(file) or {})
     override.update(config_override or {})
     notes = []

@@ -400,8 +400,7 @@ class ACEStepPipeline:
 
     def _check_track_task(self, task: str) -> None:
         """extract / lego / complete were trained into the base model only (turbo and SFT lack them)."""
-        # SFT folders may not say so in their config; their name does.
-        if self.is_turbo or self.dit.model_version == "sft" or "sft" in self.model_name.lower():
+        if self.is_turbo or self.dit.is_sft:
             kind = "turbo" if self.is_turbo else "SFT"
             raise InputError(
                 f"task {task!r} needs the ACE-Step 1.5 base model, but the loaded DiT {self.model_name!r} is {kind}; "
@@ -487,7 +486,7 @@ class ACEStepPipeline:
             info = {"shift": shift, "guidance_scale": 1.0, "inference_steps": timesteps.shape[0] - 1}
             settings = SamplerSettings(timesteps=timesteps, guidance_scale=1.0, infer_method=request.infer_method, is_turbo=True)
         else:
-            if custom and self.dit.model_version == "sft":
+            if custom and self.dit.is_sft:
                 values = custom if custom[-1] == 0 else custom + [0.0]
                 timesteps = torch.tensor(values, dtype=self.dtype, device=self.device)
             else:
