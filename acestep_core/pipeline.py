@@ -16,10 +16,11 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import audio_io
-from .codes import codes_from_any, codes_to_hints, latents_to_codes, latents_to_hints
+from .codes import codes_per_item, codes_to_hints, latents_to_codes, latents_to_hints
 from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CheckpointError, InputError
+from .latent_mask import frame_mask
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
@@ -119,6 +120,8 @@ class ACEStepPipeline:
         self.dtype = dtype
         self.offload = offload or OffloadManager(self.device)
         self.vae_chunk_frames = vae_chunk_frames
+        # Hide padded frames (short codes, short durations, mixed-length batches) from the DiT.
+        self.mask_padded_frames = True
         for name, module in self.components.items():
             self.offload.place(self._offload_group(name), module)
 
@@ -219,10 +222,11 @@ class ACEStepPipeline:
         seeds = [s if s is not None else random.randint(0, MAX_SEED) for s in request.seeds()]
         batch = request.batch_size
         device, dtype = self.device, self.dtype
-        codes = codes_from_any(request.audio_code_string)
+        item_codes = codes_per_item(request.audio_code_string, batch)
+        codes = item_codes[0]
 
         # 2. prepare the task's source latents and masks
-        task_inputs = self._prepare_task(request, codes, seeds)
+        task_inputs = self._prepare_task(request, item_codes, seeds)
         caption = request.caption or ""
         metas = metas_string(request.bpm, request.time_signature, request.key_scale, task_inputs.metas_duration)
         language = request.vocal_language or "unknown"
@@ -289,10 +293,11 @@ class ACEStepPipeline:
         # 5. denoise
         t0 = time.perf_counter()
         null_emb = self.dit.condition_encoder.null_condition_emb
+        valid = self._valid_frames(task_inputs, batch, device)
         with self.offload.use("dit", self.dit.transformer):
             latents = denoise(self.dit.transformer, noise, condition, settings, null_condition_emb=null_emb,
                               non_cover_condition=non_cover, repaint=repaint_guide, generators=generators,
-                              progress=progress, cancel=cancel, start=start)
+                              progress=progress, cancel=cancel, start=start, valid=valid)
         if task_inputs.repaint is not None and task_inputs.repaint.settings.crossfade_frames > 0:
             latents = crossfade_latents(latents, clean, task_inputs.repaint.start_frame, task_inputs.repaint.end_frame,
                                         task_inputs.repaint.settings.crossfade_frames)
@@ -309,8 +314,17 @@ class ACEStepPipeline:
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
 
-        params = self._resolved_params(request, task_inputs, seeds, schedule_info, caption, metas, language, codes)
+        params = self._resolved_params(request, task_inputs, seeds, schedule_info, caption, metas, language, item_codes)
         return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
+
+    def _valid_frames(self, task_inputs: TaskInputs, batch: int, device) -> Optional[torch.Tensor]:
+        """[B, T] bool over each item's own frames, or None when no item is padded."""
+        lengths = task_inputs.valid_frames
+        if lengths is None or not self.mask_padded_frames:
+            return None
+        if len(lengths) == 1:
+            lengths = lengths * batch
+        return frame_mask(lengths, task_inputs.frames, device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -392,8 +406,8 @@ class ACEStepPipeline:
             return wave[:2].clamp(-1, 1)
         return audio_io.load_audio(src)
 
-    def _prepare_task(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
-        inputs = self._task_inputs(request, codes, seeds)
+    def _prepare_task(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int]) -> TaskInputs:
+        inputs = self._task_inputs(request, item_codes, seeds)
         if request.instruction.strip():
             inputs.instruction = request.instruction.strip()
         return inputs
@@ -407,16 +421,17 @@ class ACEStepPipeline:
                 "load acestep-v15-base (ComfyUI: acestep_v1.5_base.safetensors) for extract, lego and complete"
             )
 
-    def _task_inputs(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
+    def _task_inputs(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int]) -> TaskInputs:
         silence = self.dit.silence_latent
         task = request.task_type
         if task in TRACK_TASKS:
             self._check_track_task(task)
         if task == "text2music":
-            if codes:
+            if item_codes[0]:
+                distinct = item_codes if any(c != item_codes[0] for c in item_codes) else item_codes[:1]
                 with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer), \
                         self.offload.use("detokenizer", self.dit.detokenizer):
-                    hints = codes_to_hints(self.dit, codes, self.device, self.dtype).float().cpu()
+                    hints = [codes_to_hints(self.dit, c, self.device, self.dtype).float().cpu() for c in distinct]
                 return codes_cover_inputs(silence, hints, request.audio_duration)
             return text2music_inputs(silence, request.audio_duration)
 
@@ -498,7 +513,8 @@ class ACEStepPipeline:
         info["timesteps"] = [round(float(t), 6) for t in timesteps[:-1]]
         return settings, info
 
-    def _resolved_params(self, request, task_inputs: TaskInputs, seeds, schedule_info, caption, metas, language, codes):
+    def _resolved_params(self, request, task_inputs: TaskInputs, seeds, schedule_info, caption, metas, language, item_codes):
+        codes = item_codes[0]
         params = request.to_public_dict()
         params.pop("plan", None)
         params.update(schedule_info)
@@ -521,7 +537,10 @@ class ACEStepPipeline:
             sample_rate=SAMPLE_RATE,
         )
         if codes:
-            params["audio_code_string"] = "".join(f"<|audio_code_{c}|>" for c in codes)
+            strings = ["".join(f"<|audio_code_{c}|>" for c in item) for item in item_codes]
+            params["audio_code_string"] = strings[0] if len(set(strings)) == 1 else strings
+        if task_inputs.valid_frames is not None:
+            params["valid_frames"] = list(task_inputs.valid_frames)
         if request.plan is not None:
             params["plan"] = request.plan.to_dict()
         if task_inputs.repaint is not None:
