@@ -24,7 +24,7 @@ from .latent_mask import frame_mask
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
-from .safetensors_io import read_safetensors
+from .safetensors_io import read_safetensors, safetensors_keys
 from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
 from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule
 from .tasks import (
@@ -151,10 +151,11 @@ class ACEStepPipeline:
 
         bundle: dict[str, torch.Tensor] | None = None
         if dit_path.is_file():
-            tensors = read_safetensors(dit_path)
-            if any(k.startswith("vae.") for k in tensors) or any(k.startswith("text_encoders.") for k in tensors):
-                bundle = tensors  # all-in-one checkpoint: DiT, text encoders and VAE in one file
-            dit_model = load_dit_file(dit_path, dtype=torch_dtype, config_override=config_override, tensors=tensors)
+            keys = safetensors_keys(dit_path)
+            if any(k.startswith("vae.") for k in keys) or any(k.startswith("text_encoders.") for k in keys):
+                bundle = read_safetensors(dit_path)  # all-in-one checkpoint: DiT, text encoders and VAE in one file
+            # A DiT-only file is read inside the loader, so its tensors are released as they are converted.
+            dit_model = load_dit_file(dit_path, dtype=torch_dtype, config_override=config_override, tensors=bundle)
         else:
             dit_model = load_dit(dit_path, dtype=torch_dtype, config_override=config_override)
 
