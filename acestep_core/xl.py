@@ -32,9 +32,6 @@ PUBLISHED_XL_DEFAULTS: dict[str, Any] = {
     "encoder_num_key_value_heads": 8,
 }
 
-# Weights on disk (bf16) and what the official VRAM table budgets for the XL DiT.
-XL_WEIGHT_GB = 9.0
-
 
 def is_xl_config(config: dict) -> bool:
     """XL = separate encoder sizes that differ from the decoder's, or an XL model_version."""

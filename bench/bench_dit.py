@@ -172,9 +172,13 @@ def main() -> None:
         child = [sys.executable, os.path.abspath(__file__), "--model", name, "--json", "--device", args.device,
                  "--dtype", args.dtype, "--seconds", args.seconds, "--repeats", str(args.repeats),
                  "--threads", str(args.threads)]
-        out = subprocess.run(child, capture_output=True, text=True, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{name} done", file=sys.stderr, flush=True)
+        out = subprocess.run(child, capture_output=True, text=True)
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:  # e.g. killed for memory: keep the other model's figures
+            results.append({"model": name, "skipped": f"child exited with {out.returncode}: {out.stderr.strip()[-200:]}"})
+        else:
+            results.append(json.loads(lines[-1]))
+        print_table(results[-1:])
     print_table(results)
     if not args.no_vae:
         print(vae_figures(args))
