@@ -100,3 +100,24 @@ def latents_to_hints(dit: DiTModel, latents: torch.Tensor) -> torch.Tensor:
     """The cover-from-audio bottleneck: tokenize → detokenize, cropped back to T frames."""
     quantized, _ = latents_to_codes(dit, latents)
     return dit.detokenizer(quantized)[:, : latents.shape[1]]
+
+
+def codes_per_item(value, batch_size: int) -> list[list[int]]:
+    """One code list per batch item. A list of code strings (or of int lists) gives each item its
+    own codes (one entry = all items); anything else is one code list shared by every item."""
+    from .errors import InputError
+
+    per_item = isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, list, tuple)) for v in value)
+    if not per_item:
+        return [codes_from_any(value)] * batch_size
+    items = [codes_from_any(v) for v in value]
+    if len(items) == 1:
+        return items * batch_size
+    if len(items) != batch_size:
+        raise InputError(
+            f"audio_code_string lists {len(items)} code strings for a batch of {batch_size}; "
+            "give one per batch item, or a single one for all"
+        )
+    if any(items) and not all(items):
+        raise InputError("audio_code_string: give codes for every batch item or for none")
+    return items

@@ -21,6 +21,7 @@ from torch import nn
 from .errors import CheckpointError
 from .safetensors_io import check_state_dict, read_config_json, read_safetensors, read_sharded_or_single
 from .silence import builtin_silence_latent
+from .xl import check_timbre_cls, is_xl_config, use_timbre_cls
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,15 @@ class DiTModel:
     def model_version(self) -> str:
         return "turbo" if self.is_turbo else str(self.config.get("model_version") or "base")
 
+    @property
+    def is_xl(self) -> bool:
+        return is_xl_config(self.config)
+
+    @property
+    def is_sft(self) -> bool:
+        # SFT folders may not say so in their config; their name does.
+        return self.model_version.endswith("sft") or "sft" in self.name.lower()
+
     def modules(self) -> dict[str, nn.Module]:
         return {
             "transformer": self.transformer,
@@ -158,6 +168,8 @@ def _build_modules(config: dict) -> dict[str, nn.Module]:
             "audio_tokenizer": AceStepAudioTokenizer(**_kwargs_for(AceStepAudioTokenizer, encoder_config)),
             "detokenizer": AceStepAudioTokenDetokenizer(**_kwargs_for(AceStepAudioTokenDetokenizer, encoder_config)),
         }
+        if is_xl_config(config):
+            use_timbre_cls(modules["condition_encoder"])
     return modules
 
 
@@ -180,22 +192,24 @@ def build_dit(
     dtype: torch.dtype = torch.float32,
     name: str = "acestep-v15",
 ) -> DiTModel:
+    if is_xl_config(config):
+        check_timbre_cls(state_dict, int(config.get("encoder_hidden_size") or config["hidden_size"]), source)
     try:
         modules = _build_modules(config)
     except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, RuntimeError) as exc:
         raise CheckpointError(f"{source}: its config cannot build an ACE-Step 1.5 DiT ({type(exc).__name__}: {exc}); "
                               "use the config.json that came with the weights") from exc
-    per_component: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
+    routes: dict[str, tuple[str, str]] = {}
     unknown = []
-    for key, tensor in state_dict.items():
+    for key in state_dict:
         component, new_key = official_to_diffusers_key(key)
-        if not component:
+        if component:
+            routes[key] = (component, new_key)
+        else:
             unknown.append(key)
-            continue
-        per_component[component][new_key] = tensor
 
+    # Shapes are checked before any tensor is converted, so a wrong file costs no memory.
     expected_all: dict[str, torch.Size] = {}
-    actual_all: dict[str, torch.Tensor] = {}
     reverse = {v: k for k, v in COMPONENT_PREFIXES.items()}
     for component, module in modules.items():
         for key, value in module.state_dict().items():
@@ -203,20 +217,26 @@ def build_dit(
                 continue
             label = "null_condition_emb" if key == "null_condition_emb" else reverse[component] + key
             expected_all[label] = value.shape
-        for key, value in per_component[component].items():
-            label = "null_condition_emb" if key == "null_condition_emb" else reverse[component] + key
-            actual_all[label] = value
-    for key in unknown:
-        actual_all[key] = state_dict[key]
+    actual_all = {("null_condition_emb" if new_key == "null_condition_emb" else reverse[component] + new_key): state_dict[key]
+                  for key, (component, new_key) in routes.items()}
+    actual_all.update({key: state_dict[key] for key in unknown})
     check_state_dict(source, expected_all, actual_all)
+    del actual_all
 
+    # One tensor at a time: each source tensor leaves `state_dict` as its converted copy is made, so
+    # loading never holds the checkpoint twice (the modules take the tensors as they are: assign=True).
+    per_component: dict[str, dict[str, torch.Tensor]] = {k: {} for k in modules}
+    for key in list(routes):
+        component, new_key = routes[key]
+        per_component[component][new_key] = state_dict.pop(key).to(dtype)
     for component, module in modules.items():
-        weights = {k: v.to(dtype) for k, v in per_component[component].items()}
+        weights = per_component.pop(component)
         if component == "condition_encoder":
             # The buffer's placeholder length is fixed; the real latent replaces it whole.
             module.silence_latent = silence_latent.to(dtype)
             weights["silence_latent"] = module.silence_latent
         module.load_state_dict(weights, strict=True, assign=True)
+        del weights
         module.eval().requires_grad_(False)
     _restore_fsq_buffers(modules["audio_tokenizer"], config)
     return DiTModel(
@@ -355,8 +375,7 @@ def load_dit_file(
 ) -> DiTModel:
     """A ComfyUI DiT file (`acestep_v1.5_*.safetensors`) or the DiT part of the all-in-one checkpoint."""
     file = Path(file)
-    tensors = read_safetensors(file) if tensors is None else tensors
-    state_dict = split_comfy_dit_keys(tensors)
+    state_dict = split_comfy_dit_keys(read_safetensors(file) if tensors is None else tensors)
     if "encoder.lyric_encoder.layers.0.input_layernorm.weight" not in state_dict:
         raise CheckpointError(
             f"{file} is not an ACE-Step 1.5 diffusion model: it lacks "
@@ -366,6 +385,8 @@ def load_dit_file(
     # Nothing in the file says turbo or base; the file name does for the published files.
     config["is_turbo"] = "turbo" in file.name.lower()
     config["model_version"] = "turbo" if config["is_turbo"] else ("sft" if "sft" in file.name.lower() else "base")
+    if is_xl_config(config):
+        config["model_version"] = "xl_" + config["model_version"]
     override = dict(sidecar_config(file) or {})
     override.update(config_override or {})
     notes = []

@@ -19,3 +19,7 @@ class InputError(ACEStepError, ValueError):
 
 class CancelledError(ACEStepError):
     """The caller's cancel check asked the engine to stop."""
+
+
+class InsufficientMemoryError(ACEStepError):
+    """The chosen model cannot run in this device's memory (the message says what can)."""

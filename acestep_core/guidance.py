@@ -40,13 +40,17 @@ def apg(
     eta: float = APG_ETA,
     norm_threshold: float = APG_NORM_THRESHOLD,
     dims=(1,),
+    valid: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Guided velocity; `dims=(1,)` is the time axis of [B, T, 64]."""
+    """Guided velocity; `dims=(1,)` is the time axis of [B, T, 64]. With `valid` [B, T] (an item's own
+    frames), the norm and the projection are measured over those frames only, so padding cannot
+    steer an item's guidance."""
     diff = pred_cond - pred_uncond
     if momentum_buffer is not None:
         diff = momentum_buffer.update(diff)
+    own = None if valid is None else valid[..., None].to(diff.dtype)
     if norm_threshold > 0:
-        norm = diff.norm(p=2, dim=list(dims), keepdim=True)
+        norm = (diff if own is None else diff * own).norm(p=2, dim=list(dims), keepdim=True)
         diff = diff * torch.minimum(torch.ones_like(norm), norm_threshold / norm)
-    parallel, orthogonal = _project(diff, pred_cond, list(dims))
+    parallel, orthogonal = _project(diff, pred_cond if own is None else pred_cond * own, list(dims))
     return pred_cond + (guidance_scale - 1) * (orthogonal + eta * parallel)

@@ -7,6 +7,7 @@ AutoencoderOobleck) and transformers (Qwen3); the orchestration follows the offi
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -16,14 +17,15 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import audio_io
-from .codes import codes_from_any, codes_to_hints, latents_to_codes, latents_to_hints
+from .codes import codes_per_item, codes_to_hints, latents_to_codes, latents_to_hints
 from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CheckpointError, InputError
+from .latent_mask import frame_mask
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
-from .safetensors_io import read_safetensors
+from .safetensors_io import read_safetensors, safetensors_keys
 from .sources import source_waveform
 from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
 from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule
@@ -144,6 +146,11 @@ class ACEStepPipeline:
         self.dtype = dtype
         self.offload = offload or OffloadManager(self.device)
         self.vae_chunk_frames = vae_chunk_frames
+        # The official DiT discards the latent mask its handler passes (its forward sets the attention
+        # mask to None), so by default padded frames stay visible, as there. Opting in hides them, so
+        # each item of a mixed-length batch comes out as if it had run alone.
+        # None: follow ACESTEP_MASK_PADDED_FRAMES at each generation; True / False: fixed.
+        self.mask_padded_frames: Optional[bool] = None
         for name, module in self.components.items():
             self.offload.place(self._offload_group(name), module)
 
@@ -173,10 +180,11 @@ class ACEStepPipeline:
 
         bundle: dict[str, torch.Tensor] | None = None
         if dit_path.is_file():
-            tensors = read_safetensors(dit_path)
-            if any(k.startswith("vae.") for k in tensors) or any(k.startswith("text_encoders.") for k in tensors):
-                bundle = tensors  # all-in-one checkpoint: DiT, text encoders and VAE in one file
-            dit_model = load_dit_file(dit_path, dtype=torch_dtype, config_override=config_override, tensors=tensors)
+            keys = safetensors_keys(dit_path)
+            if any(k.startswith("vae.") for k in keys) or any(k.startswith("text_encoders.") for k in keys):
+                bundle = read_safetensors(dit_path)  # all-in-one checkpoint: DiT, text encoders and VAE in one file
+            # A DiT-only file is read inside the loader, so its tensors are released as they are converted.
+            dit_model = load_dit_file(dit_path, dtype=torch_dtype, config_override=config_override, tensors=bundle)
         else:
             dit_model = load_dit(dit_path, dtype=torch_dtype, config_override=config_override)
 
@@ -248,10 +256,11 @@ class ACEStepPipeline:
         seeds = [s if s is not None else random.randint(0, MAX_SEED) for s in request.seeds()]
         batch = request.batch_size
         device, dtype = self.device, self.dtype
-        codes = codes_from_any(request.audio_code_string)
+        item_codes = codes_per_item(request.audio_code_string, batch)
+        codes = item_codes[0]
 
         # 2. prepare the task's source latents and masks
-        task_inputs = self._prepare_task(request, codes, seeds)
+        task_inputs = self._prepare_task(request, item_codes, seeds)
         caption = request.caption or ""
         metas = metas_string(request.bpm, request.time_signature, request.key_scale, task_inputs.metas_duration)
         language = request.vocal_language or "unknown"
@@ -318,10 +327,11 @@ class ACEStepPipeline:
         # 5. denoise
         t0 = time.perf_counter()
         null_emb = self.dit.condition_encoder.null_condition_emb
+        valid = self._valid_frames(task_inputs, batch, device)
         with self.offload.use("dit", self.dit.transformer):
             latents = denoise(self.dit.transformer, noise, condition, settings, null_condition_emb=null_emb,
                               non_cover_condition=non_cover, repaint=repaint_guide, generators=generators,
-                              progress=progress, cancel=cancel, start=start)
+                              progress=progress, cancel=cancel, start=start, valid=valid)
         if task_inputs.repaint is not None and task_inputs.repaint.settings.crossfade_frames > 0:
             latents = crossfade_latents(latents, clean, task_inputs.repaint.start_frame, task_inputs.repaint.end_frame,
                                         task_inputs.repaint.settings.crossfade_frames)
@@ -338,7 +348,7 @@ class ACEStepPipeline:
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
 
-        params = self._resolved_params(request, task_inputs, seeds, schedule_info, caption, metas, language, codes)
+        params = self._resolved_params(request, task_inputs, seeds, schedule_info, caption, metas, language, item_codes)
         # What the file holds, whatever was asked (automatic, a source length, a window past the end).
         params["requested_duration"] = request.audio_duration
         params["audio_duration"] = round(audio.shape[-1] / SAMPLE_RATE, 3)
@@ -349,6 +359,18 @@ class ACEStepPipeline:
                 params["duration_note"] = (f"{request.audio_duration:g} s asked for; the DiT's shortest output is "
                                            f"{MIN_FRAMES * HOP / SAMPLE_RATE:g} s")
         return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
+
+    def _valid_frames(self, task_inputs: TaskInputs, batch: int, device) -> Optional[torch.Tensor]:
+        """[B, T] bool over each item's own frames, or None when no item is padded."""
+        lengths = task_inputs.valid_frames
+        enabled = self.mask_padded_frames
+        if enabled is None:
+            enabled = os.environ.get("ACESTEP_MASK_PADDED_FRAMES", "").strip().lower() in ("1", "true", "yes", "on")
+        if lengths is None or not enabled:
+            return None
+        if len(lengths) == 1:
+            lengths = lengths * batch
+        return frame_mask(lengths, task_inputs.frames, device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
@@ -412,32 +434,32 @@ class ACEStepPipeline:
         """A path or a tensor → float32 [2, N] at 48 kHz on the CPU, at least one latent frame long."""
         return source_waveform(src, what)
 
-    def _prepare_task(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
-        inputs = self._task_inputs(request, codes, seeds)
+    def _prepare_task(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int]) -> TaskInputs:
+        inputs = self._task_inputs(request, item_codes, seeds)
         if request.instruction.strip():
             inputs.instruction = request.instruction.strip()
         return inputs
 
     def _check_track_task(self, task: str) -> None:
         """extract / lego / complete were trained into the base model only (turbo and SFT lack them)."""
-        # SFT folders may not say so in their config; their name does.
-        if self.is_turbo or self.dit.model_version == "sft" or "sft" in self.model_name.lower():
+        if self.is_turbo or self.dit.is_sft:
             kind = "turbo" if self.is_turbo else "SFT"
             raise InputError(
                 f"task {task!r} needs the ACE-Step 1.5 base model, but the loaded DiT {self.model_name!r} is {kind}; "
                 "load acestep-v15-base (ComfyUI: acestep_v1.5_base.safetensors) for extract, lego and complete"
             )
 
-    def _task_inputs(self, request: GenerationRequest, codes: list[int], seeds: list[int]) -> TaskInputs:
+    def _task_inputs(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int]) -> TaskInputs:
         silence = self.dit.silence_latent
         task = request.task_type
         if task in TRACK_TASKS:
             self._check_track_task(task)
         if task == "text2music":
-            if codes:
+            if item_codes[0]:
+                distinct = item_codes if any(c != item_codes[0] for c in item_codes) else item_codes[:1]
                 with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer), \
                         self.offload.use("detokenizer", self.dit.detokenizer):
-                    hints = codes_to_hints(self.dit, codes, self.device, self.dtype).float().cpu()
+                    hints = [codes_to_hints(self.dit, c, self.device, self.dtype).float().cpu() for c in distinct]
                 return codes_cover_inputs(silence, hints, request.audio_duration)
             return text2music_inputs(silence, request.audio_duration)
 
@@ -507,7 +529,7 @@ class ACEStepPipeline:
             info = {"shift": shift, "guidance_scale": 1.0, "inference_steps": timesteps.shape[0] - 1}
             settings = SamplerSettings(timesteps=timesteps, guidance_scale=1.0, infer_method=request.infer_method, is_turbo=True)
         else:
-            if custom and self.dit.model_version == "sft":
+            if custom and self.dit.is_sft:
                 values = custom if custom[-1] == 0 else custom + [0.0]
                 timesteps = torch.tensor(values, dtype=self.dtype, device=self.device)
             else:
@@ -519,7 +541,8 @@ class ACEStepPipeline:
         info["timesteps"] = [round(float(t), 6) for t in timesteps[:-1]]
         return settings, info
 
-    def _resolved_params(self, request, task_inputs: TaskInputs, seeds, schedule_info, caption, metas, language, codes):
+    def _resolved_params(self, request, task_inputs: TaskInputs, seeds, schedule_info, caption, metas, language, item_codes):
+        codes = item_codes[0]
         params = request.to_public_dict()
         params.pop("plan", None)
         params.update(schedule_info)
@@ -542,7 +565,10 @@ class ACEStepPipeline:
             sample_rate=SAMPLE_RATE,
         )
         if codes:
-            params["audio_code_string"] = "".join(f"<|audio_code_{c}|>" for c in codes)
+            strings = ["".join(f"<|audio_code_{c}|>" for c in item) for item in item_codes]
+            params["audio_code_string"] = strings[0] if len(set(strings)) == 1 else strings
+        if task_inputs.valid_frames is not None:
+            params["valid_frames"] = list(task_inputs.valid_frames)
         if request.plan is not None:
             params["plan"] = request.plan.to_dict()
         if task_inputs.repaint is not None:

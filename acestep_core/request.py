@@ -136,9 +136,9 @@ class GenerationRequest:
             audio = getattr(self, name)
             if isinstance(audio, torch.Tensor):
                 values.check_finite_tensor(name, audio)
-        from .codes import codes_from_any
+        from .codes import codes_per_item
 
-        codes_from_any(self.audio_code_string)  # parses and checks
+        codes_per_item(self.audio_code_string, self.batch_size)  # parses and checks (one string or one per item)
         self.seeds()  # parses and checks
 
     def _check_window(self) -> None:

@@ -10,6 +10,7 @@ import torch
 from .conditioning import Condition
 from .errors import CancelledError
 from .guidance import MomentumBuffer, apg
+from .latent_mask import dit_forward
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -68,11 +69,13 @@ def denoise(
     cancel: Optional[CancelFn] = None,
     on_step: Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
     start: Optional[torch.Tensor] = None,
+    valid: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Integrate from the first timestep to a clean latent (t = 0); returns [B, T, 64].
 
     `start` replaces `noise` as the starting point (the source re-noised to the first timestep, for
-    cover_noise_strength); repaint injection still follows `noise`."""
+    cover_noise_strength); repaint injection still follows `noise`. `valid` [B, T] (True = the item's
+    own frame) hides padded frames from the DiT's self-attention."""
     x = noise if start is None else start
     batch = x.shape[0]
     dtype = x.dtype
@@ -81,6 +84,7 @@ def denoise(
     guided_non_cover = (
         non_cover_condition.with_null(null_condition_emb) if settings.guided and non_cover_condition is not None else None
     )
+    guided_valid = torch.cat([valid, valid], dim=0) if valid is not None and settings.guided else None
     steps = settings.num_steps
     for i in range(steps):
         if cancel is not None and cancel():
@@ -94,20 +98,14 @@ def denoise(
             both = guided_non_cover if use_non_cover else guided_condition
             x_in = torch.cat([x, x], dim=0)
             t_in = t_cur * torch.ones((2 * batch,), device=x.device, dtype=dtype)
-            out = transformer(
-                hidden_states=x_in, timestep=t_in, timestep_r=t_in,
-                encoder_hidden_states=both.encoder_hidden_states, context_latents=both.context_latents,
-                return_dict=False,
-            )[0]
+            out = dit_forward(transformer, guided_valid, x_in, both.context_latents, timestep=t_in, timestep_r=t_in,
+                              encoder_hidden_states=both.encoder_hidden_states)
             v_cond, v_uncond = out[:batch], out[batch:]
-            v = apg(v_cond, v_uncond, settings.guidance_scale, momentum)
+            v = apg(v_cond, v_uncond, settings.guidance_scale, momentum, valid=valid)
         else:
             t_in = t_cur * torch.ones((batch,), device=x.device, dtype=dtype)
-            out = transformer(
-                hidden_states=x, timestep=t_in, timestep_r=t_in,
-                encoder_hidden_states=cond.encoder_hidden_states, context_latents=cond.context_latents,
-                return_dict=False,
-            )[0]
+            out = dit_forward(transformer, valid, x, cond.context_latents, timestep=t_in, timestep_r=t_in,
+                              encoder_hidden_states=cond.encoder_hidden_states)
             v = out
         if on_step is not None:
             on_step(i, x, out, v)

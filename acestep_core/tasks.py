@@ -27,8 +27,13 @@ def seconds_to_frame(seconds: float) -> int:
 
 
 def text2music_frames(duration: Optional[float]) -> int:
+    return max(MIN_FRAMES, requested_frames(duration))
+
+
+def requested_frames(duration: Optional[float]) -> int:
+    """The frames a text2music duration asks for, before the 128-frame minimum pads it."""
     seconds = DEFAULT_DURATION if duration is None or duration <= 0 else duration
-    return max(MIN_FRAMES, int(round(seconds, 1) * SAMPLE_RATE) // HOP)
+    return int(round(seconds, 1) * SAMPLE_RATE) // HOP
 
 
 def silence_frames(silence_latent: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -61,11 +66,16 @@ class TaskInputs:
     repaint: Optional[RepaintWindow] = None
     clean_latents: Optional[torch.Tensor] = None  # the encoded source, for repaint injection / cross-fade
     source_waveform: Optional[torch.Tensor] = None  # [2, N], padded as the latents are
+    # Each item's own frames when shorter than `frames` (the rest is padding the DiT must not
+    # attend to); one entry per batch item, or one for all; None = no padding.
+    valid_frames: Optional[list[int]] = None
 
 
 def text2music_inputs(silence_latent: torch.Tensor, duration: Optional[float]) -> TaskInputs:
     frames = text2music_frames(duration)
+    own = requested_frames(duration)
     return TaskInputs(
+        valid_frames=[own] if own < frames else None,
         task="text2music",
         instruction=TEXT2MUSIC_INSTRUCTION,
         frames=frames,
@@ -76,17 +86,18 @@ def text2music_inputs(silence_latent: torch.Tensor, duration: Optional[float]) -
     )
 
 
-def codes_cover_inputs(silence_latent: torch.Tensor, hints: torch.Tensor, duration: Optional[float]) -> TaskInputs:
-    """Text2music with LM codes runs as cover: hints replace the source, padded with silence to 128 frames."""
-    frames = max(hints.shape[1], MIN_FRAMES)
-    src = hints[0]
-    if frames > src.shape[0]:
-        src = torch.cat([src, silence_frames(silence_latent, src.shape[0], frames).to(src)], dim=0)
+def codes_cover_inputs(silence_latent: torch.Tensor, hints: list[torch.Tensor], duration: Optional[float]) -> TaskInputs:
+    """Text2music with LM codes runs as cover: each item's hints [1, 5·n, 64] replace its source, padded
+    with the head of the silence latent (as the reference pads) to the longest item and at least 128 frames."""
+    lengths = [h.shape[1] for h in hints]
+    frames = max(max(lengths), MIN_FRAMES)
+    rows = [torch.cat([h[0], silence_frames(silence_latent, 0, frames - h.shape[1]).to(h)], dim=0) for h in hints]
     return TaskInputs(
+        valid_frames=lengths if min(lengths) < frames else None,
         task="cover",
         instruction=COVER_INSTRUCTION,
         frames=frames,
-        src_latents=src.unsqueeze(0),
+        src_latents=torch.stack(rows),
         chunk_mask=torch.ones(1, frames),
         is_cover=True,
         metas_duration=duration,

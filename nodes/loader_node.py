@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def _memory_decision(device, requested_lm, available_lms):
-    """The VRAM-tier policy's decision for this device (auto LM, offload, limits)."""
+def _memory_decision(device, requested_lm, available_lms, dit=None):
+    """The VRAM-tier policy's decision for this device (auto LM, offload, limits, the XL rules)."""
     from ..acestep_core.memory.policy import decide, memory_from_values
 
     total, free = host.memory_of(device)
     memory = memory_from_values(getattr(device, "type", str(device)), total, free)
-    return decide(memory, env=os.environ, requested_lm=requested_lm, available_lms=available_lms)
+    return decide(memory, env=os.environ, requested_lm=requested_lm, available_lms=available_lms, dit=dit)
 
 
 def _resolve_dtype(choice: str, decision, device) -> str:
@@ -116,7 +116,8 @@ def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dty
         raise CheckpointError(
             f"LM {requested} requested but not found. Put acestep-5Hz-lm-{requested}/ in models/acestep/ "
             f"or qwen_{requested.lower()}_ace15.safetensors in models/text_encoders/; found: {sorted(lms) or 'none'}.")
-    decision = _memory_decision(device, requested, sorted(lms))
+    decision = _memory_decision(device, requested, sorted(lms), dit=dit)
+    decision.check_dit()
     reasons = [decision.summary(), *decision.reasons]
 
     if lm == model_files.NONE:

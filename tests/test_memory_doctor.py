@@ -59,7 +59,7 @@ def test_tiny_fixtures_and_comfy_files(capsys, tiny_dir, comfy_tiny_dir):
     report = run_doctor(capsys, "--simulate-vram", "24", "--checkpoint-dir", str(tiny_dir),
                         "--comfy-models", str(comfy_tiny_dir))
     kinds = sorted(c["kind"] for c in report["checkpoints"])
-    assert kinds == ["dit", "dit", "lm", "text_encoder", "vae"]
+    assert kinds == ["dit"] * 4 + ["lm", "text_encoder", "vae"]  # 2B and XL, turbo and base
     comfy = {Path(c["name"]).name: c for c in report["comfy_files"]}
     assert comfy["acestep_v1.5_turbo.safetensors"]["kind"] == "dit"
     assert comfy["qwen_0.6b_ace15.safetensors"]["kind"] == "text_encoder"  # the embedding model, not an LM

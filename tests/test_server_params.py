@@ -133,3 +133,11 @@ def test_server_default_batch_size_is_configurable():
 def test_unknown_fields_are_ignored():
     req = parse({"lm_backend": "vllm", "use_tiled_decode": True, "whatever": 1})
     assert "whatever" not in req.to_dict()
+
+
+def test_audio_codes_one_string_or_one_per_batch_item():
+    one = "<|audio_code_1|><|audio_code_2|>"
+    assert parse({"audio_code_string": one}).audio_code_string == one
+    assert parse({"audio_code_string": ["<|audio_code_1|>", "<|audio_code_2|>"][:1]}).audio_code_string == "<|audio_code_1|>"
+    per_item = parse({"audio_code_string": [one, "<|audio_code_7|>"], "batch_size": 2})
+    assert per_item.audio_code_string == [one, "<|audio_code_7|>"]

@@ -16,7 +16,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..memory.inventory import (available_lm_sizes, default_checkpoint_dir, scan_checkpoint_dir,
                                 scan_comfy_models)
-from ..memory.policy import DeviceMemory, decide, detect_device_memory, simulated_memory
+from ..memory.policy import (ENV_ALLOW_XL, XL_MIN_GB, XL_NO_OFFLOAD_GB, DeviceMemory, decide, detect_device_memory,
+                             is_xl_name, simulated_memory, xl_rule)
 
 _DEVICES = ("auto", "cuda", "mps", "xpu", "cpu")
 
@@ -34,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="device to inspect (default: the best available)")
     parser.add_argument("--lm", metavar="SIZE_OR_PATH",
                         help="LM you want (0.6B, 1.7B, 4B, none or a folder); shows whether the tier allows it")
+    parser.add_argument("--dit", metavar="NAME_OR_PATH",
+                        help="DiT you want (e.g. acestep-v15-xl-turbo); shows whether it fits and how it would run")
     parser.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
                         help="official checkpoint root (default: $ACESTEP_CHECKPOINTS_DIR or ./checkpoints)")
     parser.add_argument("--comfy-models", type=Path, metavar="DIR",
@@ -66,8 +69,12 @@ def build_report(args: argparse.Namespace) -> dict:
     searched = Path(checkpoint_dir).is_dir() or bool(args.comfy_models)
     # Tell the policy which LMs exist only when there was somewhere to look.
     available = available_lm_sizes(checkpoints + comfy) if searched else None
-    decision = decide(memory, env=os.environ, requested_lm=args.lm, available_lms=available)
+    decision = decide(memory, env=os.environ, requested_lm=args.lm, available_lms=available, dit=args.dit)
     import torch
+
+    xl_found = [c.name for c in checkpoints + comfy if c.kind == "dit" and is_xl_name(c.name)]
+    xl = {"rule": xl_rule(memory.total_gb, memory.device_type), "min_gb": XL_MIN_GB,
+          "no_offload_gb": XL_NO_OFFLOAD_GB, "found": xl_found}
 
     return {
         "torch": torch.__version__,
@@ -78,6 +85,7 @@ def build_report(args: argparse.Namespace) -> dict:
         "checkpoints": [c.to_dict() for c in checkpoints],
         "comfy_models_dir": str(args.comfy_models) if args.comfy_models else None,
         "comfy_files": [c.to_dict() for c in comfy],
+        "xl": xl,
     }
 
 
@@ -98,6 +106,14 @@ def _print_text(report: dict) -> None:
           f"without {decision['max_duration_without_lm_s']} s x{decision['max_batch_without_lm']})")
     print(f"  VAE chunk: {decision['vae_chunk_frames']} latent frames; dtype {decision['dtype']} "
           f"(LM {decision['lm_dtype']})")
+    xl = report["xl"]
+    verdict = {
+        "fits": "fits without offload",
+        "offload": f"runs with CPU offload (turned on automatically below {xl['no_offload_gb']:g} GB)",
+        "refuse": f"refused below {xl['min_gb']:g} GB (set {ENV_ALLOW_XL}=1 to try anyway); use a 2B model",
+    }[xl["rule"]]
+    found = f" — found: {', '.join(xl['found'])}" if xl["found"] else ""
+    print(f"  XL DiT:    {verdict}{found}")
     print("Why:")
     for reason in decision["reasons"]:
         print(f"  - {reason}")

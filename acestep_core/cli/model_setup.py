@@ -35,14 +35,36 @@ def tiny_checkpoints() -> dict[str, Path]:
     return build_tiny_checkpoints()
 
 
+# The default DiT when several are installed: the official default first, then the XL turbo, then the rest.
+DIT_PREFERENCE = ("acestep-v15-turbo", "acestep-v15-xl-turbo", "acestep-v15-turbo-shift3", "acestep-v15-turbo-shift1",
+                  "acestep-v15-sft", "acestep-v15-base", "acestep-v15-xl-sft", "acestep-v15-xl-base")
+
+
+def default_dit(root: Path | None, fits_xl: bool = True) -> str | None:
+    """The installed DiT folder a run uses when no --dit is given (XL only when it fits)."""
+    if root is None or not root.is_dir():
+        return None
+    from ..memory.policy import is_xl_name
+
+    installed = [name for name in DIT_PREFERENCE if (root / name / "config.json").is_file()]
+    installed += sorted(p.name for p in root.glob("acestep-v15-*") if (p / "config.json").is_file() and p.name not in installed)
+    usable = [name for name in installed if fits_xl or not is_xl_name(name)]
+    return (usable or installed or [None])[0]
+
+
 def pipeline_kwargs(args) -> tuple[dict, list[str]]:
-    from ..memory.policy import decide, detect_device_memory
+    from ..memory.policy import decide, detect_device_memory, xl_rule
     from ..pipeline import resolve_device
 
     notes: list[str] = []
     device = resolve_device(args.device)
     memory = detect_device_memory(device)
-    decision = decide(memory, requested_lm=getattr(args, "lm_model", None))
+    root = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    dit = args.dit
+    if not args.tiny and not (args.dit or args.vae or args.text_encoder):
+        dit = default_dit(root, fits_xl=xl_rule(memory.total_gb, memory.device_type) != "refuse")
+    decision = decide(memory, requested_lm=getattr(args, "lm_model", None), dit=None if args.tiny else dit)
+    decision.check_dit()
     notes.append(f"memory: {decision.summary()}")
     kwargs: dict = {"device": device}
     kwargs["dtype"] = decision.dtype if args.dtype == "auto" else args.dtype
@@ -59,11 +81,10 @@ def pipeline_kwargs(args) -> tuple[dict, list[str]]:
         kwargs["_tiny_lm"] = str(tiny["lm"])
         notes.append(tiny_notice())
     else:
-        root = Path(args.checkpoint_dir) if args.checkpoint_dir else None
         explicit = args.dit or args.vae or args.text_encoder
-        if not explicit and (root is None or not (root / "acestep-v15-turbo").exists()):
+        if not explicit and dit is None:
             raise CheckpointError(GET_WEIGHTS_HELP.format(root=root.resolve() if root else "(no --checkpoint-dir)"))
-        kwargs.update(checkpoint_dir=root if root and root.is_dir() else None, dit=args.dit, vae=args.vae,
+        kwargs.update(checkpoint_dir=root if root and root.is_dir() else None, dit=dit, vae=args.vae,
                       text_encoder=args.text_encoder, text_tokenizer=args.text_tokenizer)
     kwargs["_labels"] = {k: str(kwargs[k]) for k in ("dit", "vae", "text_encoder") if kwargs.get(k)}
     kwargs["_decision"] = decision

@@ -33,6 +33,7 @@ ENV_LM_MODEL_PATH = "ACESTEP_LM_MODEL_PATH"
 ENV_OFFLOAD_TO_CPU = "ACESTEP_OFFLOAD_TO_CPU"
 ENV_OFFLOAD_DIT_TO_CPU = "ACESTEP_OFFLOAD_DIT_TO_CPU"
 ENV_VAE_CHUNK = "ACESTEP_VAE_DECODE_CHUNK_SIZE"
+ENV_ALLOW_XL = "ACESTEP_ALLOW_XL"
 SIMULATE_ENV = {"cuda": "MAX_CUDA_VRAM", "mps": "MAX_MPS_VRAM", "xpu": "MAX_XPU_VRAM"}
 
 _TRUE = {"1", "true", "yes", "y", "on"}
@@ -129,6 +130,30 @@ def _cpu_tier(ram_gb: float) -> Tier:
         offload_dit_to_cpu=False,
         init_lm=False,
     )
+
+
+# The XL DiT (~9 GB of bf16 weights, [M] GPU_COMPATIBILITY.md): it fits without offload from 20 GB,
+# needs offload below that, and below 12 GB it does not fit at all, so it is refused unless the user
+# insists (ACESTEP_ALLOW_XL=1). On the CPU, system RAM plays the part of VRAM.
+XL_NO_OFFLOAD_GB = 20.0
+XL_MIN_GB = 12.0
+
+
+def is_xl_name(name: str | None) -> bool:
+    """True for an XL DiT folder or file name (acestep-v15-xl-turbo, acestep_v1.5_xl_sft_bf16, ...)."""
+    if not name:
+        return False
+    base = os.path.basename(str(name).rstrip("/\\")).lower()
+    return re.search(r"(?<![a-z0-9])xl(?![a-z0-9])", base.replace("_", "-")) is not None
+
+
+def xl_rule(total_gb: float, device_type: str) -> str:
+    """"fits" | "offload" | "refuse": what the XL DiT needs on a device of `total_gb`."""
+    if total_gb < XL_MIN_GB:
+        return "refuse"
+    if total_gb < XL_NO_OFFLOAD_GB and device_type not in ("cpu", "mps"):
+        return "offload"
+    return "fits"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,6 +400,15 @@ class MemoryDecision:
     dtype: str  # suggestion for DiT / text encoder / VAE: "bfloat16" | "float16" | "float32"
     lm_dtype: str
     reasons: tuple[str, ...]
+    dit_is_xl: bool = False  # the decision was made for an XL DiT
+    dit_refusal: str | None = None  # why that DiT must not load here (None = it may)
+
+    def check_dit(self) -> None:
+        """Raise InsufficientMemoryError when the chosen DiT cannot run on this device."""
+        if self.dit_refusal:
+            from ..errors import InsufficientMemoryError
+
+            raise InsufficientMemoryError(self.dit_refusal)
 
     @property
     def lm_folder(self) -> str | None:
@@ -390,7 +424,8 @@ class MemoryDecision:
         offload = ("CPU+DiT" if self.offload_dit_to_cpu else "CPU") if self.offload_to_cpu else "none"
         lm = f"LM {self.lm_model} ({'on' if self.init_lm else 'off'})" if self.lm_model != "none" else "LM none"
         sim = " simulated" if self.simulated else ""
-        return (f"{self.device_type}{sim} {self.total_gb:.1f} GB → {self.tier}: {lm}, offload {offload}, "
+        xl = (" [XL refused]" if self.dit_refusal else " [XL]") if self.dit_is_xl else ""
+        return (f"{self.device_type}{sim} {self.total_gb:.1f} GB → {self.tier}{xl}: {lm}, offload {offload}, "
                 f"max {self.max_duration_s} s x{self.max_batch}, VAE chunk {self.vae_chunk_frames}, {self.dtype}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -446,14 +481,15 @@ def _dtypes(memory: DeviceMemory) -> tuple[str, str]:
 
 
 def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested_lm: str | None = None,
-           available_lms: list[str] | None = None) -> MemoryDecision:
+           available_lms: list[str] | None = None, dit: str | None = None) -> MemoryDecision:
     """The memory decision for `memory`, honouring the user's overrides.
 
     - `requested_lm`: an LM size or folder/path the caller asks for ("none" = no LM, "auto" or None =
       the tier's choice); it takes precedence over `ACESTEP_LM_MODEL_PATH`.
     - `available_lms`: LM sizes (or folder names) found on disk; None = do not check.
+    - `dit`: the DiT folder / file name or path about to load; an XL one brings the XL rules.
     - `env`: `ACESTEP_INIT_LLM`, `ACESTEP_LM_MODEL_PATH`, `ACESTEP_OFFLOAD_TO_CPU`,
-      `ACESTEP_OFFLOAD_DIT_TO_CPU`, `ACESTEP_VAE_DECODE_CHUNK_SIZE`.
+      `ACESTEP_OFFLOAD_DIT_TO_CPU`, `ACESTEP_VAE_DECODE_CHUNK_SIZE`, `ACESTEP_ALLOW_XL`.
     An LM the tier cannot hold falls back to the tier's recommendation, with a reason saying so.
     """
     env = os.environ if env is None else env
@@ -582,6 +618,11 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
             offload_dit = False
             if env_offload_dit:
                 reasons.append("DiT offload needs CPU offload, which is off; the DiT stays on the device.")
+    is_xl = is_xl_name(dit)
+    dit_refusal = None
+    if is_xl:
+        offload, offload_dit, dit_refusal = _apply_xl_rule(memory, env, dit, offload, offload_dit, env_offload, reasons)
+    if memory.device_type != "cpu":
         if offload:
             reasons.append(
                 "CPU offload: idle components wait on the CPU and move to the device only while they run "
@@ -633,9 +674,43 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
         dtype=dtype,
         lm_dtype=lm_dtype,
         reasons=tuple(reasons),
+        dit_is_xl=is_xl,
+        dit_refusal=dit_refusal,
     )
     logger.info("memory decision: %s", decision.summary())
     return decision
+
+
+def _apply_xl_rule(memory: DeviceMemory, env: Mapping[str, str], dit: str, offload: bool, offload_dit: bool,
+                   env_offload: bool | None, reasons: list[str]) -> tuple[bool, bool, str | None]:
+    """(offload, DiT offload, refusal) for the XL DiT `dit` on `memory`."""
+    name = os.path.basename(str(dit).rstrip("/\\"))
+    what = "RAM" if memory.device_type == "cpu" else "memory"
+    rule = xl_rule(memory.total_gb, memory.device_type)
+    if rule == "refuse":
+        message = (f"The XL DiT {name} needs at least {XL_MIN_GB:g} GB of {what} (even with offload), and this "
+                   f"{memory.device_type} device has {memory.total_gb:.1f} GB.")
+        if _env_bool(env, ENV_ALLOW_XL, reasons):
+            reasons.append(f"{message} {ENV_ALLOW_XL}=1: loading it anyway"
+                           f"{' with CPU and DiT offload' if memory.device_type not in ('cpu', 'mps') else ''}; "
+                           "expect it to run out of memory.")
+            if memory.device_type not in ("cpu", "mps"):
+                return True, True, None
+            return offload, offload_dit, None
+        refusal = (f"{message} Use a 2B model (acestep-v15-turbo, ComfyUI acestep_v1.5_turbo.safetensors), "
+                   f"or set {ENV_ALLOW_XL}=1 to try the XL model anyway.")
+        reasons.append(refusal)
+        return offload, offload_dit, refusal
+    if rule == "offload":
+        if env_offload is False:
+            reasons.append(f"The XL DiT {name} needs CPU offload below {XL_NO_OFFLOAD_GB:g} GB, but "
+                           f"{ENV_OFFLOAD_TO_CPU} turns it off; expect out-of-memory errors.")
+            return offload, offload_dit, None
+        reasons.append(f"The XL DiT {name} needs CPU offload below {XL_NO_OFFLOAD_GB:g} GB: turned on.")
+        return True, offload_dit, None
+    reasons.append(f"The XL DiT {name} fits in {memory.total_gb:.1f} GB"
+                   f"{'' if memory.device_type in ('cpu', 'mps') else ' without offload'}.")
+    return offload, offload_dit, None
 
 
 def clamp_request(decision: MemoryDecision, duration: float | None, batch_size: int | None,

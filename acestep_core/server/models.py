@@ -107,8 +107,11 @@ class LocalModelProvider:
     def pipeline(self, model: Optional[str] = None) -> tuple[Any, str]:
         with self._lock:
             if self._pipeline is None:
-                from ..pipeline import ACEStepPipeline
+                from ..memory.policy import decide, detect_device_memory
+                from ..pipeline import ACEStepPipeline, resolve_device
 
+                # An XL DiT that cannot fit is refused with the policy's message, not an out-of-memory crash.
+                decide(detect_device_memory(resolve_device(self.device)), dit=self._dit_name).check_dit()
                 self._pipeline = ACEStepPipeline.from_pretrained(
                     checkpoint_dir=self.checkpoint_dir,
                     dit=self.dit,

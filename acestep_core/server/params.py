@@ -123,8 +123,11 @@ def to_timesteps(value: Any) -> list[float]:
     return steps
 
 
-def to_code_string(value: Any) -> str:
+def to_code_string(value: Any) -> str | list[str]:
+    """One code string; a list of several `<|audio_code_N|>` strings stays a list: one per batch item."""
     if isinstance(value, list):
+        if len(value) > 1 and all(isinstance(v, str) and "<|audio_code_" in v for v in value):
+            return [to_str(v) for v in value]
         return "".join(to_str(v) for v in value)
     return to_str(value)
 
