@@ -19,3 +19,7 @@ class InputError(ACEStepError, ValueError):
 
 class CancelledError(ACEStepError):
     """The caller's cancel check asked the engine to stop."""
+
+
+class AdapterError(InputError):
+    """A LoRA / LoKr adapter is missing, corrupt, or made for another model."""

@@ -69,6 +69,8 @@ class GenerationRequest:
     track_classes: Union[str, list, None] = ""
     # The DiT instruction; empty = the task's own (ACESTEP15.md §7.1).
     instruction: str = ""
+    # LoRA / LoKr adapters on the DiT decoder for this request, in order (acestep_core.adapters.ScaledAdapter).
+    adapters: list = field(default_factory=list)
 
     def __post_init__(self):
         self.task_type = TASK_ALIASES.get(self.task_type, self.task_type)
@@ -121,6 +123,11 @@ class GenerationRequest:
                 shape = tuple(self.src_latents.shape) if isinstance(self.src_latents, torch.Tensor) else type(self.src_latents).__name__
                 raise InputError(f"src_latents must be a [batch, frames, 64] tensor, got {shape}")
         self.seeds()  # parses and checks
+        from .adapters import ScaledAdapter
+
+        for item in self.adapters or []:
+            if not isinstance(item, ScaledAdapter):
+                raise InputError(f"adapters must be loaded adapters with a scale (ScaledAdapter), got {type(item).__name__}")
 
     def tracks(self) -> list[str]:
         """The track names of an extract / lego (one) or complete (any number) task, lower case."""
@@ -167,6 +174,8 @@ class GenerationRequest:
                 value = str(value)
             elif isinstance(value, Plan):
                 value = value.to_dict()
+            elif f.name == "adapters":
+                value = [a.describe() for a in value or []]
             out[f.name] = value
         return out
 

@@ -93,25 +93,13 @@ def _write_byte_tokenizer(folder: Path) -> None:
                                           "single_word": False, "special": True} for t, i in SPECIAL_TOKENS.items()}}))
 
 
-def _diffusers_to_official(component: str, key: str) -> str:
-    prefix = {"transformer": "decoder.", "condition_encoder": "encoder.", "audio_tokenizer": "tokenizer.",
-              "detokenizer": "detokenizer."}[component]
-    if component == "condition_encoder" and key == "null_condition_emb":
-        return key
-    for new, old in ((".to_q.", ".q_proj."), (".to_k.", ".k_proj."), (".to_v.", ".v_proj."),
-                     (".to_out.0.", ".o_proj."), (".norm_q.", ".q_norm."), (".norm_k.", ".k_norm.")):
-        key = key.replace(new, old)
-    key = key.replace("proj_in_conv.", "proj_in.1.").replace("proj_out_conv.", "proj_out.1.")
-    return prefix + key
-
-
 def build_tiny_checkpoints(root: Optional[Path] = None, seed: int = 0) -> dict[str, Path]:
     from diffusers import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder,
                            AceStepTransformer1DModel, AutoencoderOobleck)
     from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3Model
 
-    from .dit import _kwargs_for
+    from .dit import _kwargs_for, diffusers_to_official_key
     from .silence import builtin_silence_latent
 
     root = Path(root) if root else _cache_dir()
@@ -135,7 +123,7 @@ def build_tiny_checkpoints(root: Optional[Path] = None, seed: int = 0) -> dict[s
         for key, value in module.state_dict().items():
             if key == "silence_latent":
                 continue
-            tensors[_diffusers_to_official(component, key)] = value.to(torch.bfloat16).contiguous()
+            tensors[diffusers_to_official_key(component, key)] = value.to(torch.bfloat16).contiguous()
     save_file(tensors, str(paths["dit"] / "model.safetensors"))
     (paths["dit"] / "config.json").write_text(json.dumps(config, indent=1))
     torch.save(builtin_silence_latent(1500).transpose(1, 2).contiguous(), str(paths["dit"] / "silence_latent.pt"))
