@@ -11,6 +11,8 @@ what was patched, so the decoder is never left half-adapted.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import re
 import threading
@@ -200,7 +202,8 @@ class DecoderAdapters:
         # peft adapter names are module keys: slots, not user names (which may hold dots).
         slot = f"acestep_adapter_{len(self._lora_slots)}"
         self._lora_slots.append(slot)
-        inject_adapter_in_model(adapter.lora_config, self.transformer, adapter_name=slot)
+        # peft rewrites the config it is given (target names shortened): the adapter keeps its own.
+        inject_adapter_in_model(copy.deepcopy(adapter.lora_config), self.transformer, adapter_name=slot)
         result = set_peft_model_state_dict(self.transformer, adapter.tensors, adapter_name=slot)
         unexpected = [k for k in result.unexpected_keys if slot in k or ".lora_" in k]
         missing = [k for k in result.missing_keys if f".{slot}." in k or k.endswith(f".{slot}")]
@@ -244,8 +247,12 @@ def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[s
     saved = {attr: getattr(LycorisNetwork, attr) for attr in (
         "ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
         "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")}
+    from lycoris.logging import logger as lycoris_logger
+
     with _LYCORIS_LOCK:
         PRESET[_PRESET_NAME] = preset
+        level = lycoris_logger.level
+        lycoris_logger.setLevel(max(level, logging.WARNING))  # its per-build INFO lines are noise here
         try:
             net = create_lycoris(
                 transformer, 1.0, linear_dim=config["linear_dim"], linear_alpha=config["linear_alpha"],
@@ -255,6 +262,7 @@ def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[s
                 unbalanced_factorization=config["unbalanced_factorization"], dora_wd=config["weight_decompose"],
                 preset=_PRESET_NAME, warn_on_unmatched=False)
         finally:
+            lycoris_logger.setLevel(level)
             PRESET.pop(_PRESET_NAME, None)
             for attr, value in saved.items():
                 setattr(LycorisNetwork, attr, value)
