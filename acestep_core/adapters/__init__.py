@@ -2,10 +2,10 @@
 fit, and patching them in for a generation (see docs/adapters.md)."""
 
 from .formats import FORMATS, LOKR_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, Adapter, load_adapter
-from .patch import DecoderAdapters, ScaledAdapter, decoder_adapters
+from .patch import DecoderAdapters, ScaledAdapter, check_adapter_fits, decoder_adapters
 
 __all__ = ["FORMATS", "LOKR_WEIGHTS", "PEFT_CONFIG", "PEFT_WEIGHTS", "Adapter", "DecoderAdapters", "ScaledAdapter",
-           "decoder_adapters", "load_adapter", "scaled_adapters"]
+           "check_adapter_fits", "decoder_adapters", "load_adapter", "scaled_adapters"]
 
 
 def scaled_adapters(paths, scales=None) -> list[ScaledAdapter]:

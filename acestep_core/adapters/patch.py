@@ -106,6 +106,28 @@ def lokr_tensors_for(adapter: Adapter, transformer: nn.Module) -> dict[str, torc
     return out
 
 
+def check_adapter_fits(transformer: nn.Module, adapter: Adapter) -> None:
+    """Raise AdapterError unless `adapter` fits this decoder; the decoder is not touched."""
+    if adapter.kind == "lora":
+        check_lora_fits(adapter, linear_shapes(transformer))
+        return
+    tensors = lokr_tensors_for(adapter, transformer)
+    net = build_lokr_network(transformer, adapter, tensors)  # built, never applied
+    for lora in net.loras:
+        prefix = lora.lora_name + "."
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            result = lora.load_state_dict(own, strict=False)
+        except RuntimeError as exc:
+            raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not match its own "
+                               f"config (metadata 'lokr_config'): {exc}") from None
+        missing = [k for k in result.missing_keys if k != "scalar"]
+        if missing or result.unexpected_keys:
+            raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not match its own "
+                               f"config (metadata 'lokr_config') at {lora.lora_name}: missing {missing}, "
+                               f"unexpected {list(result.unexpected_keys)}")
+
+
 class DecoderAdapters:
     """The adapters patched into one decoder while a generation runs."""
 
