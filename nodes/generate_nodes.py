@@ -24,6 +24,7 @@ def _dit_fields(seed, steps, shift, guidance) -> dict:
 
 
 def _generate(model, request):
+    request.adapters = list(getattr(model, "adapters", ()))  # from ACE-Step LoRA nodes upstream
     return model.run_pipeline(lambda: run_engine(
         lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel)))
 
