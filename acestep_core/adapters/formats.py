@@ -22,6 +22,7 @@ import torch
 
 from ..errors import AdapterError, CheckpointError
 from ..safetensors_io import read_safetensors, safetensors_metadata
+from .deps import require
 from .naming import LYCORIS_PREFIX, our_module
 
 PEFT_CONFIG = "adapter_config.json"
@@ -140,7 +141,7 @@ def _exact(name: str) -> str:
 
 
 def _read_peft_folder(folder: Path, name: str) -> Adapter:
-    from peft import LoraConfig
+    LoraConfig = require("peft").LoraConfig
 
     config_path = folder / PEFT_CONFIG
     try:
@@ -198,7 +199,7 @@ def _rename_pattern(key: str) -> str:
 
 
 def _comfy_adapter(path: Path, name: str, tensors: dict[str, torch.Tensor]) -> Adapter:
-    from peft import LoraConfig
+    LoraConfig = require("peft").LoraConfig
 
     down, up, alpha = {}, {}, {}
     for key, value in tensors.items():

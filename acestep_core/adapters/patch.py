@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
+from .deps import require
 from .formats import Adapter
 from .naming import linear_shapes, lycoris_name, lycoris_renames, official_module
 
@@ -217,7 +218,8 @@ class DecoderAdapters:
     # ------------------------------------------------------------------ LoRA (peft)
 
     def _inject_lora(self, adapter: Adapter) -> str:
-        from peft import inject_adapter_in_model, set_peft_model_state_dict
+        peft = require("peft")
+        inject_adapter_in_model, set_peft_model_state_dict = peft.inject_adapter_in_model, peft.set_peft_model_state_dict
 
         if not self._lora_slots:
             self._had_peft_config = "peft_config" in self.transformer.__dict__
@@ -256,8 +258,9 @@ class DecoderAdapters:
 def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[str, torch.Tensor]):
     """The official handler's `create_lycoris(...)` call with the file's config, targeting exactly
     the layers the file holds (by our names)."""
-    from lycoris import create_lycoris
-    from lycoris.wrapper import PRESET, LycorisNetwork
+    create_lycoris = require("lycoris").create_lycoris
+    wrapper = require("lycoris.wrapper")
+    PRESET, LycorisNetwork = wrapper.PRESET, wrapper.LycorisNetwork
 
     config = dict(OFFICIAL_LOKR_DEFAULTS)
     config.update({k: v for k, v in (adapter.lokr_config or {}).items() if k in OFFICIAL_LOKR_DEFAULTS})
@@ -269,7 +272,7 @@ def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[s
     saved = {attr: getattr(LycorisNetwork, attr) for attr in (
         "ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
         "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")}
-    from lycoris.logging import logger as lycoris_logger
+    lycoris_logger = require("lycoris.logging").logger
 
     with _LYCORIS_LOCK:
         PRESET[_PRESET_NAME] = preset
