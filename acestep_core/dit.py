@@ -88,6 +88,17 @@ def official_to_diffusers_key(key: str) -> tuple[str, str]:
     return component, name
 
 
+def diffusers_to_official_key(component: str, key: str) -> str:
+    """The official state-dict key of one diffusers key (inverse of official_to_diffusers_key)."""
+    if component == "condition_encoder" and key == "null_condition_emb":
+        return key
+    prefix = {v: k for k, v in COMPONENT_PREFIXES.items()}[component]
+    for official, ours in _ATTENTION_RENAMES:
+        key = key.replace(ours, official)
+    key = key.replace("proj_in_conv.", "proj_in.1.").replace("proj_out_conv.", "proj_out.1.")
+    return prefix + key
+
+
 @dataclass
 class DiTModel:
     transformer: nn.Module

@@ -23,3 +23,7 @@ class CancelledError(ACEStepError):
 
 class InsufficientMemoryError(ACEStepError):
     """The chosen model cannot run in this device's memory (the message says what can)."""
+
+
+class AdapterError(InputError):
+    """A LoRA / LoKr adapter is missing, corrupt, or made for another model."""

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import audio_io
+from .adapters import decoder_adapters
 from .codes import codes_per_item, codes_to_hints, latents_to_codes, latents_to_hints
 from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
@@ -328,7 +329,8 @@ class ACEStepPipeline:
         t0 = time.perf_counter()
         null_emb = self.dit.condition_encoder.null_condition_emb
         valid = self._valid_frames(task_inputs, batch, device)
-        with self.offload.use("dit", self.dit.transformer):
+        # Adapters are patched in for this request only: the decoder is bare again afterwards.
+        with self.offload.use("dit", self.dit.transformer), decoder_adapters(self.dit.transformer).applied(request.adapters):
             latents = denoise(self.dit.transformer, noise, condition, settings, null_condition_emb=null_emb,
                               non_cover_condition=non_cover, repaint=repaint_guide, generators=generators,
                               progress=progress, cancel=cancel, start=start, valid=valid)

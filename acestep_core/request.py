@@ -77,6 +77,8 @@ class GenerationRequest:
     track_classes: Union[str, list, None] = ""
     # The DiT instruction; empty = the task's own (docs/tasks.md#overview).
     instruction: str = ""
+    # LoRA / LoKr adapters on the DiT decoder for this request, in order (acestep_core.adapters.ScaledAdapter).
+    adapters: list = field(default_factory=list)
 
     def __post_init__(self):
         self.task_type = TASK_ALIASES.get(self.task_type, self.task_type)
@@ -140,6 +142,11 @@ class GenerationRequest:
 
         codes_per_item(self.audio_code_string, self.batch_size)  # parses and checks (one string or one per item)
         self.seeds()  # parses and checks
+        from .adapters import ScaledAdapter
+
+        for item in self.adapters or []:
+            if not isinstance(item, ScaledAdapter):
+                raise InputError(f"adapters must be loaded adapters with a scale (ScaledAdapter), got {type(item).__name__}")
 
     def _check_window(self) -> None:
         """The repaint window's own rules; against the source length see `check_window_against_source`."""
@@ -245,6 +252,8 @@ class GenerationRequest:
                 value = str(value)
             elif isinstance(value, Plan):
                 value = value.to_dict()
+            elif f.name == "adapters":
+                value = [a.describe() for a in value or []]
             out[f.name] = value
         return out
 

@@ -120,6 +120,21 @@ def check_safetensors_header(path: Path) -> int:
     return count
 
 
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The file's string metadata (empty when it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read {path}: it is not a valid safetensors file (truncated or corrupt download?). "
+            f"Delete it and download it again. Detail: {exc}"
+        ) from exc
+
+
 def read_sharded_or_single(folder: Path, single_name: str = "model.safetensors") -> tuple[dict[str, torch.Tensor], str]:
     """A model folder's weights: `model.safetensors` or a `model.safetensors.index.json` shard set."""
     single = folder / single_name

@@ -119,18 +119,6 @@ def _write_byte_tokenizer(folder: Path, special: dict[str, int], audio_codes: in
                                           "single_word": False, "special": is_special} for t, i, is_special in added}}))
 
 
-def _diffusers_to_official(component: str, key: str) -> str:
-    prefix = {"transformer": "decoder.", "condition_encoder": "encoder.", "audio_tokenizer": "tokenizer.",
-              "detokenizer": "detokenizer."}[component]
-    if component == "condition_encoder" and key == "null_condition_emb":
-        return key
-    for new, old in ((".to_q.", ".q_proj."), (".to_k.", ".k_proj."), (".to_v.", ".v_proj."),
-                     (".to_out.0.", ".o_proj."), (".norm_q.", ".q_norm."), (".norm_k.", ".k_norm.")):
-        key = key.replace(new, old)
-    key = key.replace("proj_in_conv.", "proj_in.1.").replace("proj_out_conv.", "proj_out.1.")
-    return prefix + key
-
-
 TINY_FOLDERS = {"dit": "acestep-v15-turbo", "dit_base": "acestep-v15-base", "vae": "vae",
                 "text_encoder": "Qwen3-Embedding-0.6B", "lm": "acestep-5Hz-lm-0.6B"}
 
@@ -179,7 +167,7 @@ def _write_tiny_set(root: Path, seed: int) -> None:
     from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
-    from .dit import _kwargs_for
+    from .dit import _kwargs_for, diffusers_to_official_key
     from .lm.constants import NUM_CODE_SLOTS
     from .silence import builtin_silence_latent
 
@@ -204,7 +192,7 @@ def _write_tiny_set(root: Path, seed: int) -> None:
             for key, value in module.state_dict().items():
                 if key == "silence_latent":
                     continue
-                tensors[_diffusers_to_official(component, key)] = value.to(torch.bfloat16).contiguous()
+                tensors[diffusers_to_official_key(component, key)] = value.to(torch.bfloat16).contiguous()
         save_file(tensors, str(paths[name] / "model.safetensors"))
         (paths[name] / "config.json").write_text(json.dumps(config, indent=1))
         torch.save(builtin_silence_latent(1500).transpose(1, 2).contiguous(), str(paths[name] / "silence_latent.pt"))

@@ -6,13 +6,14 @@ from .host import ComfyExtension, io
 from .generate_nodes import Continue, Cover, Repaint, Text2Music
 from .lm_nodes import DescribeAudio, FormatInput, LMThinking, SimpleMode
 from .loader_node import LoadModel
+from .lora_node import LoadLoRA
 from .save_node import SaveAudio
 from .track_nodes import AddTrack, CompleteTrack, ExtractTrack
 
 NODE_PREFIX = "ACE15S_"
 NODES: list[type[io.ComfyNode]] = [
     LoadModel, LMThinking, FormatInput, SimpleMode, Text2Music, Continue, Repaint, Cover, SaveAudio,
-    ExtractTrack, AddTrack, CompleteTrack, DescribeAudio,
+    ExtractTrack, AddTrack, CompleteTrack, DescribeAudio, LoadLoRA,
 ]
 
 

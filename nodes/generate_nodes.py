@@ -24,6 +24,7 @@ def _dit_fields(seed, steps, shift, guidance) -> dict:
 
 
 def _generate(model, request):
+    request.adapters = list(getattr(model, "adapters", ()))  # from ACE-Step LoRA nodes upstream
     # The engine's checks (values, decoded sources, the window against the source) run before the
     # models are moved onto the device.
     request.validate()

@@ -6,6 +6,7 @@ manager sees it, can evict other models to make room for it, and can evict it in
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -59,10 +60,18 @@ class ACEStepModel:
         self.patchers: dict[str, Any] = {}
         for name, module in _pipeline_components(pipeline).items():
             self.patchers[name] = host.make_patcher(ComponentHolder(module), load_device, offload_device)
+        # LoRA / LoKr adapters (ScaledAdapter) the engine patches in for each generation of this model.
+        self.adapters: tuple = ()
         self.lm_patcher = None
         lm_module = _planner_module(planner)
         if lm_module is not None:
             self.lm_patcher = host.make_patcher(ComponentHolder(lm_module), load_device, offload_device)
+
+    def with_adapter(self, adapter) -> "ACEStepModel":
+        """The same weights with one more adapter; this model is left as it was."""
+        clone = copy.copy(self)
+        clone.adapters = tuple(self.adapters) + (adapter,)
+        return clone
 
     # -- running stages under ComfyUI's memory manager --------------------------------------
 

@@ -148,8 +148,11 @@ def build_runtime(prompt_server) -> Runtime:
     import folder_paths
 
     result_dir = Path(folder_paths.get_output_directory()) / RESULT_SUBFOLDER
+    # Adapters for /acestep/v1/lora/load come from ComfyUI's loras folder unless ACESTEP_LORA_DIR says otherwise.
+    loras = folder_paths.get_folder_paths("loras") if "loras" in folder_paths.folder_names_and_paths else []
+    lora_dir = Path(loras[0]) if loras and not os.environ.get("ACESTEP_LORA_DIR") else None
     config = ServerConfig.from_env(result_dir, input_dirs=(Path(folder_paths.get_input_directory()),),
-                                   loopback_only=True)
+                                   loopback_only=True, lora_dir=lora_dir)
     return Runtime(ComfyModelProvider(), config, idle_gate=comfy_idle_gate(prompt_server))
 
 

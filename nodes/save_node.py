@@ -69,9 +69,11 @@ def song_tags(info: dict, container: str, batch_index: int) -> dict:
     if key:
         tags["TKEY" if container == "mp3" else "key"] = str(key)
     model = info.get("model") or {}
-    tags["comment"] = f"ACE-Step 1.5 ({model.get('dit', '?')}), seed {seed}"
-    tags["acestep"] = json.dumps({"seed": seed, "model": model, "plan": plan or None, "params": params},
-                                 default=str, ensure_ascii=False)
+    adapters = params.get("adapters") or []
+    tags["comment"] = f"ACE-Step 1.5 ({model.get('dit', '?')}), seed {seed}" + "".join(
+        f", {a.get('format', 'lora')} {a.get('name')} x{a.get('scale')}" for a in adapters)
+    tags["acestep"] = json.dumps({"seed": seed, "model": model, "adapters": adapters, "plan": plan or None,
+                                  "params": params}, default=str, ensure_ascii=False)
     return tags
 
 

@@ -26,6 +26,12 @@ def build_models_dir(root: Path, tiny: Path, comfy_tiny: Path, official: bool = 
         (models / "diffusion_models" / f"acestep_v1.5_{variant}.acestep.json").write_text(
             (tiny / f"acestep-v15-{variant}-tiny" / "config.json").read_text())
     (models / "vae" / "ace_1.5_vae.acestep.json").write_text((tiny / "vae-tiny" / "config.json").read_text())
+    # The shipped LoRA workflow's adapters: an official PEFT folder and a ComfyUI single file.
+    (models / "loras").mkdir(exist_ok=True)
+    for name, src in (("ace15s_example_lora", "lora_a"), ("ace15s_example_lora_b.safetensors", "lora_b.comfyui.safetensors")):
+        link = models / "loras" / name
+        if not link.exists():
+            os.symlink(tiny / "loras" / src, link)
     (models / "acestep").mkdir(exist_ok=True)
     if official:
         for name, src in (("acestep-v15-turbo", "acestep-v15-turbo-tiny"), ("vae", "vae-tiny"),
@@ -55,7 +61,7 @@ SOURCE_SECONDS = 249600 / 48000  # the goldens' source song written by write_sou
 SHORTENED_SECONDS = {"text2music_thinking": 10.0, "format_input_text2music": 10.0, "simple_mode": None,
                      "mix_native_nodes": 6.0, "repaint": SOURCE_SECONDS, "cover": SOURCE_SECONDS,
                      "continue": SOURCE_SECONDS + 2.0, "extract_and_complete": SOURCE_SECONDS,
-                     "add_track": SOURCE_SECONDS, "describe_and_rerender": SOURCE_SECONDS}
+                     "add_track": SOURCE_SECONDS, "describe_and_rerender": SOURCE_SECONDS, "lora": 6.0}
 
 
 def shorten_for_tiny(prompt: dict) -> dict:

@@ -124,13 +124,15 @@ def test_pack_nodes_registered(server):
     assert status == 200
     info = json.loads(raw)
     ours = {k: v for k, v in info.items() if k.startswith("ACE15S_")}
-    assert len(ours) == 13, (server["log"].read_text()[-3000:])
+    assert len(ours) == 14, (server["log"].read_text()[-3000:])
     assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
     dit = ours["ACE15S_LoadModel"]["input"]["required"]["dit"]
     files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
     assert (dit[1].get("options") or dit[0]) == files
     assert dit[1]["default"] == "acestep_v1.5_turbo.safetensors"  # the official default model
     assert info["SaveAudio"]["python_module"] == "comfy_extras.nodes_audio"  # core untouched
+    lora = ours["ACE15S_LoRA"]["input"]["required"]["lora"]  # ComfyUI's loras folder, PEFT folder as one choice
+    assert (lora[1].get("options") or lora[0]) == ["ace15s_example_lora", "ace15s_example_lora_b.safetensors"]
 
 
 WORKFLOWS = sorted(p.name[: -len(".api.json")] for p in (REPO_ROOT / "workflows").glob("*.api.json"))

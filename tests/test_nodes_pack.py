@@ -16,7 +16,7 @@ EXPECTED = {
     "ACE15S_SimpleMode": "Simple Mode", "ACE15S_Text2Music": "Text2Music", "ACE15S_Continue": "Continue",
     "ACE15S_Repaint": "Repaint", "ACE15S_Cover": "Cover", "ACE15S_SaveAudio": "Save Audio",
     "ACE15S_ExtractTrack": "Extract Track", "ACE15S_AddTrack": "Add Track", "ACE15S_CompleteTrack": "Complete Track",
-    "ACE15S_DescribeAudio": "Describe Audio",
+    "ACE15S_DescribeAudio": "Describe Audio", "ACE15S_LoRA": "ACE-Step LoRA",
 }
 
 

@@ -42,7 +42,7 @@ def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
 def test_all_use_cases_shipped():
     assert set(NAMES) == {"text2music_thinking", "simple_mode", "format_input_text2music", "continue", "repaint",
                           "cover", "mix_native_nodes", "extract_and_complete", "add_track",
-                          "describe_and_rerender"}
+                          "describe_and_rerender", "lora"}
     for p in WORKFLOWS:
         assert p.with_suffix(".api.json").is_file()
 

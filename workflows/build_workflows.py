@@ -37,6 +37,9 @@ CORE = {
     "SaveAudioMP3": ([("audio", "AUDIO")], [], ["filename_prefix", "quality"], []),
 }
 SOURCE_AUDIO = "ace15s_example_song.flac"
+# Example adapters in models/loras (replace them with your own in the LoRA nodes).
+LORA_FOLDER = "ace15s_example_lora"
+LORA_FILE = "ace15s_example_lora_b.safetensors"
 
 CAPTION = ("upbeat synth-pop with bright analog leads, punchy drums, warm bass and a catchy female vocal, "
            "summer night drive")
@@ -203,6 +206,18 @@ def main():
            (5, "ACE15S_SaveAudio", "Save Audio", (1260, 0), {**save, "filename_prefix": "audio/ACE-Step-rerender"})],
           [(1, "model", 3, "model"), (2, "AUDIO", 3, "audio"), (1, "model", 4, "model"), (3, "plan", 4, "plan"),
            (4, "audio", 5, "audio")], s)
+    build("lora", "ACE-Step with LoRA adapters",
+          "Two adapters from models/loras stacked on the model (an official PEFT folder at strength 1, a ComfyUI "
+          "LoRA file at 0.8); the same seed without them runs beside it, so the graph holds both models.",
+          [(1, "ACE15S_LoadModel", "Load ACE-Step", (0, 0), LOADER_NO_LM),
+           (2, "ACE15S_LoRA", "ACE-Step LoRA (PEFT folder)", (420, 0), {"lora": LORA_FOLDER, "strength": 1.0}),
+           (3, "ACE15S_LoRA", "ACE-Step LoRA (ComfyUI file)", (420, 160), {"lora": LORA_FILE, "strength": 0.8}),
+           (4, "ACE15S_Text2Music", "Text2Music (with LoRAs)", (840, 0), t2m),
+           (5, "ACE15S_SaveAudio", "Save Audio (with LoRAs)", (1260, 0), {**save, "filename_prefix": "audio/ACE-Step-lora"}),
+           (6, "ACE15S_Text2Music", "Text2Music (base model)", (840, 560), t2m),
+           (7, "ACE15S_SaveAudio", "Save Audio (base model)", (1260, 560), {**save, "filename_prefix": "audio/ACE-Step-base"})],
+          [(1, "model", 2, "model"), (2, "model", 3, "model"), (3, "model", 4, "model"), (4, "audio", 5, "audio"),
+           (1, "model", 6, "model"), (6, "audio", 7, "audio")], s)
     build("mix_native_nodes", "ACE-Step with native audio nodes",
           "Text2Music feeds ComfyUI's PreviewAudio; its output is repainted and saved with the core SaveAudioMP3.",
           [(1, "ACE15S_LoadModel", "Load ACE-Step", (0, 0), LOADER_NO_LM),

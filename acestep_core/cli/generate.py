@@ -58,6 +58,12 @@ def add_parser(subparsers) -> None:
                    help="extract / lego: the track to take out or add (" + ", ".join(TRACK_NAMES) + ")")
     g.add_argument("--track-classes", default="", help="complete: comma list of tracks to add")
     g.add_argument("--instruction", default="", help="replace the task's DiT instruction (expert use)")
+    g = p.add_argument_group("adapters")
+    g.add_argument("--lora", action=_AddAdapter, dest="adapters", default=[], metavar="PATH",
+                   help="LoRA / LoKr adapter: an official PEFT folder, a ComfyUI LoRA .safetensors or a LoKr "
+                        ".safetensors (repeat to stack several)")
+    g.add_argument("--lora-scale", action=_ScaleLastAdapter, dest="adapters", type=float, metavar="S",
+                   help="strength of the --lora just before it (default 1.0; negative and above 1 allowed)")
     g = p.add_argument_group("models and output")
     g.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR", "checkpoints"))
     g.add_argument("--dit", default=None, help="DiT folder name/path or a ComfyUI .safetensors (default acestep-v15-turbo)")
@@ -83,6 +89,22 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+class _AddAdapter(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        adapters = list(getattr(namespace, self.dest) or [])
+        adapters.append([value, 1.0, False])
+        setattr(namespace, self.dest, adapters)
+
+
+class _ScaleLastAdapter(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        adapters = list(getattr(namespace, self.dest) or [])
+        if not adapters or adapters[-1][2]:
+            parser.error("each --lora-scale follows the --lora it sets (one --lora-scale per --lora)")
+        adapters[-1] = [adapters[-1][0], value, True]
+        setattr(namespace, self.dest, adapters)
+
+
 def _read_lyrics(args) -> str:
     from ..values import read_text_file
 
@@ -102,6 +124,10 @@ def build_request(args):
     from ..outputs import load_latents
     from ..request import MAX_DURATION, MIN_REQUEST_DURATION, GenerationRequest
     from ..values import optional_duration
+    from ..adapters import scaled_adapters
+
+    # A bad adapter file is reported before minutes of model loading.
+    adapters = scaled_adapters([a[0] for a in args.adapters], [a[1] for a in args.adapters])
 
     # The command line takes the official API's range, as the REST server does.
     duration = optional_duration("--audio-duration", args.audio_duration, MIN_REQUEST_DURATION, MAX_DURATION)
@@ -119,7 +145,7 @@ def build_request(args):
         audio_code_string=args.audio_code_string, cfg_interval_start=args.cfg_interval_start,
         cfg_interval_end=args.cfg_interval_end, chunk_mask_mode=args.chunk_mask_mode, repaint_mode=args.repaint_mode,
         repaint_strength=args.repaint_strength, batch_size=args.batch_size, track_name=args.track_name,
-        track_classes=args.track_classes, instruction=args.instruction,
+        track_classes=args.track_classes, instruction=args.instruction, adapters=adapters,
     )
     request.validate()
     return request.check_sources()

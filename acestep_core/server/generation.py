@@ -189,6 +189,7 @@ def run_job(
         instruction=req.instruction,
         batch_size=req.batch_size,
         plan=lm_plan,
+        adapters=list(req.adapters),
     )
     set_stage("generating")
     t0 = time.perf_counter()

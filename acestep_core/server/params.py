@@ -325,6 +325,8 @@ class ReleaseRequest:
     explicit: frozenset[str] = field(default_factory=frozenset)
     # Files uploaded with the request (saved by the server): field name -> path.
     uploads: dict[str, str] = field(default_factory=dict)
+    # The server's LoRA / LoKr state when the job was queued (ScaledAdapter list).
+    adapters: list = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -502,9 +502,11 @@ def add_routes(target, prefix: str = "", runtime: Runtime | None = None) -> list
     if runtime is None:
         raise ValueError("add_routes needs a Runtime")
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    from .lora_routes import lora_route_table
+
     handlers = ApiHandlers(runtime)
     paths = []
-    for method, path, fn in route_table(handlers):
+    for method, path, fn in route_table(handlers) + lora_route_table(runtime):
         full = prefix + path
         wrapped = guarded(runtime, fn)
         if isinstance(target, web.RouteTableDef):

@@ -24,6 +24,7 @@ from .config import ServerConfig
 from .files import is_within, remove_quietly
 from .generation import run_job
 from .jobs import Job, JobStore
+from .lora_state import AdapterState
 from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
 
@@ -66,6 +67,8 @@ class Runtime:
         self._finished: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # Adapters set through /v1/lora/*; each queued job takes a copy of them.
+        self.adapters = AdapterState(config.lora_dir)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,6 +114,7 @@ class Runtime:
         assert self._queue is not None, "Runtime.start() was not awaited"
         if self._queue.full():
             raise QueueFullError("Server busy: queue is full")
+        request.adapters = self.adapters.snapshot()
         job = self.store.create(request)
         job.temp_files = list(temp_files or [])
         self._queue.put_nowait(job)
