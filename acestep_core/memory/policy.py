@@ -106,8 +106,8 @@ def tier_for_gb(total_gb: float) -> Tier:
 
 
 # CPU-only machines. The official code treats "no GPU" as tier1 (no LM, 4 / 6 min); here system RAM
-# decides instead, so a CPU-only user can still run everything, just slowly. Weights stay in fp32 on
-# CPU (bf16 matmuls are slow there): DiT 2B ≈ 9.6 GB + text encoder ≈ 2.4 GB + VAE ≈ 0.7 GB ≈ 13 GB,
+# decides instead, so a CPU-only user can still run everything, just slowly. RAM is sized for fp32
+# (a CPU without native bf16; with it, dtypes.py picks bf16 and the weights take half): DiT 2B ≈ 9.6 GB + text encoder ≈ 2.4 GB + VAE ≈ 0.7 GB ≈ 13 GB,
 # plus the LM (fp32 ≈ 2.6 / 7.4 / 16.8 GB for 0.6B / 1.7B / 4B) and activations. The LM is allowed
 # by RAM but off by default: it writes hundreds of tokens per song at a few tokens per second on CPU,
 # so users turn it on deliberately (ACESTEP_INIT_LLM=1 or the node's toggle); when they do, the
