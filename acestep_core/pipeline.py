@@ -23,6 +23,7 @@ from .conditioning import Condition, encode_caption_only, encode_condition, enco
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CheckpointError, InputError
 from .latent_mask import frame_mask
+from .memory.dtypes import resolve_dtype  # the one `auto` rule (docs/memory.md#dtypes)
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
@@ -66,22 +67,6 @@ class GenerationResult:
     params: dict[str, Any]
     sample_rate: int = SAMPLE_RATE
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype in names:
-        return names[dtype]
-    if dtype != "auto":
-        raise InputError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type in ("mps", "xpu"):
-        return torch.float16
-    return torch.float32
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

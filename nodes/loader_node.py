@@ -25,12 +25,9 @@ def _memory_decision(device, requested_lm, available_lms, dit=None):
     return decide(memory, env=os.environ, requested_lm=requested_lm, available_lms=available_lms, dit=dit)
 
 
-def _resolve_dtype(choice: str, decision, device) -> str:
-    if choice != AUTO:
-        return DTYPES[choice]
-    if getattr(device, "type", str(device)) == "cpu":
-        return "float32"
-    return decision.dtype
+def _resolve_dtype(choice: str, decision) -> str:
+    """The widget's dtype; `auto` is the memory decision's (bf16 on GPUs and on CPUs with native bf16)."""
+    return decision.dtype if choice == AUTO else DTYPES[choice]
 
 
 def _resolve_components(dit: str, vae: str, text_encoder: str):
@@ -88,7 +85,8 @@ class LoadModel(io.ComfyNode):
                 io.Combo.Input("offload", options=[AUTO, "on", "off"], default=AUTO,
                                tooltip="on = move components back to the CPU after each run. auto = by memory tier."),
                 io.Combo.Input("dtype", options=list(DTYPES), default=AUTO,
-                               tooltip="Compute dtype. auto = bf16 on capable GPUs, fp32 on CPU."),
+                               tooltip="Compute dtype. auto = bf16 on capable GPUs and on CPUs with native bf16 (AVX512-BF16 / AMX), "
+                                       "else fp16 / fp32; fp32 = exact parity with the official CPU results."),
             ],
             outputs=[MODEL.Output("model", display_name="model"),
                      io.String.Output("info", display_name="info", tooltip="What was loaded and why.")],
@@ -139,7 +137,7 @@ def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dty
         offload_on = bool(getattr(decision, "offload_to_cpu", False))
     else:
         offload_on = offload == "on"
-    compute_dtype = _resolve_dtype(dtype, decision, device)
+    compute_dtype = _resolve_dtype(dtype, decision)
 
     pipeline = ACEStepPipeline.from_pretrained(
         dit=dit_path, vae=vae_path, text_encoder=te_path, text_tokenizer=_tokenizer_for(te_path, "text_encoder"),

@@ -26,6 +26,7 @@ def tiny_provider(tiny_dir: Path, use_lm: bool = False) -> LocalModelProvider:
         text_encoder=str(tiny_dir / "Qwen3-Embedding-tiny"),
         lm=str(tiny_dir / "acestep-5Hz-lm-tiny") if use_lm else None,
         use_lm=use_lm,
+        dtype="float32",  # as `serve --tiny`: stable results whatever the CPU's bf16 support
     )
 
 

@@ -80,9 +80,11 @@ def test_requested_lm_and_env_overrides(capsys, tmp_path, monkeypatch):
 def test_checkpoint_dir_from_env(capsys, tmp_path, monkeypatch):
     ckpt = make_official_layout(tmp_path / "elsewhere")
     monkeypatch.setenv("ACESTEP_CHECKPOINTS_DIR", str(ckpt))
+    monkeypatch.setenv("ACESTEP_CPU_BF16", "0")  # the old behaviour, whatever this CPU can do
     report = run_doctor(capsys, "--device", "cpu")
     assert report["checkpoint_dir"] == str(ckpt) and len(report["checkpoints"]) == 6
     assert report["device"]["device_type"] == "cpu" and report["decision"]["dtype"] == "float32"
+    assert any("ACESTEP_CPU_BF16=0" in r for r in report["decision"]["reasons"])
 
 
 def test_text_output_shows_device_decision_reasons_and_checkpoints(capsys, tmp_path):

@@ -251,3 +251,62 @@ def test_pipeline_kwargs_apply_the_decision():
     d = decide(gpu(8), env={})
     assert d.pipeline_kwargs() == {"offload_to_cpu": True, "offload_dit_to_cpu": True,
                                    "vae_chunk_frames": 128, "dtype": "bfloat16"}
+
+
+# ---- the one dtype rule (docs/memory.md#dtypes) -----------------------------------------------
+
+
+def native_bf16_cpu(ram_gb: float) -> DeviceMemory:
+    return DeviceMemory("cpu", "test CPU with AVX512-BF16", int(ram_gb * GIB), int(ram_gb * GIB), False, True)
+
+
+def test_cpu_bf16_is_opt_in_until_the_dit_step_is_faster():
+    d = decide(native_bf16_cpu(24), env={})
+    assert (d.dtype, d.lm_dtype) == ("float32", "float32")
+    assert any("natively" in r and "ACESTEP_CPU_BF16=1" in r for r in d.reasons)  # the user is told how
+    on = decide(native_bf16_cpu(24), env={"ACESTEP_CPU_BF16": "1"})
+    assert (on.dtype, on.lm_dtype) == ("bfloat16", "bfloat16")
+    off = decide(native_bf16_cpu(24), env={"ACESTEP_CPU_BF16": "0"})
+    assert (off.dtype, off.lm_dtype) == ("float32", "float32")
+    forced = decide(cpu(24), env={"ACESTEP_CPU_BF16": "1"})
+    assert (forced.dtype, forced.lm_dtype) == ("bfloat16", "bfloat16")
+    assert decide(cpu(24), env={"ACESTEP_CPU_BF16": "maybe"}).dtype == "float32"  # not yes/no: detection
+
+
+def test_resolve_dtype_is_the_same_rule_for_pipeline_and_lm(monkeypatch):
+    import torch
+
+    from acestep_core.lm.model import resolve_dtype as lm_dtype
+    from acestep_core.memory import dtypes
+    from acestep_core.pipeline import resolve_dtype as pipeline_dtype
+
+    cpu_device = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(dtypes, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.delenv("ACESTEP_CPU_BF16", raising=False)
+        assert pipeline_dtype("auto", cpu_device) == lm_dtype("auto", cpu_device) == torch.float32
+        monkeypatch.setenv("ACESTEP_CPU_BF16", "1")
+        assert pipeline_dtype("auto", cpu_device) == lm_dtype("auto", cpu_device) == torch.bfloat16
+        monkeypatch.setenv("ACESTEP_CPU_BF16", "0")
+        assert pipeline_dtype("auto", cpu_device) == lm_dtype(None, cpu_device) == torch.float32
+    assert pipeline_dtype("bf16", cpu_device) == torch.bfloat16
+    assert pipeline_dtype("float32", cpu_device) == lm_dtype("fp32", cpu_device) == torch.float32
+    assert pipeline_dtype("auto", torch.device("mps")) == torch.float16
+    assert lm_dtype("auto", torch.device("mps")) == torch.float32
+    with pytest.raises(InputError, match="dtype must be auto, float32, bfloat16 or float16"):
+        pipeline_dtype("float8", cpu_device)
+
+
+def test_cpu_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from acestep_core.memory import dtypes
+
+    assert isinstance(dtypes.cpu_has_native_bf16(), bool)
+    monkeypatch.setattr(dtypes.platform, "machine", lambda: "arm64")
+    dtypes.cpu_has_native_bf16.cache_clear()
+    try:
+        assert dtypes.cpu_has_native_bf16() is False  # Apple / ARM: float32 (bf16 is not a fast path there)
+    finally:
+        monkeypatch.undo()
+        dtypes.cpu_has_native_bf16.cache_clear()
+    assert memory_from_values("cpu", 8 * GIB).bf16_supported == dtypes.cpu_has_native_bf16()
+    assert memory_from_values("cuda", 8 * GIB).bf16_supported

@@ -54,7 +54,8 @@ def think_kwargs_from_args(args) -> dict:
 def load_planner_from_args(args):
     from .planner import LMPlanner, find_lm
 
-    if getattr(args, "tiny", False) and not args.lm_model:
+    tiny = getattr(args, "tiny", False)
+    if tiny and not args.lm_model:
         import sys
 
         from ..cli.model_setup import tiny_checkpoints, tiny_notice
@@ -62,6 +63,7 @@ def load_planner_from_args(args):
         print(tiny_notice(), file=sys.stderr)
         args.lm_model = str(tiny_checkpoints()["lm"])
     path = find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)
+    # --tiny stays in float32 whatever the CPU, so the install check behaves the same everywhere.
+    dtype = "float32" if tiny else getattr(args, "dtype", "auto") or "auto"
     return LMPlanner.from_pretrained(path, tokenizer_path=args.lm_tokenizer,
-                                     device=getattr(args, "device", "cpu") or "cpu",
-                                     dtype=getattr(args, "dtype", "auto") or "auto")
+                                     device=getattr(args, "device", "cpu") or "cpu", dtype=dtype)

@@ -20,15 +20,14 @@ from .decoder import StaticCacheDecoder  # noqa: F401  (re-exported)
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise CheckpointError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return table[dtype]
+    """The LM dtype for a name or `auto` (memory/dtypes.py holds the rule)."""
+    from ..errors import InputError
+    from ..memory.dtypes import resolve_dtype as resolve
+
+    try:
+        return resolve(dtype, device, lm=True)
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

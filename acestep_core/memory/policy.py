@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .dtypes import auto_dtypes, cpu_has_native_bf16
+
 logger = logging.getLogger("acestep_core.memory")
 
 GIB = 1024**3
@@ -105,8 +107,8 @@ def tier_for_gb(total_gb: float) -> Tier:
 
 
 # CPU-only machines. The official code treats "no GPU" as tier1 (no LM, 4 / 6 min); here system RAM
-# decides instead, so a CPU-only user can still run everything, just slowly. Weights stay in fp32 on
-# CPU (bf16 matmuls are slow there): DiT 2B ≈ 9.6 GB + text encoder ≈ 2.4 GB + VAE ≈ 0.7 GB ≈ 13 GB,
+# decides instead, so a CPU-only user can still run everything, just slowly. RAM is sized for fp32
+# (a CPU without native bf16; with it, dtypes.py picks bf16 and the weights take half): DiT 2B ≈ 9.6 GB + text encoder ≈ 2.4 GB + VAE ≈ 0.7 GB ≈ 13 GB,
 # plus the LM (fp32 ≈ 2.6 / 7.4 / 16.8 GB for 0.6B / 1.7B / 4B) and activations. The LM is allowed
 # by RAM but off by default: it writes hundreds of tokens per song at a few tokens per second on CPU,
 # so users turn it on deliberately (ACESTEP_INIT_LLM=1 or the node's toggle); when they do, the
@@ -170,7 +172,7 @@ class DeviceMemory:
     total_bytes: int
     free_bytes: int
     simulated: bool = False  # MAX_CUDA_VRAM / --simulate-vram
-    bf16_supported: bool = True  # False on pre-Ampere CUDA cards
+    bf16_supported: bool = True  # native bf16: False on pre-Ampere CUDA cards and CPUs without AVX512-BF16 / AMX
 
     @property
     def total_gb(self) -> float:
@@ -188,13 +190,17 @@ class DeviceMemory:
 
 
 def memory_from_values(device_type: str, total: int | float, free: int | float | None = None,
-                       name: str = "", bf16_supported: bool = True) -> DeviceMemory:
-    """A `DeviceMemory` from numbers the caller already has (e.g. ComfyUI's model management)."""
+                       name: str = "", bf16_supported: bool | None = None) -> DeviceMemory:
+    """A `DeviceMemory` from numbers the caller already has (e.g. ComfyUI's model management).
+
+    `bf16_supported=None`: a CPU is probed (`cpu_has_native_bf16`), an accelerator assumed capable."""
     device_type = str(device_type).split(":")[0].lower()
     if device_type not in ("cuda", "mps", "xpu", "cpu"):
         # DirectML, NPU, ...: treat as a CUDA-like discrete accelerator.
         name = name or device_type
         device_type = "cuda"
+    if bf16_supported is None:
+        bf16_supported = cpu_has_native_bf16() if device_type == "cpu" else True
     total = int(total)
     free = total if free is None else int(min(int(free), total))
     return DeviceMemory(device_type, name or device_type, total, max(0, free), False, bf16_supported)
@@ -207,9 +213,9 @@ def memory_from_comfy(model_management: Any) -> DeviceMemory:
     device_type = getattr(device, "type", str(device))
     total = model_management.get_total_memory(device)
     free = model_management.get_free_memory(device)
-    bf16 = True
+    bf16 = None  # a CPU is probed by the engine's own rule
     should_use_bf16 = getattr(model_management, "should_use_bf16", None)
-    if callable(should_use_bf16):
+    if callable(should_use_bf16) and device_type != "cpu":
         try:
             bf16 = bool(should_use_bf16(device))
         except Exception:  # older signatures; bf16 is only a dtype hint
@@ -290,7 +296,7 @@ def _measure(device_type: str, index: int) -> DeviceMemory:
             used = 0
         return DeviceMemory("mps", "Apple MPS", total, max(0, total - used))
     total, free = _system_ram()
-    return DeviceMemory("cpu", "CPU (system RAM)", total, free, False, False)
+    return DeviceMemory("cpu", "CPU (system RAM)", total, free, False, cpu_has_native_bf16())
 
 
 def detect_device_memory(device: Any = None, env: Mapping[str, str] | None = None) -> DeviceMemory:
@@ -469,17 +475,6 @@ def vae_chunk_frames_for(device_type: str, free_bytes: int, total_bytes: int | N
     return decode_chunk_frames(free_bytes, "cuda" if device_type == "xpu" else device_type)
 
 
-def _dtypes(memory: DeviceMemory) -> tuple[str, str]:
-    """(model dtype, LM dtype) suggestion (docs/memory.md#dtypes)."""
-    if memory.device_type == "cpu":
-        return "float32", "float32"
-    if memory.device_type == "mps":
-        return "float16", "float32"  # fp16 DiT / VAE; the LM is kept in fp32 on MPS
-    if memory.device_type == "cuda" and not memory.bf16_supported:
-        return "float16", "float16"
-    return "bfloat16", "bfloat16"
-
-
 def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested_lm: str | None = None,
            available_lms: list[str] | None = None, dit: str | None = None) -> MemoryDecision:
     """The memory decision for `memory`, honouring the user's overrides.
@@ -489,7 +484,7 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
     - `available_lms`: LM sizes (or folder names) found on disk; None = do not check.
     - `dit`: the DiT folder / file name or path about to load; an XL one brings the XL rules.
     - `env`: `ACESTEP_INIT_LLM`, `ACESTEP_LM_MODEL_PATH`, `ACESTEP_OFFLOAD_TO_CPU`,
-      `ACESTEP_OFFLOAD_DIT_TO_CPU`, `ACESTEP_VAE_DECODE_CHUNK_SIZE`, `ACESTEP_ALLOW_XL`.
+      `ACESTEP_OFFLOAD_DIT_TO_CPU`, `ACESTEP_VAE_DECODE_CHUNK_SIZE`, `ACESTEP_ALLOW_XL`, `ACESTEP_CPU_BF16` (dtypes.py).
     An LM the tier cannot hold falls back to the tier's recommendation, with a reason saying so.
     """
     env = os.environ if env is None else env
@@ -649,7 +644,8 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
         reasons.append(f"VAE decodes {vae_chunk} latent frames ({vae_chunk / 25:.1f} s) per window; on "
                        f"out-of-memory it halves the window, then decodes on the CPU.")
 
-    dtype, lm_dtype = _dtypes(memory)
+    dtype, lm_dtype, dtype_reason = auto_dtypes(memory.device_type, memory.bf16_supported, env)
+    reasons.append(dtype_reason)
 
     decision = MemoryDecision(
         device_type=memory.device_type,

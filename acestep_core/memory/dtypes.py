@@ -1,0 +1,133 @@
+"""The one rule for the compute dtype that `auto` picks (docs/memory.md#dtypes).
+
+Every door uses it: the memory decision (`policy.decide`, hence the CLI, the doctor and the Load node),
+the pipeline's and the LM's own `dtype="auto"`. On a CPU with native bfloat16 arithmetic
+(AVX512-BF16 or AMX) bfloat16 runs the big matrix products about four times faster than float32, and it
+is the precision the official code runs on every GPU; elsewhere on a CPU bfloat16 is emulated and slow,
+so float32 stays. `ACESTEP_CPU_BF16=0` keeps float32 (exact parity with the official CPU results),
+`=1` picks bfloat16. On a CPU `auto` stays float32 for now: there the DiT step is not yet faster in
+bfloat16 (see docs/readme/performance.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+from typing import Mapping
+
+logger = logging.getLogger("acestep_core.memory")
+
+ENV_CPU_BF16 = "ACESTEP_CPU_BF16"
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+
+# /proc/cpuinfo flags of x86 CPUs that multiply bfloat16 in hardware.
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16).
+
+    Asks torch's CPU feature probe first, then the kernel's flags; anything else (ARM, Apple, an
+    unknown platform, a failing probe) counts as no, because emulated bfloat16 is slower than float32.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        return False
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        if any(probe is not None and probe() for probe in probes):
+            return True
+    except Exception:  # a private torch API: treat a failure as "unknown" and read the flags
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def cpu_bf16_override(env: Mapping[str, str] | None = None) -> bool | None:
+    """`ACESTEP_CPU_BF16` as True / False, or None when unset, `auto` or not a yes/no value."""
+    env = os.environ if env is None else env
+    raw = (env.get(ENV_CPU_BF16) or "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    if raw and raw != "auto":
+        logger.warning("ignoring %s=%r: use 1/0 or auto", ENV_CPU_BF16, raw)
+    return None
+
+
+def auto_dtypes(device_type: str, bf16_supported: bool, env: Mapping[str, str] | None = None
+                ) -> tuple[str, str, str]:
+    """(model dtype, LM dtype, reason) that `auto` means on `device_type`.
+
+    `bf16_supported`: the device computes bfloat16 natively (a CUDA card from Ampere on; on a CPU,
+    `cpu_has_native_bf16()`). The model dtype covers the text encoder, condition encoder, DiT and VAE.
+    """
+    if device_type == "cpu":
+        override = cpu_bf16_override(env)
+        if override is False:
+            return "float32", "float32", f"{ENV_CPU_BF16}=0: float32 on the CPU (exact parity with the official CPU results)."
+        if override:
+            return "bfloat16", "bfloat16", f"{ENV_CPU_BF16}=1: bfloat16 on the CPU (forced; slow where it is emulated)."
+        if bf16_supported:
+            # Not the default yet: measured on an AVX512-BF16 CPU, the LM and the condition encoder run
+            # 2.8x / 6x faster in bfloat16 but a DiT step runs slower (a weight copy inside a batched
+            # matmul dominates it), so auto keeps float32 until the DiT path is fast too.
+            return "float32", "float32", (
+                "float32 on the CPU; it computes bfloat16 natively (AVX512-BF16 / AMX): set "
+                f"{ENV_CPU_BF16}=1 or pass --dtype bfloat16 for the faster LM and encoders (the DiT step is not faster yet).")
+        return "float32", "float32", "float32 on the CPU (it has no native bfloat16, which would be emulated and slow)."
+    if device_type == "mps":
+        return "float16", "float32", "MPS: float16 models, the LM in float32."
+    if device_type == "cuda" and not bf16_supported:
+        return "float16", "float16", "This CUDA card has no bfloat16: float16."
+    return "bfloat16", "bfloat16", f"{device_type.upper()}: bfloat16."
+
+
+def device_bf16_supported(device) -> bool:
+    """Whether `device` (a torch.device or its name) computes bfloat16 natively."""
+    import torch
+
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    if device_type == "cpu":
+        return cpu_has_native_bf16()
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return True
+
+
+def resolve_dtype(dtype, device, lm: bool = False, env: Mapping[str, str] | None = None):
+    """A torch dtype from a name or `auto` (the rule above) for `device`; `lm` picks the LM's column.
+
+    Raises `InputError` for an unknown name."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        device_type = getattr(device, "type", str(device).split(":")[0])
+        model, lm_dtype, _ = auto_dtypes(device_type, device_bf16_supported(device), env)
+        name = lm_dtype if lm else model
+    else:
+        name = DTYPE_NAMES.get(str(dtype).lower())
+        if name is None:
+            from ..errors import InputError
+
+            raise InputError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return getattr(torch, name)

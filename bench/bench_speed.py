@@ -1,0 +1,240 @@
+"""float32 against the fast path (bfloat16), stage by stage, in one run on one machine.
+
+Real ACE-Step 1.5 sizes with random weights (2B DiT and its condition encoder, the Oobleck VAE, the
+0.6B text encoder and the 0.6B 5 Hz LM), the workloads of the speed table in docs/readme/performance.md:
+
+- condition encoder: caption 64 + lyrics 256 tokens, timbre reference 750 frames (30 s)
+- text encoder: the 64-token caption through Qwen3-Embedding-0.6B
+- DiT step (turbo, no CFG) at 30 s and 60 s of audio
+- VAE decode of 10 s of audio (one tile, as the engine decodes it on the CPU)
+- LM 0.6B, 150 audio codes, constrained, without CFG and with CFG 2.0 (wall time, prefill included)
+- peak memory of the DiT (weights + one 60 s step): CPU peak RSS / CUDA max_memory_allocated
+
+Each figure is printed with the 1-minute load average beside it (the machine may be shared; on a
+loaded machine every figure is slower, the ratios less so). The fast dtype is what `--dtype auto`
+picks on this machine unless `--fast-dtype` says otherwise.
+
+    python bench/bench_speed.py                   # full run on the CPU
+    python bench/bench_speed.py --quick           # 2 layers per model, short inputs: checks the script
+    python bench/bench_speed.py --device cuda     # the same on a GPU (synchronised timings)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_dit import randomize  # noqa: E402  (random real-size weights without a slow init)
+from bench_lm import TOKENIZER, random_model  # noqa: E402
+from memory import free_memory, peak_rss, reset_peak_rss, rss  # noqa: E402
+
+from acestep_core.dit import PUBLISHED_DIT_DEFAULTS, _build_modules  # noqa: E402
+from acestep_core.vae import PUBLISHED_VAE_CONFIG, vae_decode  # noqa: E402
+
+GB = 1024**3
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn, repeats: int = 1) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeats
+
+
+def dit_modules(dtype, device, layers: int | None):
+    config = dict(PUBLISHED_DIT_DEFAULTS, layer_types=["sliding_attention", "full_attention"] * 12)
+    if layers:
+        config.update(num_hidden_layers=layers, layer_types=config["layer_types"][:layers],
+                      num_lyric_encoder_hidden_layers=min(layers, 8), num_timbre_encoder_hidden_layers=min(layers, 4))
+    modules = _build_modules(config)
+    return (randomize(modules["condition_encoder"], device, dtype), randomize(modules["transformer"], device, dtype))
+
+
+def bench_condition(dtype, device, args, timer):
+    encoder, transformer = dit_modules(dtype, device, args.layers)
+    del transformer
+    text, lyrics, timbre = (64, 256, 750) if not args.quick else (16, 32, 75)
+    kw = dict(
+        text_hidden_states=torch.randn(1, text, 1024, device=device, dtype=dtype),
+        text_attention_mask=torch.ones(1, text, device=device, dtype=torch.long),
+        lyric_hidden_states=torch.randn(1, lyrics, 1024, device=device, dtype=dtype),
+        lyric_attention_mask=torch.ones(1, lyrics, device=device, dtype=torch.long),
+        refer_audio_acoustic_hidden_states_packed=torch.randn(1, timbre, 64, device=device, dtype=dtype),
+        refer_audio_order_mask=torch.zeros(1, device=device, dtype=torch.long),
+    )
+    with torch.inference_mode():
+        encoder(**kw)
+        seconds = timer(lambda: encoder(**kw), args.repeats)
+    return [(f"condition encoder (caption {text} + lyrics {lyrics} tokens, timbre {timbre} frames)", seconds, "s")]
+
+
+def bench_text_encoder(dtype, device, args, timer):
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(vocab_size=151669, hidden_size=1024, intermediate_size=3072,
+                         num_hidden_layers=args.layers or 28, num_attention_heads=16, num_key_value_heads=8,
+                         head_dim=128, max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=True)
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    model = randomize(model, device, dtype)
+    ids = torch.randint(0, 151643, (1, 64), device=device)
+    with torch.inference_mode():
+        model(input_ids=ids)
+        seconds = timer(lambda: model(input_ids=ids), args.repeats)
+    return [("text encoder (caption 64 tokens)", seconds, "s")]
+
+
+def bench_dit(dtype, device, args, timer):
+    encoder, transformer = dit_modules(dtype, device, args.layers)
+    del encoder
+    free_memory()
+    rows = []
+    for seconds_audio in args.dit_seconds:
+        frames = int(seconds_audio * 25)
+        base = rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
+        kw = dict(hidden_states=torch.randn(1, frames, 64, device=device, dtype=dtype),
+                  timestep=torch.full((1,), 0.5, device=device, dtype=dtype),
+                  timestep_r=torch.full((1,), 0.5, device=device, dtype=dtype),
+                  encoder_hidden_states=torch.randn(1, 330, 2048, device=device, dtype=dtype),
+                  context_latents=torch.randn(1, frames, 128, device=device, dtype=dtype))
+        with torch.inference_mode():
+            transformer(**kw)
+            step = timer(lambda: transformer(**kw), args.repeats)
+        rows.append((f"DiT step, {seconds_audio:g} s of audio", step, "s"))
+        if seconds_audio == max(args.dit_seconds):
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated()
+            else:
+                weights = sum(p.numel() * p.element_size() for p in transformer.parameters())
+                peak = peak_rss() - base + weights  # weights were resident before the reset
+            rows.append((f"peak memory, DiT (weights + one {seconds_audio:g} s step)", peak / GB, "GB"))
+    return rows
+
+
+def bench_vae(dtype, device, args, timer):
+    from diffusers import AutoencoderOobleck
+
+    with torch.device("meta"):
+        vae = AutoencoderOobleck(**PUBLISHED_VAE_CONFIG)
+    vae = randomize(vae, device, dtype)
+    frames = int(args.vae_seconds * 25)
+    latents = torch.randn(1, frames, 64) * 0.5
+    vae_decode(vae, latents[:, :8])
+    seconds = timer(lambda: vae_decode(vae, latents), args.repeats)
+    return [(f"VAE decode, {args.vae_seconds:g} s of audio", seconds, "s")]
+
+
+def bench_lm(dtype, device, args, timer):
+    from acestep_core.lm import LMSampling, prompts
+    from acestep_core.lm.decoder import StaticCacheDecoder
+    from acestep_core.lm.generation import decode_codes
+    from acestep_core.lm.tokenizer import LMTokenizer
+
+    import bench_lm
+
+    if args.layers:
+        bench_lm.CONFIGS["0.6B"] = dict(bench_lm.CONFIGS["0.6B"], num_hidden_layers=args.layers)
+    model = random_model("0.6B", str(device)).to(dtype)
+    decoder = StaticCacheDecoder(model)
+    tok = LMTokenizer(TOKENIZER)
+    caption, lyrics = "upbeat electronic dance track with punchy drums", "[Verse]\nla la la\n[Chorus]\noh oh"
+    cot = prompts.format_metadata_as_cot({"bpm": 120, "caption": caption, "duration": 30, "keyscale": "C major",
+                                          "language": "en", "timesignature": "4"})
+    rows = [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
+    out = []
+    for cfg in (1.0, 2.0):
+        sampling = LMSampling(temperature=0.85, cfg_scale=cfg, top_p=0.9)
+        batch = rows if cfg > 1 else rows[:1]
+
+        def run(n=args.codes):
+            result = decode_codes(decoder, batch, n, sampling, torch.Generator(device=device).manual_seed(1), cfg)
+            assert len(result.generated_ids) == n + 1
+
+        run(3)  # warm-up
+        seconds = timer(run)
+        label = "no CFG" if cfg == 1 else "CFG 2.0"
+        out.append((f"LM 0.6B, {args.codes} codes, {label}, constrained (wall)", seconds, "s"))
+        out.append((f"LM 0.6B, {label}: codes per second", args.codes / seconds, "tok/s"))
+    return out
+
+
+STAGES = {"condition": bench_condition, "text_encoder": bench_text_encoder, "dit": bench_dit,
+          "vae": bench_vae, "lm": bench_lm}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--fast-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
+                        help="the fast path's dtype (auto: what --dtype auto picks here)")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--dit-seconds", type=float, nargs="+", default=[30.0, 60.0])
+    parser.add_argument("--vae-seconds", type=float, default=10.0)
+    parser.add_argument("--codes", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=0, help="layers per transformer (0: the real count)")
+    parser.add_argument("--quick", action="store_true", help="2 layers, 2 s / 1 s of audio, 10 codes: checks the script")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.dit_seconds, args.vae_seconds, args.codes = 2, [1.0, 2.0], 1.0, 10
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    from acestep_core.memory.dtypes import resolve_dtype
+
+    fast = resolve_dtype(args.fast_dtype, device)
+    if fast == torch.float32:
+        print(f"note: --dtype auto picks float32 on this {device.type} (no native bf16); timing bfloat16 anyway")
+        fast = torch.bfloat16
+    timer = Timer(device)
+    print(f"device={device} threads={torch.get_num_threads()} cpus={os.cpu_count()} fast={fast} "
+          f"torch={torch.__version__} quick={args.quick} layers={args.layers or 'real'}", flush=True)
+    print(f"{'stage':<72} {'float32':>10} {'load':>5} {str(fast).split('.')[-1]:>10} {'load':>5} {'fast/fp32':>9}")
+    table = []
+    for name in args.stages:
+        results = {}
+        for dtype in (torch.float32, fast):
+            free_memory()
+            before = load()
+            rows = STAGES[name](dtype, device, args, timer)
+            results[dtype] = (rows, f"{before}")
+            free_memory()
+        for (label, ref, unit), (_, got, _) in zip(results[torch.float32][0], results[fast][0]):
+            ratio = got / ref
+            print(f"{label:<72} {ref:9.2f}{unit[0]} {results[torch.float32][1]:>5} {got:9.2f}{unit[0]} "
+                  f"{results[fast][1]:>5} {ratio:9.2f}  ({unit})", flush=True)
+            table.append((label, ref, results[torch.float32][1], got, results[fast][1], ratio, unit))
+    print(f"\n| stage | float32 | load | {str(fast).split('.')[-1]} | load | fast / float32 |")
+    print("|---|---|---|---|---|---|")
+    for label, ref, lr, got, lg, ratio, unit in table:
+        print(f"| {label} | {ref:.2f} {unit} | {lr} | {got:.2f} {unit} | {lg} | {ratio:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
