@@ -19,7 +19,7 @@ from . import audio_io
 from .codes import codes_from_any, codes_to_hints, latents_to_codes, latents_to_hints
 from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
-from .errors import CheckpointError, InputError
+from .errors import CancelledError, CheckpointError, InputError
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
@@ -300,7 +300,7 @@ class ACEStepPipeline:
 
         # 6. decode and post-process
         t0 = time.perf_counter()
-        audio = self.decode(latents)
+        audio = self.decode(latents, cancel=cancel)
         if task_inputs.repaint is not None and task_inputs.source_waveform is not None \
                 and task_inputs.repaint.settings.splice_seconds > 0:
             audio = splice_waveform(audio, task_inputs.source_waveform.unsqueeze(0).expand(batch, -1, -1),
@@ -313,13 +313,20 @@ class ACEStepPipeline:
         return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1."""
+    def decode(self, latents: torch.Tensor, cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+        """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1.
+
+        `cancel()` is polled after every VAE tile (CancelledError when it returns True)."""
         chunk = self.vae_chunk_frames or decode_chunk_frames(None, self.device.type)
+
+        def after_tile(done: int, total: int) -> None:
+            if cancel is not None and cancel():
+                raise CancelledError("VAE decode cancelled")
+
         with self.offload.use("vae", self.vae):
             # Out of memory → smaller windows → CPU, each step reported; never a silent failure.
-            audio = decode_with_fallback(official_vae_decode_fn(self.vae), latents, chunk, self.device,
-                                         log=logger.warning)
+            audio = decode_with_fallback(official_vae_decode_fn(self.vae, progress=after_tile), latents, chunk,
+                                         self.device, log=logger.warning)
         self.vae.to(self.offload.home("vae"))
         peak = audio.abs().amax(dim=(1, 2), keepdim=True)
         return torch.where(peak > 1.0, audio / peak, audio)
