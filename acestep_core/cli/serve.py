@@ -98,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(create_app(runtime), args.host, args.port, config, provider, runtime))
     except KeyboardInterrupt:
         pass
+    if runtime.abandoned_work:
+        # The model thread is inside a step with no cancel point; its record already says the job
+        # was stopped. Leave without tearing down the native thread pools under it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -129,6 +129,8 @@ class Runtime:
         self.upload_dir = self.result_root / ".uploads"
         self.state_dir = Path(config.state_dir).resolve() if config.state_dir else self.result_root / ".state"
         self.accepting = True
+        # True once shutdown() gave up waiting for the model thread (the process must not wait for it).
+        self.abandoned_work = False
         # Set at shutdown; the running job's cancel check reads it from the model thread.
         self._stopping = threading.Event()
         self._current: Optional[Job] = None
@@ -211,6 +213,7 @@ class Runtime:
                 # Still inside a step without a cancel check: record it as stopped and leave the
                 # daemon thread behind (the process exits without it).
                 summary["stopped_in_time"] = False
+                self.abandoned_work = True
                 if not running.done:
                     running.error_status = 503
                     self.store.mark_failed(running, RESTART_RUNNING_ERROR)
