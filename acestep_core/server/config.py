@@ -100,6 +100,7 @@ class ServerConfig:
             max_upload_bytes=int(_env_float(env, "ACESTEP_MAX_UPLOAD_MB", 50.0) * 1024 * 1024),
             generation_timeout_s=_env_float(env, "ACESTEP_GENERATION_TIMEOUT", 600.0),
             max_source_seconds=_env_float(env, "ACESTEP_MAX_SOURCE_SECONDS", 0.0) or None,
+            max_json_body_bytes=int(_env_float(env, "ACESTEP_MAX_BODY_MB", 1.0) * 1024 * 1024),
             state_dir=Path(env["ACESTEP_STATE_DIR"]) if (env.get("ACESTEP_STATE_DIR") or "").strip() else None,
             shutdown_grace_s=_env_float(env, "ACESTEP_SHUTDOWN_GRACE", 5.0),
             memory_limits=_env_switch(env, "ACESTEP_MEMORY_LIMITS", True),
@@ -120,6 +121,8 @@ class ServerConfig:
             raise ValueError("ACESTEP_GENERATION_TIMEOUT must be positive")
         if self.max_upload_bytes < 1:
             raise ValueError("ACESTEP_MAX_UPLOAD_MB must be positive")
+        if self.max_json_body_bytes < 1024:
+            raise ValueError("ACESTEP_MAX_BODY_MB must be at least 0.001 (1 KiB)")
         if self.max_source_seconds is not None and self.max_source_seconds <= 0:
             raise ValueError("ACESTEP_MAX_SOURCE_SECONDS must be positive")
         if self.shutdown_grace_s < 0:

@@ -173,11 +173,12 @@ class Runtime:
         interrupted = self.store.attach(db, ReleaseRequest.from_record)
         for job in interrupted:
             self._remove_job_files(job)
+        expired = self.cleanup_once()  # what aged out while the server was down
         orphans = self.remove_orphaned_uploads()
         counts = self.store.counts()
         log.info("job records: %d restored from %s (%d succeeded, %d failed; %d left unfinished by the last "
-                 "run, now failed); %d orphaned upload(s) removed", counts["total"], db.path,
-                 counts["succeeded"], counts["failed"], len(interrupted), orphans)
+                 "run, now failed); %d expired, %d orphaned upload(s) removed", counts["total"], db.path,
+                 counts["succeeded"], counts["failed"], len(interrupted), expired, orphans)
 
     def remove_orphaned_uploads(self) -> int:
         """Delete files in the upload folder that no queued or running job owns."""
