@@ -252,7 +252,13 @@ def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
     ref = req.uploads.get("reference_audio") or req.reference_audio_path
     if ref:
         check_audio(ref, labels.get("reference_audio", "reference_audio"), limits.reference_limit_s(runtime.config))
-    engine_request(req).validate()
+    gen = engine_request(req)
+    gen.validate()
+    # The engine's own source checks (finite samples, repaint window against the source's length),
+    # on files already known to be within the length limit.
+    check_sources = getattr(gen, "check_sources", None)
+    if callable(check_sources):
+        check_sources()
 
 
 def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, str]) -> Optional[dict]:
