@@ -155,6 +155,8 @@ class Runtime:
         self.result_root.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(maxsize=self.config.queue_maxsize)
+        self._stopping.clear()
+        self.accepting = True
         self._restore()
         self._executor = ModelThread("acestep-api")
         self._tasks = [
@@ -227,6 +229,7 @@ class Runtime:
         return summary
 
     async def close(self) -> None:
+        self._stopping.set()  # a job still on the model thread stops at its next step
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -301,7 +304,8 @@ class Runtime:
 
     async def _run(self, job: Job) -> None:
         self.store.mark_running(job)
-        self._current, self._current_done = job, asyncio.Event()
+        done = asyncio.Event()
+        self._current, self._current_done = job, done
         stopping = self._stopping
 
         def progress(step: int, total: int) -> None:
@@ -341,7 +345,7 @@ class Runtime:
             event = self._finished.pop(job.task_id, None)
             if event is not None:
                 event.set()
-            self._current_done.set()
+            done.set()
             self._current = None
 
     # ------------------------------------------------------------------ expiry
