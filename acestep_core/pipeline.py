@@ -21,7 +21,7 @@ from .adapters import decoder_adapters
 from .codes import codes_per_item, codes_to_hints, latents_to_codes, latents_to_hints
 from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
-from .errors import CheckpointError, InputError
+from .errors import CancelledError, CheckpointError, InputError
 from .latent_mask import frame_mask
 from .memory.dtypes import resolve_dtype  # the one `auto` rule (docs/memory.md#dtypes)
 from .memory.offload import OffloadManager
@@ -326,7 +326,7 @@ class ACEStepPipeline:
 
         # 6. decode and post-process
         t0 = time.perf_counter()
-        audio = self.decode(latents, progress=decode_progress)
+        audio = self.decode(latents, progress=decode_progress, cancel=cancel)
         if task_inputs.repaint is not None and task_inputs.source_waveform is not None \
                 and task_inputs.repaint.settings.splice_seconds > 0:
             audio = splice_waveform(audio, task_inputs.source_waveform.unsqueeze(0).expand(batch, -1, -1),
@@ -360,13 +360,24 @@ class ACEStepPipeline:
         return frame_mask(lengths, task_inputs.frames, device)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-        """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1."""
+    def decode(self, latents: torch.Tensor, progress: Optional[Callable[[int, int], None]] = None,
+               cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+        """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1.
+
+        `progress(tile, total)` is called and `cancel()` polled after every VAE tile (CancelledError
+        when it returns True)."""
         chunk = self.vae_chunk_frames or decode_chunk_frames(None, self.device.type)
+
+        def after_tile(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            if cancel is not None and cancel():
+                raise CancelledError("VAE decode cancelled")
+
         with self.offload.use("vae", self.vae):
             # Out of memory → smaller windows → CPU, each step reported; never a silent failure.
-            audio = decode_with_fallback(official_vae_decode_fn(self.vae, progress), latents, chunk, self.device,
-                                         log=logger.warning)
+            audio = decode_with_fallback(official_vae_decode_fn(self.vae, progress=after_tile), latents, chunk,
+                                         self.device, log=logger.warning)
         self.vae.to(self.offload.home("vae"))
         peak = audio.abs().amax(dim=(1, 2), keepdim=True)
         return torch.where(peak > 1.0, audio / peak, audio)

@@ -141,3 +141,64 @@ def result_items(item: dict) -> list[dict]:
     """The official `result` field is a JSON string holding a list of per-file items."""
     assert isinstance(item["result"], str)
     return json.loads(item["result"])
+
+
+class ServeProcess:
+    """`python -m acestep_core serve` on the tiny checkpoints in a child process (for tests that need
+    real signals and restarts); `url` is the printed address, `log` its combined output so far."""
+
+    STARTUP_LIMIT_S = 300
+
+    def __init__(self, tiny_dir: Path, output_dir: Path, log_path: Path, env: Optional[dict] = None):
+        import os
+        import subprocess
+        import sys
+
+        self.log_path = log_path
+        self._log = open(log_path, "a")
+        self._log.write("\n===== start =====\n")
+        self._log.flush()
+        self._offset = log_path.stat().st_size
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", ACESTEP_MEMORY_LIMITS="off", **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "acestep_core", "serve", "--host", "127.0.0.1", "--port", "0", "--no-lm",
+             "--dit", str(tiny_dir / "acestep-v15-turbo-tiny"), "--vae", str(tiny_dir / "vae-tiny"),
+             "--text-encoder", str(tiny_dir / "Qwen3-Embedding-tiny"), "--output-dir", str(output_dir)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=output_dir.parent)
+        self.url = self._wait_for_address()
+
+    @property
+    def log(self) -> str:
+        with open(self.log_path) as fh:
+            fh.seek(self._offset)
+            return fh.read()
+
+    def _wait_for_address(self) -> str:
+        import re
+
+        deadline = time.monotonic() + self.STARTUP_LIMIT_S
+        while time.monotonic() < deadline:
+            match = re.search(r"ACE-Step API on (http://127\.0\.0\.1:\d+)", self.log)
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited during startup:\n{self.log[-3000:]}")
+            time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError("serve did not start in time")
+
+    def stop(self, sig=None, timeout: float = 60) -> float:
+        """Send `sig` (SIGTERM) and wait; returns the seconds until the process had exited."""
+        import signal as _signal
+
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or _signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._log.close()
+        return time.monotonic() - started

@@ -1,4 +1,10 @@
-"""`python -m acestep_core serve`: the official ACE-Step REST API on a local port (default 127.0.0.1:8001)."""
+"""`python -m acestep_core serve`: the official ACE-Step REST API on a local port (default 127.0.0.1:8001).
+
+Start-up takes the memory decision the CLI takes (device memory -> duration and batch limits, offload,
+VAE window) and logs it; requests are clamped to it. SIGTERM / SIGINT: stop taking jobs, cancel the
+running one at its next step, keep the queue on record, remove orphaned uploads, exit within
+ACESTEP_SHUTDOWN_GRACE seconds (default 5) plus the time open connections need to close (1 s).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+log = logging.getLogger("acestep_core.serve")
+# Open HTTP connections get this long to finish once the server stops.
+CONNECTION_CLOSE_S = 1.0
 
 
 def add_parser(subparsers) -> None:
@@ -80,26 +90,61 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    use_lm = _use_lm(args)
+    try:
+        decision, device = memory_decision(args.device, use_lm)
+    except Exception as exc:  # a bad --device is a user mistake, not a traceback
+        print(f"error: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
     provider = LocalModelProvider(
         checkpoint_dir=args.checkpoint_dir, dit=args.dit, vae=args.vae, text_encoder=args.text_encoder,
-        text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=_use_lm(args),
-        device=args.device, dtype=args.dtype)
+        text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=use_lm,
+        device=device, dtype=args.dtype, pipeline_options=decision_pipeline_options(decision))
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         logging.warning("binding to %s without ACESTEP_API_KEY: anyone who can reach this port can "
                         "run jobs and download results", args.host)
-    runtime = Runtime(provider, config)
+    runtime = Runtime(provider, config, memory_decision=decision)
     try:
-        asyncio.run(_serve(create_app(runtime), args.host, args.port, config, provider))
+        asyncio.run(_serve(create_app(runtime), args.host, args.port, config, provider, runtime))
     except KeyboardInterrupt:
         pass
+    if runtime.abandoned_work:
+        # The model thread is inside a step with no cancel point; its record already says the job
+        # was stopped. Leave without tearing down the native thread pools under it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
-async def _serve(app, host: str, port: int, config, provider) -> None:
+def memory_decision(device_arg: str, use_lm: bool):
+    """The CLI's memory decision for this device (and the resolved device name), logged once."""
+    from ..memory.policy import apply_memory_cap, decide, detect_device_memory
+    from ..pipeline import resolve_device
+
+    device = resolve_device(device_arg)
+    memory = detect_device_memory(device)
+    decision = decide(memory, requested_lm=None if use_lm else "none")
+    if apply_memory_cap(memory):
+        log.info("simulated %.1f GB card: this process's CUDA allocator is capped to match", memory.total_gb)
+    log.info("memory decision: %s", decision.summary())
+    for reason in decision.reasons:
+        log.info("  %s", reason)
+    return decision, str(device)
+
+
+def decision_pipeline_options(decision) -> dict:
+    """What the CLI takes from the decision when --offload / --dtype are left on auto."""
+    return {"offload_to_cpu": decision.offload_to_cpu, "offload_dit_to_cpu": decision.offload_dit_to_cpu,
+            "vae_chunk_frames": decision.vae_chunk_frames}
+
+
+async def _serve(app, host: str, port: int, config, provider, runtime) -> None:
     """Bind, print the real address (so --port 0 is usable), serve until SIGINT / SIGTERM."""
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CONNECTION_CLOSE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -108,12 +153,21 @@ async def _serve(app, host: str, port: int, config, provider) -> None:
         print(f"ACE-Step API on http://{bound_host}:{bound_port}  (results in {config.result_dir.resolve()}, "
               f"LM: {provider.lm_name() or 'none'})", flush=True)
         stop = asyncio.Event()
+        received: list[str] = []
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig.name), stop.set()))
             except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
                 pass
         await stop.wait()
+        log.info("%s received: taking no new jobs, stopping the running one (grace %.1f s)",
+                 received[0] if received else "stop", config.shutdown_grace_s)
+        summary = await runtime.shutdown(config.shutdown_grace_s)
+        if summary["running"]:
+            how = "at its next step" if summary["stopped_in_time"] else "by exiting (no cancel point in time)"
+            log.info("job %s stopped %s; it answers status 2 after a restart", summary["running"], how)
+        log.info("%d queued job(s) kept on record (they answer status 2 after a restart, their uploads "
+                 "are removed); shutting down", summary["queued"])
     finally:
         await runner.cleanup()

@@ -1,8 +1,8 @@
 """Server settings: one dataclass, filled from the official ACE-Step environment variables.
 
 The variable names and defaults follow the official API server so existing deployments keep their
-meaning (queue size, average-job window, API key); a few extra knobs (result expiry, upload limit)
-use the same `ACESTEP_` prefix.
+meaning (queue size, average-job window, API key); a few extra knobs (result expiry, upload and
+source-length limits, state folder, shutdown grace) use the same `ACESTEP_` prefix.
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name}={raw!r} is not a number") from None
 
 
+def _env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw or raw == "auto":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not on/off")
+
+
 @dataclass
 class ServerConfig:
     # Where finished audio lives; /v1/audio serves files below this folder and nothing else.
@@ -53,6 +64,18 @@ class ServerConfig:
     result_max_age_s: float = 24 * 3600.0
     cleanup_interval_s: float = 300.0
     max_upload_bytes: int = 50 * 1024 * 1024
+    # Longest source / reference audio accepted (seconds); None = what the engine can use (600 s, or
+    # less where the memory decision says so).
+    max_source_seconds: Optional[float] = None
+    # JSON / form bodies of every route except /v1/chat/completions (which carries audio inline).
+    max_json_body_bytes: int = 1024 * 1024
+    # Where the job records live (default <result_dir>/.state).
+    state_dir: Optional[Path] = None
+    # How long SIGTERM waits for the running job to reach a cancel point.
+    shutdown_grace_s: float = 5.0
+    # Clamp duration / batch / source length to the memory decision (ACESTEP_MEMORY_LIMITS=off keeps
+    # only the request table's 600 s x 8: for tiny test checkpoints, or a machine the policy misjudges).
+    memory_limits: bool = True
     # How long /v1/chat/completions waits for its job before answering 504 (the job keeps running).
     generation_timeout_s: float = 600.0
     env_name: str = "development"
@@ -79,6 +102,11 @@ class ServerConfig:
             max_upload_bytes=int(_env_float(env, "ACESTEP_MAX_UPLOAD_MB", 50.0) * 1024 * 1024),
             generation_timeout_s=_env_float(env, "ACESTEP_GENERATION_TIMEOUT", 600.0),
             lora_dir=Path(env["ACESTEP_LORA_DIR"]) if (env.get("ACESTEP_LORA_DIR") or "").strip() else None,
+            max_source_seconds=_env_float(env, "ACESTEP_MAX_SOURCE_SECONDS", 0.0) or None,
+            max_json_body_bytes=int(_env_float(env, "ACESTEP_MAX_BODY_MB", 1.0) * 1024 * 1024),
+            state_dir=Path(env["ACESTEP_STATE_DIR"]) if (env.get("ACESTEP_STATE_DIR") or "").strip() else None,
+            shutdown_grace_s=_env_float(env, "ACESTEP_SHUTDOWN_GRACE", 5.0),
+            memory_limits=_env_switch(env, "ACESTEP_MEMORY_LIMITS", True),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
@@ -96,3 +124,9 @@ class ServerConfig:
             raise ValueError("ACESTEP_GENERATION_TIMEOUT must be positive")
         if self.max_upload_bytes < 1:
             raise ValueError("ACESTEP_MAX_UPLOAD_MB must be positive")
+        if self.max_json_body_bytes < 1024:
+            raise ValueError("ACESTEP_MAX_BODY_MB must be at least 0.001 (1 KiB)")
+        if self.max_source_seconds is not None and self.max_source_seconds <= 0:
+            raise ValueError("ACESTEP_MAX_SOURCE_SECONDS must be positive")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("ACESTEP_SHUTDOWN_GRACE must not be negative")

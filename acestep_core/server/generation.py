@@ -77,6 +77,11 @@ def lm_sampling(req: ReleaseRequest):
     )
 
 
+def lm_duration_cap(req: ReleaseRequest) -> dict:
+    """Let the LM plan no longer a song than this server may generate (its codes set the length)."""
+    return {"max_duration": int(req.max_duration_s)} if req.max_duration_s else {}
+
+
 def optional_planner(provider: ModelProvider):
     """The LM for optional work (CoT metadata): None when absent or broken, like the official server."""
     if provider.lm_name() is None:
@@ -95,13 +100,16 @@ def run_job(
     *,
     progress: Optional[Callable[[int, int], None]] = None,
     set_stage: Callable[[str], None] = lambda stage: None,
+    cancel: Optional[Callable[[], bool]] = None,
 ) -> dict:
-    """Generate, save and describe the audio for one request. Blocking; raises on failure."""
-    from ..request import GenerationRequest
+    """Generate, save and describe the audio for one request. Blocking; raises on failure.
 
+    `cancel()` is polled at every LM token, diffusion step and VAE tile; when it returns True the
+    engine raises CancelledError and nothing is saved.
+    """
     timings: dict[str, float] = {}
-    song = Song(req.prompt, req.lyrics, req.bpm, req.key_scale, req.time_signature,
-                req.audio_duration, req.vocal_language)
+    notices: list[str] = list(req.notices)
+    song = user_song(req)
     task = req.task_type
     query = req.sample_query.strip()
     lm_plan = None
@@ -112,7 +120,8 @@ def run_job(
         planner = provider.planner()
         language = req.vocal_language if req.vocal_language not in ("", "en", "unknown") else None
         plan = planner.create_sample(query or "NO USER INPUT", instrumental=wants_instrumental(query),
-                                     language=language, sampling=lm_sampling(req))
+                                     language=language, sampling=lm_sampling(req), cancel=cancel,
+                                     **lm_duration_cap(req))
         song.apply_plan(plan, metas_override=True)
         timings["lm_sample_s"] = time.perf_counter() - t0
 
@@ -122,7 +131,7 @@ def run_job(
         planner = provider.planner()
         plan = planner.format_input(song.caption, song.lyrics, bpm=song.bpm, keyscale=song.keyscale or None,
                                     timesignature=song.timesignature or None, duration=song.duration,
-                                    language=song.language or None, sampling=lm_sampling(req))
+                                    language=song.language or None, sampling=lm_sampling(req), cancel=cancel)
         song.apply_plan(plan)
         timings["lm_format_s"] = time.perf_counter() - t0
 
@@ -135,7 +144,7 @@ def run_job(
             timesignature=song.timesignature or None, duration=song.duration, language=song.language or None,
             sampling=lm_sampling(req), use_cot_caption=req.use_cot_caption,
             use_cot_language=req.use_cot_language, constrained_decoding=req.constrained_decoding,
-            generate_codes=task not in LM_METAS_ONLY_TASKS)
+            generate_codes=task not in LM_METAS_ONLY_TASKS, cancel=cancel, **lm_duration_cap(req))
         song.apply_plan(lm_plan, caption=req.use_cot_caption, language=req.use_cot_language)
         timings["lm_think_s"] = time.perf_counter() - t0
     elif task == "text2music" and wants_cot and song.missing_metas() and not timings:
@@ -149,57 +158,29 @@ def run_job(
                 timesignature=song.timesignature or None, duration=song.duration,
                 language=song.language or None, sampling=lm_sampling(req), use_cot_caption=req.use_cot_caption,
                 use_cot_language=req.use_cot_language, constrained_decoding=req.constrained_decoding,
-                generate_codes=False)
+                generate_codes=False, cancel=cancel, **lm_duration_cap(req))
             song.apply_plan(metas_plan, caption=req.use_cot_caption, language=req.use_cot_language)
             timings["lm_metas_s"] = time.perf_counter() - t0
 
+    if req.max_duration_s is not None and song.duration is not None and song.duration > req.max_duration_s:
+        # The LM may plan a longer song than this machine's memory decision allows.
+        notices.append(f"The planned duration {song.duration:g} s is more than this server's limit of "
+                       f"{req.max_duration_s:g} s; generating {req.max_duration_s:g} s instead.")
+        song.duration = float(req.max_duration_s)
+
     set_stage("loading models")
     pipe, dit_name = provider.pipeline(req.model)
-
-    seeds = [-1] if req.use_random_seed else req.seed
-    gen = GenerationRequest(
-        caption=song.caption,
-        lyrics=song.lyrics,
-        bpm=song.bpm,
-        key_scale=song.keyscale,
-        time_signature=song.timesignature,
-        vocal_language=song.language,
-        audio_duration=song.duration,
-        inference_steps=req.inference_steps,
-        guidance_scale=req.guidance_scale,
-        shift=req.shift,
-        seed=seeds[0] if len(seeds) == 1 else seeds,
-        infer_method=req.infer_method,
-        timesteps=req.timesteps,
-        task_type=task,
-        src_audio=req.uploads.get("src_audio") or req.src_audio_path,
-        reference_audio=req.uploads.get("reference_audio") or req.reference_audio_path,
-        repainting_start=req.repainting_start,
-        repainting_end=req.repainting_end,
-        audio_cover_strength=req.audio_cover_strength,
-        cover_noise_strength=req.cover_noise_strength,
-        audio_code_string=req.audio_code_string,
-        cfg_interval_start=req.cfg_interval_start,
-        cfg_interval_end=req.cfg_interval_end,
-        chunk_mask_mode=req.chunk_mask_mode,
-        repaint_mode=req.repaint_mode,
-        repaint_strength=req.repaint_strength,
-        track_name=req.track_name,
-        track_classes=req.track_classes,
-        instruction=req.instruction,
-        batch_size=req.batch_size,
-        plan=lm_plan,
-        adapters=list(req.adapters),
-    )
+    gen = engine_request(req, song, lm_plan)
     set_stage("generating")
     t0 = time.perf_counter()
-    result = pipe.generate(gen, progress=progress)
+    result = pipe.generate(gen, progress=progress, cancel=cancel)
     timings["dit_s"] = time.perf_counter() - t0
 
     set_stage("saving")
     files = save_batch(result, job_dir, task_id, req.audio_format, song)
     params = dict(getattr(result, "params", {}) or {})
-    duration = params.get("audio_duration") or (result.audio.shape[-1] / result.sample_rate)
+    # The length of the audio actually written, whatever was asked for.
+    duration = result.audio.shape[-1] / result.sample_rate
     seeds_used = [int(s) for s in result.seeds]
     return {
         "files": [str(f) for f in files],
@@ -222,10 +203,65 @@ def run_job(
         "dit_model": dit_name,
         "lm_model": provider.lm_name() if any(k.startswith("lm_") for k in timings) else None,
         "params": params,
+        "notices": notices,
     }
 
 
+def user_song(req: ReleaseRequest) -> Song:
+    return Song(req.prompt, req.lyrics, req.bpm, req.key_scale, req.time_signature, req.audio_duration,
+                req.vocal_language)
+
+
+def engine_request(req: ReleaseRequest, song: Optional[Song] = None, plan: Any = None):
+    """The engine's GenerationRequest for a REST request (the song as the LM left it, if it ran).
+
+    Built in one place so the check at submit (`GenerationRequest.validate`) sees exactly what the
+    job will run.
+    """
+    from ..request import GenerationRequest
+
+    song = song or user_song(req)
+    seeds = [-1] if req.use_random_seed else req.seed
+    return GenerationRequest(
+        caption=song.caption,
+        lyrics=song.lyrics,
+        bpm=song.bpm,
+        key_scale=song.keyscale,
+        time_signature=song.timesignature,
+        vocal_language=song.language,
+        audio_duration=song.duration,
+        inference_steps=req.inference_steps,
+        guidance_scale=req.guidance_scale,
+        shift=req.shift,
+        seed=seeds[0] if len(seeds) == 1 else seeds,
+        infer_method=req.infer_method,
+        timesteps=req.timesteps,
+        task_type=req.task_type,
+        src_audio=req.uploads.get("src_audio") or req.src_audio_path,
+        reference_audio=req.uploads.get("reference_audio") or req.reference_audio_path,
+        repainting_start=req.repainting_start,
+        repainting_end=req.repainting_end,
+        audio_cover_strength=req.audio_cover_strength,
+        cover_noise_strength=req.cover_noise_strength,
+        audio_code_string=req.audio_code_string,
+        cfg_interval_start=req.cfg_interval_start,
+        cfg_interval_end=req.cfg_interval_end,
+        chunk_mask_mode=req.chunk_mask_mode,
+        repaint_mode=req.repaint_mode,
+        repaint_strength=req.repaint_strength,
+        track_name=req.track_name,
+        track_classes=req.track_classes,
+        instruction=req.instruction,
+        batch_size=req.batch_size,
+        plan=plan,
+        adapters=list(req.adapters),
+    )
+
+
 def save_batch(result, job_dir: Path, task_id: str, fmt: str, song: Song) -> list[Path]:
+    """Write every batch item; each file appears under its final name only once it is complete."""
+    import os
+
     from ..audio_io import save_audio
 
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -235,8 +271,10 @@ def save_batch(result, job_dir: Path, task_id: str, fmt: str, song: Song) -> lis
     fmt, ext, quality = ("wav", "wav", 32) if fmt == "wav32" else (fmt, fmt, None)
     for i in range(result.audio.shape[0]):
         path = job_dir / f"{task_id}_{i + 1}.{ext}"
-        save_audio(path, result.audio[i], sample_rate=result.sample_rate, format=fmt, quality=quality,
+        partial = job_dir / f".{task_id}_{i + 1}.partial.{ext}"
+        save_audio(partial, result.audio[i], sample_rate=result.sample_rate, format=fmt, quality=quality,
                    metadata=metadata)
+        os.replace(partial, path)
         paths.append(path)
     return paths
 

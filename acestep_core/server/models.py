@@ -80,7 +80,10 @@ class LocalModelProvider:
         use_lm: bool = True,
         device: str = "cpu",
         dtype: str = "auto",
+        pipeline_options: Optional[dict] = None,
     ):
+        # Extra ACEStepPipeline.from_pretrained arguments (offload, VAE window from the memory decision).
+        self.pipeline_options = dict(pipeline_options or {})
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.dit = dit
         self.vae = vae
@@ -120,6 +123,7 @@ class LocalModelProvider:
                     text_tokenizer=self.text_tokenizer,
                     device=self.device,
                     dtype=self.dtype,
+                    **self.pipeline_options,
                 )
             return self._pipeline, self._dit_name
 

@@ -2,12 +2,15 @@
 
 Values may arrive as JSON types or as form strings, at the top level, inside `param_obj` (a JSON
 object or JSON string) or inside a `metas` / `metadata` / `user_metadata` object, exactly like the
-official server. Unknown fields are ignored (clients send options meant for other servers), but a
-known field with a bad value is rejected with `FieldError`, which names the field.
+official server. Unknown fields are accepted (clients send options meant for other servers) and
+reported back by `ignored_fields`, with a "did you mean" for near misses; a known field with a bad
+value is rejected with `FieldError`, which names the field. Text fields have a length limit
+(MAX_TEXT_CHARS): the encoders truncate far below it, so more is always a mistake.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,6 +34,27 @@ INFER_METHODS = ("ode", "sde")
 REPAINT_MODES = ("balanced", "aggressive", "conservative")
 TIME_SIGNATURES = ("2", "3", "4", "6")
 META_CONTAINERS = ("metas", "meta", "metadata", "user_metadata", "userMetadata")
+# Characters per text field. The text encoder reads at most 256 caption and 2048 lyric tokens and the
+# LM's context is a few thousand tokens; these limits leave room for every script and refuse only junk.
+MAX_TEXT_CHARS = {
+    "prompt": 8192,
+    "lyrics": 32768,
+    "sample_query": 8192,
+    "lm_negative_prompt": 8192,
+    "instruction": 4096,
+    "model": 256,
+    "src_audio_path": 4096,
+    "reference_audio_path": 4096,
+    # 600 s x 5 codes per second x len("<|audio_code_63999|>")
+    "audio_code_string": 3000 * 20 + 1024,
+}
+# Fields of the official request this server reads but does not act on (their official defaults are
+# what it does anyway, or they pick a backend it does not have); reported as ignored, never an error.
+OFFICIAL_UNUSED = ("use_tiled_decode", "lm_model_path", "lm_backend", "allow_lm_batch", "analysis_only",
+                   "full_analysis_only", "is_format_caption", "lm_batch_chunk_size", "use_erg_tag",
+                   "use_erg_lyric", "use_erg_diffusion")
+# Envelope fields: consumed by the routes, not by the request table.
+ENVELOPE_FIELDS = ("ai_token", "param_obj") + META_CONTAINERS
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
 
@@ -327,6 +351,10 @@ class ReleaseRequest:
     uploads: dict[str, str] = field(default_factory=dict)
     # The server's LoRA / LoKr state when the job was queued (ScaledAdapter list).
     adapters: list = field(default_factory=list)
+    # What the server changed (clamps to its memory decision), reported with the job.
+    notices: list[str] = field(default_factory=list)
+    # This server's duration limit; also applied to a duration the LM plans.
+    max_duration_s: Optional[float] = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -336,6 +364,63 @@ class ReleaseRequest:
 
     def to_dict(self) -> dict:
         return dict(self.values)
+
+    def to_record(self) -> dict:
+        """What the job store keeps: enough to describe and audit the job after a restart."""
+        return {"values": dict(self.values), "explicit": sorted(self.explicit), "uploads": dict(self.uploads),
+                "notices": list(self.notices), "max_duration_s": self.max_duration_s}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "ReleaseRequest":
+        return cls(values=dict(record.get("values") or {}), explicit=frozenset(record.get("explicit") or ()),
+                   uploads=dict(record.get("uploads") or {}), notices=list(record.get("notices") or []),
+                   max_duration_s=record.get("max_duration_s"))
+
+
+KNOWN_NAMES = frozenset(name for spec in RELEASE_FIELDS for name in spec.names)
+
+
+def ignored_fields(raw: dict, consumed: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """Fields of a request that nothing reads, and a "did you mean" for the near misses.
+
+    Looks at the top level and inside `param_obj` / the metadata container, as the parser does;
+    names inside a container are reported as `container.name`.
+    """
+    known = KNOWN_NAMES | set(ENVELOPE_FIELDS) | set(consumed)
+    ignored: list[str] = []
+    suggestions: dict[str, str] = {}
+
+    def scan(source: Any, prefix: str) -> None:
+        if not isinstance(source, dict):
+            return
+        for key in source:
+            if not isinstance(key, str) or key in known:
+                continue
+            label = prefix + key
+            ignored.append(label)
+            if key in OFFICIAL_UNUSED:
+                continue
+            match = difflib.get_close_matches(key, sorted(KNOWN_NAMES), n=1, cutoff=0.75)
+            if match:
+                suggestions[label] = match[0]
+
+    scan(raw, "")
+    for container in ("param_obj",) + META_CONTAINERS:
+        value = raw.get(container)
+        if isinstance(value, str) and value.strip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+        scan(value, container + ".")
+    return ignored, suggestions
+
+
+def check_text_length(name: str, value: Any) -> None:
+    """ValueError when a text field is longer than MAX_TEXT_CHARS allows."""
+    limit = MAX_TEXT_CHARS.get(name)
+    if limit is not None and isinstance(value, str) and len(value) > limit:
+        raise ValueError(f"is {len(value)} characters long; the limit is {limit}")
 
 
 def parse_json_object(value: Any, field_name: str) -> dict:
@@ -385,6 +470,7 @@ def parse_release_request(raw: dict, *, default_batch_size: int = 2, max_batch_s
             continue
         try:
             typed = spec.convert(value)
+            check_text_length(spec.name, typed)
             if spec.check is not None:
                 typed = spec.check(typed)
         except ValueError as exc:

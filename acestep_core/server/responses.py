@@ -8,12 +8,13 @@ from typing import Any, Optional
 from aiohttp import web
 
 
-def wrap(data: Any, code: int = 200, error: Optional[str] = None) -> dict:
-    return {"data": data, "code": code, "error": error, "timestamp": int(time.time() * 1000), "extra": None}
+def wrap(data: Any, code: int = 200, error: Optional[str] = None, extra: Optional[dict] = None) -> dict:
+    return {"data": data, "code": code, "error": error, "timestamp": int(time.time() * 1000), "extra": extra}
 
 
-def ok(data: Any) -> web.Response:
-    return web.json_response(wrap(data))
+def ok(data: Any, extra: Optional[dict] = None) -> web.Response:
+    """Success; `extra` carries what the server noticed (ignored fields, clamps), else null."""
+    return web.json_response(wrap(data, extra=extra))
 
 
 def fail(status: int, message: str) -> web.Response:

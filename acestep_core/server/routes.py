@@ -13,13 +13,14 @@ import ipaddress
 import json
 import logging
 import time
+import urllib.parse
 from functools import wraps
 from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
 from ..errors import ACEStepError, InputError
-from . import completions, examples
+from . import completions, examples, limits
 from .files import (
     UploadTooLarge,
     new_upload_path,
@@ -30,9 +31,10 @@ from .files import (
     AUDIO_MEDIA_TYPES,
 )
 from .models import LMUnavailableError
-from .params import FieldError, parse_json_object, parse_release_request, to_bool, to_float, to_int, to_str
+from .params import (FieldError, ignored_fields, parse_json_object, parse_release_request, to_bool, to_float,
+                     to_int, to_str)
 from .responses import fail, ok, wrap
-from .runtime import QueueFullError, Runtime
+from .runtime import QueueFullError, Runtime, ShuttingDownError
 
 log = logging.getLogger(__name__)
 
@@ -92,37 +94,100 @@ def authorise(runtime: Runtime, request: web.Request, body: Optional[dict] = Non
         raise HTTPError(401, "Invalid API key")
 
 
-async def read_fields(request: web.Request) -> dict:
-    """JSON, url-encoded form or (text-only) multipart body as a dict; empty body -> {}."""
+JSON_HINT = ("send the body as JSON with the header 'Content-Type: application/json' (curl: -H "
+             "'Content-Type: application/json' -d '{...}'), or as multipart/form-data")
+
+
+class Body(dict):
+    """Request fields, plus what the server noticed about how they were sent."""
+
+    notices: list[str]
+
+    def __init__(self, *args, notices: Optional[list[str]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.notices = list(notices or [])
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refused (413) as soon as it passes `limit` bytes, without reading the rest."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise HTTPError(413, f"body: {declared} bytes is more than this endpoint accepts ({limit} bytes); "
+                             "upload audio as multipart/form-data and keep text fields within their limits")
+    data = bytearray()
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise HTTPError(413, f"body: more than this endpoint accepts ({limit} bytes)")
+    return bytes(data)
+
+
+def _parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise HTTPError(400, "body: not UTF-8 text; send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise HTTPError(400, f"body: invalid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, f"body: JSON payload must be an object, got {type(body).__name__}")
+    return body
+
+
+def _looks_like_json(raw: bytes) -> bool:
+    return raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{"
+
+
+async def read_fields(request: web.Request, limit: Optional[int] = None) -> Body:
+    """JSON, url-encoded form or (text-only) multipart body as a dict; empty body -> {}.
+
+    A JSON object sent without a Content-Type, or as a url-encoded form (what `curl -d` does), is read
+    as JSON and a notice says which header to send; any other body without a usable type is a 415.
+    """
     ctype = request.content_type.lower()
+    has_type = "Content-Type" in request.headers
     if ctype.startswith("multipart/"):
         fields, _ = await read_multipart(request, runtime=None)
-        return fields
-    if ctype == "application/x-www-form-urlencoded":
-        return dict(await request.post())
-    raw = await request.read()
+        return Body(fields)
+    raw = await read_body(request, limit if limit is not None else request.client_max_size)
     if not raw.strip():
-        return {}
-    if ctype == "application/json" or ctype.endswith("+json") or raw.lstrip()[:1] in (b"{", b"["):
+        return Body()
+    if ctype == "application/json" or ctype.endswith("+json"):
+        return Body(_parse_json(raw))
+    if _looks_like_json(raw):
+        sent = f"as {ctype}" if has_type else "without a Content-Type header"
+        return Body(_parse_json(raw), notices=[f"the body is JSON but was sent {sent}; it was read as JSON. "
+                                               "Send 'Content-Type: application/json'."])
+    if ctype == "application/x-www-form-urlencoded":
         try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HTTPError(400, f"body: invalid JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "body: JSON payload must be an object")
-        return body
-    raise HTTPError(415, f"Unsupported Content-Type: {ctype or '(missing)'}; use application/json, "
-                         "application/x-www-form-urlencoded or multipart/form-data")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "body: form data is not UTF-8") from None
+        return Body(urllib.parse.parse_qsl(text, keep_blank_values=True))
+    raise HTTPError(415, f"Unsupported Content-Type: {ctype if has_type else '(missing)'}; {JSON_HINT}")
 
 
 async def read_multipart(request: web.Request, runtime: Optional[Runtime]) -> tuple[dict, dict]:
     """Text fields and saved uploads of a multipart body. Files are refused when runtime is None."""
     fields: dict[str, Any] = {}
     uploads: dict[str, str] = {}
-    reader = await request.multipart()
+    text_limit = runtime.config.max_json_body_bytes if runtime is not None else MAX_TEXT_FIELD_BYTES
+    text_bytes = 0
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise HTTPError(400, f"body: malformed multipart/form-data ({exc or type(exc).__name__}); "
+                             "let the HTTP client build the body (curl -F name=value)") from None
     try:
         while True:
-            part = await reader.next()
+            try:
+                part = await reader.next()
+            except (ValueError, AssertionError, KeyError, aiohttp_client_errors()) as exc:
+                raise HTTPError(400, f"body: malformed multipart/form-data ({exc or type(exc).__name__}); "
+                                     "let the HTTP client build the body (curl -F name=value)") from None
             if part is None:
                 break
             name = part.name or ""
@@ -144,25 +209,71 @@ async def read_multipart(request: web.Request, runtime: Optional[Runtime]) -> tu
                 if not chunk:
                     break
                 data += chunk
+                text_bytes += len(chunk)
                 if len(data) > MAX_TEXT_FIELD_BYTES:
                     raise HTTPError(413, f"{name}: form field larger than 1 MiB")
-            fields[name] = data.decode(part.get_charset("utf-8"), errors="replace")
+                if text_bytes > text_limit:
+                    raise HTTPError(413, f"body: form fields larger than {text_limit} bytes in total")
+            try:
+                fields[name] = data.decode(part.get_charset("utf-8"))
+            except (UnicodeDecodeError, LookupError):
+                raise HTTPError(400, f"{name}: form field is not valid {part.get_charset('utf-8')} text") from None
     except BaseException:
         remove_quietly(uploads.values())
         raise
     return fields, uploads
 
 
-def _check_decodable(path: str, field_name: str) -> None:
-    """Decode an upload once so a bad file is rejected now (400), not inside the job."""
-    from ..audio_io import load_audio
+def aiohttp_client_errors() -> type:
+    from aiohttp import ClientPayloadError
 
-    try:
-        audio = load_audio(path)
-    except Exception as exc:  # any decoder failure means "not usable audio"
-        raise FieldError(field_name, f"could not be decoded as audio ({type(exc).__name__}: {exc})") from None
-    if audio.shape[-1] == 0:
-        raise FieldError(field_name, "decoded to zero samples")
+    return ClientPayloadError
+
+
+def check_audio(path: str, field_name: str, limit_s: float) -> float:
+    """Refuse now (400) audio the job could not use: undecodable, empty, or longer than `limit_s`.
+
+    The length comes from the header when it says too much, else from counting decoded samples up to
+    the limit, so an hour-long upload is refused in milliseconds."""
+    from ..audio_probe import audio_seconds
+
+    return audio_seconds(path, limit_s, what=field_name)
+
+
+def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
+    """Everything that can be checked before the job is queued (runs on a worker thread): the audio
+    files, then the engine request's own validation, so the job fails only for what needs the models."""
+    from .generation import engine_request
+
+    src = req.uploads.get("src_audio") or req.src_audio_path
+    if src:
+        check_audio(src, labels.get("src_audio", "src_audio"),
+                    limits.source_limit_s(runtime.config, runtime.memory_decision))
+    ref = req.uploads.get("reference_audio") or req.reference_audio_path
+    if ref:
+        check_audio(ref, labels.get("reference_audio", "reference_audio"), limits.reference_limit_s(runtime.config))
+    gen = engine_request(req)
+    gen.validate()
+    # The engine's own source checks (finite samples, repaint window against the source's length),
+    # on files already known to be within the length limit.
+    check_sources = getattr(gen, "check_sources", None)
+    if callable(check_sources):
+        check_sources()
+
+
+def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, str]) -> Optional[dict]:
+    """The wrapper's `extra` for a submit: ignored fields (with near-miss hints) and server notices."""
+    if not (notices or ignored):
+        return None
+    extra: dict[str, Any] = {}
+    if ignored:
+        extra["ignored_fields"] = ignored
+        extra["did_you_mean"] = suggestions
+        hints = [f"{name} (did you mean {suggestions[name]!r}?)" if name in suggestions else name
+                 for name in ignored]
+        notices = [f"ignored unknown field(s): {', '.join(hints)}"] + list(notices)
+    extra["notices"] = notices
+    return extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,15 +298,13 @@ class ApiHandlers:
                 if rt.config.api_key and _bearer(request) is not None:
                     authorise(rt, request)
                 fields, uploads = await read_multipart(request, rt)
+                fields = Body(fields)
             else:
-                fields = await read_fields(request)
+                fields = await read_fields(request, rt.config.max_json_body_bytes)
             authorise(rt, request, fields)
             req = parse_release_request(fields, default_batch_size=rt.config.default_batch_size,
                                         max_batch_size=rt.config.max_batch_size)
-            loop = asyncio.get_running_loop()
-            for target, path in uploads.items():
-                await loop.run_in_executor(None, _check_decodable, path, target)
-            req.uploads.update(uploads)
+            ignored, suggestions = ignored_fields(fields)
             for name in ("src_audio_path", "reference_audio_path"):
                 upload_key = name[: -len("_path")]
                 raw_path = req.values.get(name)
@@ -205,14 +314,24 @@ class ApiHandlers:
             if req.task_type in SOURCE_TASKS and not has_source:
                 raise FieldError("src_audio", f"task_type={req.task_type} needs source audio: upload it as "
                                               "multipart field 'src_audio' or give src_audio_path")
+            req.uploads.update(uploads)
+            labels = {k: (k if k in uploads else f"{k}_path") for k in ("src_audio", "reference_audio")}
+            await self._prepare(req, labels)
         except BaseException:
             remove_quietly(uploads.values())
             raise
         job, position = self._submit(req, uploads)
-        return ok({"task_id": job.task_id, "status": "queued", "queue_position": position})
+        return ok({"task_id": job.task_id, "status": "queued", "queue_position": position},
+                  extra=submit_extra(fields.notices + req.notices, ignored, suggestions))
+
+    async def _prepare(self, req, labels: dict[str, str]) -> None:
+        """Clamp to the memory decision, then check the audio and the whole engine request."""
+        rt = self.runtime
+        limits.clamp_to_decision(req, rt.config, rt.memory_decision)
+        await asyncio.get_running_loop().run_in_executor(None, check_request, req, rt, labels)
 
     async def query_result(self, request: web.Request) -> web.Response:
-        body = await read_fields(request)
+        body = await read_fields(request, self.runtime.config.max_json_body_bytes)
         authorise(self.runtime, request, body)
         raw = body.get("task_id_list", body.get("task_ids"))
         if raw is None and body.get("task_id"):
@@ -240,7 +359,8 @@ class ApiHandlers:
             items = [dict(base, file=url, prompt=r["prompt"], lyrics=r["lyrics"], metas=r["metas"],
                           generation_info=r["generation_info"], seed_value=r["seed_value"],
                           lm_model=r["lm_model"], dit_model=r["dit_model"], lm_seed=r.get("lm_seed"),
-                          vocal_language=r.get("vocal_language"), progress=1.0, stage="succeeded")
+                          vocal_language=r.get("vocal_language"), progress=1.0, stage="succeeded",
+                          notices=r.get("notices", []))
                      for url in r.get("audio_urls", [])]
         elif job.status == "failed":
             items = [dict(base, file="", prompt="", lyrics="", metas={}, progress=job.progress,
@@ -318,8 +438,8 @@ class ApiHandlers:
                 dest = new_upload_path(rt.upload_dir, target, f"input.{fmt}")
                 await loop.run_in_executor(None, dest.write_bytes, raw)
                 uploads[target] = str(dest)
-                await loop.run_in_executor(None, _check_decodable, str(dest), where)
             req.uploads.update(uploads)
+            await self._prepare(req, {target: where for target, (where, _, _) in slots.items()})
         except BaseException:
             remove_quietly(uploads.values())
             raise
@@ -333,6 +453,9 @@ class ApiHandlers:
         except QueueFullError as exc:
             remove_quietly(uploads.values())
             raise HTTPError(429, str(exc)) from None
+        except ShuttingDownError as exc:
+            remove_quietly(uploads.values())
+            raise HTTPError(503, str(exc)) from None
         except BaseException:
             remove_quietly(uploads.values())
             raise
@@ -376,7 +499,9 @@ class ApiHandlers:
         rt = self.runtime
         return ok({"jobs": rt.store.counts(), "queue_size": rt.queue_size,
                    "queue_maxsize": rt.config.queue_maxsize,
-                   "avg_job_seconds": round(rt.store.avg_job_seconds, 3)})
+                   "avg_job_seconds": round(rt.store.avg_job_seconds, 3),
+                   "limits": limits.describe(rt.config, rt.memory_decision),
+                   "memory_decision": limits.decision_block(rt.memory_decision)})
 
     async def audio(self, request: web.Request) -> web.StreamResponse:
         authorise(self.runtime, request)
@@ -392,7 +517,7 @@ class ApiHandlers:
         return web.FileResponse(path, headers={"Content-Type": AUDIO_MEDIA_TYPES[path.suffix.lower()]})
 
     async def create_random_sample(self, request: web.Request) -> web.Response:
-        body = await read_fields(request)
+        body = await read_fields(request, self.runtime.config.max_json_body_bytes)
         authorise(self.runtime, request, body)
         sample_type = str(body.get("sample_type") or body.get("sampleType") or "simple_mode").strip()
         if sample_type not in examples.SAMPLE_TYPES:
@@ -400,7 +525,7 @@ class ApiHandlers:
         return ok(examples.random_example(sample_type))
 
     async def format_input(self, request: web.Request) -> web.Response:
-        body = await read_fields(request)
+        body = await read_fields(request, self.runtime.config.max_json_body_bytes)
         authorise(self.runtime, request, body)
         caption = _field(body, "prompt", to_str, "", "caption")
         lyrics = _field(body, "lyrics", to_str, "")
