@@ -80,12 +80,7 @@ class LoraHandlers:
     async def toggle(self, request: web.Request) -> web.Response:
         body = await read_fields(request)
         authorise(self.runtime, request, body)
-        if body.get("use_lora") is None:
-            raise FieldError("use_lora", "is required (true or false)")
-        try:
-            use = to_bool(body["use_lora"])
-        except ValueError as exc:
-            raise FieldError("use_lora", str(exc)) from None
+        use = _required(body, "use_lora", to_bool, "true or false")
         if use and not self.state.loaded:
             return _soft_error("❌ No LoRA adapter loaded. Please load a LoRA first.")
         self.state.set_use(use)
@@ -94,12 +89,7 @@ class LoraHandlers:
     async def scale(self, request: web.Request) -> web.Response:
         body = await read_fields(request)
         authorise(self.runtime, request, body)
-        if body.get("scale") is None:
-            raise FieldError("scale", "is required (a number from 0 to 1)")
-        try:
-            value = to_float(body["scale"])
-        except ValueError as exc:
-            raise FieldError("scale", str(exc)) from None
+        value = _required(body, "scale", to_float, "a number from 0 to 1")
         name = _optional_name(body)
         if not self.state.loaded:
             return ok({"message": "⚠️ No LoRA loaded", "scale": value})
@@ -130,3 +120,13 @@ def lora_route_table(runtime: Runtime) -> list:
         ("POST", "/v1/lora/scale", handlers.scale),
         ("GET", "/v1/lora/status", handlers.status),
     ]
+
+
+def _required(body: dict, name: str, convert, accepts: str):
+    """A field the endpoint needs, converted, or a FieldError that says what it accepts."""
+    if body.get(name) is None:
+        raise FieldError(name, f"is required ({accepts})")
+    try:
+        return convert(body[name])
+    except ValueError as exc:
+        raise FieldError(name, str(exc)) from None
