@@ -85,15 +85,19 @@ def probe_seconds(source: str | os.PathLike) -> float | None:
 
     try:
         with open(source, "rb") as handle, av.open(handle, mode="r") as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / 1_000_000  # av.time_base
+            return declared_seconds(container) if container.streams.audio else None
     except (OSError, av.FFmpegError, ValueError):
         return None  # load_audio gives the real error
+
+
+def declared_seconds(container) -> float | None:
+    """The length an open PyAV container declares for its first audio stream (or as a whole); None
+    when it declares none (a zero length counts as none)."""
+    stream = container.streams.audio[0]
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
     return None
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .audio_io import declared_seconds
 from .errors import InputError
 
 # A header may round a little; a file this much over the limit by its header is still decoded to count.
@@ -27,16 +28,6 @@ class AudioTooLong(InputError):
         self.limit_s = limit_s
 
 
-def header_seconds(container) -> Optional[float]:
-    """The duration the container or its first audio stream declares, or None."""
-    if container.duration is not None and container.duration > 0:
-        return container.duration / 1_000_000  # AV_TIME_BASE
-    stream = container.streams.audio[0]
-    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
-        return float(stream.duration * stream.time_base)
-    return None
-
-
 def audio_seconds(path: str | os.PathLike, limit_s: float, what: str = "audio") -> float:
     """Length of the audio file in seconds; raises AudioTooLong past `limit_s`, InputError if unreadable.
 
@@ -51,7 +42,7 @@ def audio_seconds(path: str | os.PathLike, limit_s: float, what: str = "audio") 
         with av.open(str(path), mode="r") as container:
             if not container.streams.audio:
                 raise InputError(f"{what}: the file contains no audio stream")
-            declared = header_seconds(container)
+            declared = declared_seconds(container)
             if declared is not None and declared > limit_s + HEADER_SLACK_S:
                 raise AudioTooLong(what, declared, limit_s)
             stream = container.streams.audio[0]
