@@ -256,9 +256,7 @@ def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
     gen.validate()
     # The engine's own source checks (finite samples, repaint window against the source's length),
     # on files already known to be within the length limit.
-    check_sources = getattr(gen, "check_sources", None)
-    if callable(check_sources):
-        check_sources()
+    gen.check_sources()
 
 
 def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, str]) -> Optional[dict]:
