@@ -208,6 +208,11 @@ class ACEStepPipeline:
         return "dit" if name in ("transformer",) else name
 
     @property
+    def default_steps(self) -> int:
+        """The official step count of this model: 8 for turbo, 32 for base / sft."""
+        return 8 if self.is_turbo else 32
+
+    @property
     def is_turbo(self) -> bool:
         return self.dit.is_turbo
 
@@ -391,27 +396,14 @@ class ACEStepPipeline:
 
     # ------------------------------------------------------------------ steps
     def _apply_plan(self, request: GenerationRequest) -> GenerationRequest:
-        plan = request.plan
-        if plan is None:
-            return request
-        updates: dict[str, Any] = {}
-        if plan.caption:
-            updates["caption"] = plan.caption
-        if plan.lyrics and not request.lyrics:
-            updates["lyrics"] = plan.lyrics
-        if request.bpm is None and plan.bpm is not None:
-            updates["bpm"] = int(plan.bpm)
-        if not request.key_scale and plan.keyscale:
-            updates["key_scale"] = plan.keyscale
-        if not request.time_signature and plan.timesignature:
-            updates["time_signature"] = str(plan.timesignature)
-        if (request.audio_duration is None or request.audio_duration <= 0) and plan.duration:
-            updates["audio_duration"] = float(plan.duration)
-        if plan.language:
-            updates["vocal_language"] = plan.language
-        if plan.audio_codes and not request.audio_code_string and request.task_type == "text2music":
-            updates["audio_code_string"] = list(plan.audio_codes)
-        return replace(request, **updates)
+        """A plan still attached to the request fills it by the one rule (acestep_core.planning), and
+        steps left unset become the model's own."""
+        from .planning import fill_request
+
+        request = fill_request(request, request.plan)
+        if request.inference_steps is None:
+            request = replace(request, inference_steps=self.default_steps)
+        return request
 
     @torch.no_grad()
     def audio_to_codes(self, audio, seed: int = 0) -> list[int]:

@@ -9,31 +9,19 @@ from typing import Any, Optional, Union
 
 import torch
 
-from . import values
+from . import schema, values
 from .errors import InputError
 from .plan import Plan
 from .prompts import TRACK_NAMES, TRACK_TASKS
+# Vocabularies and limits live in the schema; these names stay importable from here.
+from .schema import (CHUNK_MASK_MODES, INFER_METHODS, MAX_BATCH, MAX_DURATION, MAX_SEED, MIN_DURATION,
+                     MIN_REQUEST_DURATION, REPAINT_MODES, TASK_ALIASES, TASK_TYPES)
 
-TASK_TYPES = ("text2music", "cover", "repaint", "continuation", *TRACK_TASKS)
 SOURCE_TASKS = ("cover", "repaint", "continuation", *TRACK_TASKS)
-# The official pipeline skips the LM where the source audio sets the song; for lego / complete it plans
-# metadata only (its codes would replace the source those tasks build on).
-LM_SKIPPED_TASKS = ("cover", "repaint", "continuation", "extract")
-LM_METAS_ONLY_TASKS = ("lego", "complete")
-TASK_ALIASES = {"repainting": "repaint", "continue": "continuation", "extend": "continuation"}
-INFER_METHODS = ("ode", "sde")
-CHUNK_MASK_MODES = ("auto", "explicit")
-REPAINT_MODES = ("aggressive", "balanced", "conservative")
-# -1 / 0 / None = automatic. The DiT's shortest output is 128 latent frames (5.12 s, the official
-# handler's minimum): a shorter request comes out 5.12 s long, and the result says so.
-MIN_DURATION, MAX_DURATION = 1.0, 600.0
-# The doors for people (CLI, REST) take the official API's range, which the LM can also plan.
-MIN_REQUEST_DURATION = 10.0
+from .planning import LM_METAS_ONLY_TASKS, LM_SKIPPED_TASKS  # noqa: E402 (re-exported)
 # A source shorter than this is too short to cover, repaint or extend; longer than MAX_DURATION is
 # more than the engine can take in one run.
 MIN_SOURCE_SECONDS = 1.0
-MAX_BATCH = 8
-MAX_SEED = 2**32 - 1
 
 AudioInput = Union[str, Path, torch.Tensor, None]
 
@@ -45,9 +33,10 @@ class GenerationRequest:
     bpm: Optional[int] = None
     key_scale: str = ""
     time_signature: str = ""
-    vocal_language: str = "en"
+    vocal_language: str = "unknown"
     audio_duration: Optional[float] = None
-    inference_steps: int = 8
+    # None = the model's own (turbo 8, base / sft 32), resolved by the pipeline.
+    inference_steps: Optional[int] = None
     guidance_scale: float = 7.0
     shift: float = 3.0
     seed: Union[int, str, list] = -1
@@ -102,31 +91,26 @@ class GenerationRequest:
         self.key_scale = values.key_scale(self.key_scale)
         self.time_signature = values.time_signature(self.time_signature)
         self.vocal_language = values.language(self.vocal_language)
-        _check_range("repaint_strength", self.repaint_strength, 0.0, 1.0)
-        _check_range("audio_cover_strength", self.audio_cover_strength, 0.0, 1.0)
-        _check_range("cover_noise_strength", self.cover_noise_strength, 0.0, 1.0)
-        _check_range("cfg_interval_start", self.cfg_interval_start, 0.0, 1.0)
-        _check_range("cfg_interval_end", self.cfg_interval_end, 0.0, 1.0)
+        for name in ("repaint_strength", "audio_cover_strength", "cover_noise_strength", "cfg_interval_start",
+                     "cfg_interval_end", "guidance_scale", "shift"):
+            _check_range(name, getattr(self, name))
         if self.cfg_interval_start > self.cfg_interval_end:
             raise InputError("cfg_interval_start must not exceed cfg_interval_end")
-        _check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
-        _check_range("shift", self.shift, 0.1, 10.0)
-        if not _is_int(self.inference_steps) or not 1 <= self.inference_steps <= 200:
-            raise InputError(f"inference_steps must be an integer from 1 to 200, got {self.inference_steps!r}")
-        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH:
-            raise InputError(f"batch_size must be an integer from 1 to {MAX_BATCH}, got {self.batch_size!r}")
+        if self.inference_steps is not None:
+            _check_int("inference_steps", self.inference_steps)
+        _check_int("batch_size", self.batch_size)
+        # The engine itself runs down to the DiT's shortest output; the doors for people ask for 10 s.
         self.audio_duration = values.optional_duration("audio_duration", self.audio_duration, MIN_DURATION,
                                                        MAX_DURATION)
         if self.bpm is not None:
-            if not _is_int(self.bpm) or not 30 <= self.bpm <= 300:
-                raise InputError(f"bpm must be an integer from 30 to 300, got {self.bpm!r}")
+            _check_int("bpm", self.bpm)
         if self.task_type in SOURCE_TASKS:
             if self.src_audio is None and self.src_latents is None:
                 raise InputError(f"task_type {self.task_type!r} needs src_audio (or src_latents)")
         self.tracks()  # parses and checks
         self._check_window()
         if self.task_type == "continuation" and self.continuation_seconds is not None:
-            _check_range("continuation_seconds", self.continuation_seconds, 0.2, MAX_DURATION)
+            _check_range("continuation_seconds", self.continuation_seconds)
         if self.src_latents is not None:
             if not isinstance(self.src_latents, torch.Tensor) or self.src_latents.ndim != 3 or self.src_latents.shape[-1] != 64:
                 shape = tuple(self.src_latents.shape) if isinstance(self.src_latents, torch.Tensor) else type(self.src_latents).__name__
@@ -286,7 +270,14 @@ def _check_source_seconds(name: str, seconds: float) -> None:
                          f"{MAX_DURATION:g} s: cut it to the part you need first")
 
 
-def _check_range(name: str, value, low: float, high: float) -> None:
+def _check_int(name: str, value) -> None:
+    low, high = schema.spec(name).low, schema.spec(name).high
+    if not _is_int(value) or not low <= value <= high:
+        raise InputError(f"{name} must be an integer from {low:g} to {high:g}, got {value!r}")
+
+
+def _check_range(name: str, value) -> None:
+    low, high = float(schema.spec(name).low), float(schema.spec(name).high)
     if isinstance(value, bool):
         raise InputError(f"{name} must be a number from {low} to {high}, got {value!r}")
     try:

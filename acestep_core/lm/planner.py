@@ -256,9 +256,9 @@ class LMPlanner:
             float(len(out.audio_codes)) / CODES_PER_SECOND if out.audio_codes else _as_float(md.get("duration")))
         return Plan(
             caption=plan_caption, lyrics=lyrics, bpm=bpm if bpm is not None else _as_int(md.get("bpm")),
-            keyscale=keyscale or md.get("keyscale"),
-            timesignature=timesignature or _as_str(md.get("timesignature")),
-            duration=plan_duration, language=plan_language, audio_codes=out.audio_codes,
+            key_scale=keyscale or md.get("keyscale"),
+            time_signature=timesignature or _as_str(md.get("timesignature")),
+            audio_duration=plan_duration, vocal_language=plan_language, audio_codes=out.audio_codes,
             cot_text=out.cot_text, lm_seed=seed,
         )
 
@@ -343,8 +343,8 @@ class LMPlanner:
     def _plan_from_metadata(md: dict, lyrics: str, raw: str, seed: int, fallback_caption, language) -> Plan:
         return Plan(
             caption=md.get("caption") or fallback_caption, lyrics=lyrics, bpm=_as_int(md.get("bpm")),
-            keyscale=md.get("keyscale"), timesignature=_as_str(md.get("timesignature")),
-            duration=_as_float(md.get("duration")), language=language or md.get("language"),
+            key_scale=md.get("keyscale"), time_signature=_as_str(md.get("timesignature")),
+            audio_duration=_as_float(md.get("duration")), vocal_language=language or md.get("language"),
             audio_codes=[], cot_text=raw, lm_seed=seed,
         )
 
