@@ -107,7 +107,7 @@ FIELDS: tuple[Field, ...] = (
     _f("shift", "float", 3.0, "timestep shift (turbo snaps to its trained schedules)", low=0.1, high=10.0,
        group="diffusion"),
     _f("seed", "seed", -1, "-1 = random; a comma list gives one seed per batch item", low=-1, high=MAX_SEED,
-       group="diffusion"),
+       door_defaults={"rest": [-1]}, group="diffusion"),
     _f("infer_method", "str", "ode", "sampler: ode (deterministic) or sde", choices=INFER_METHODS,
        aliases=("inferMethod",), group="diffusion"),
     _f("timesteps", "timesteps", None, "comma list of custom timesteps, decreasing in [0, 1] (overrides steps "

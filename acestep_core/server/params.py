@@ -16,23 +16,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-AUDIO_FORMATS = ("mp3", "wav", "flac", "opus", "wav32")
+from .. import schema
+from ..schema import INFER_METHODS, REPAINT_MODES, TIME_SIGNATURES
+
+AUDIO_FORMATS = schema.REST_AUDIO_FORMATS
 # Official task names (and the spelling the skill and older clients use) -> engine task_type.
-TASK_TYPES = {
-    "text2music": "text2music",
-    "cover": "cover",
-    "repaint": "repaint",
-    "repainting": "repaint",
-    "continuation": "continuation",
-    "continue": "continuation",
-    "extend": "continuation",
-    "extract": "extract",
-    "lego": "lego",
-    "complete": "complete",
-}
-INFER_METHODS = ("ode", "sde")
-REPAINT_MODES = ("balanced", "aggressive", "conservative")
-TIME_SIGNATURES = ("2", "3", "4", "6")
+TASK_TYPES = {**{t: t for t in schema.TASK_TYPES}, **schema.TASK_ALIASES}
 META_CONTAINERS = ("metas", "meta", "metadata", "user_metadata", "userMetadata")
 # Characters per text field. The text encoder reads at most 256 caption and 2048 lyric tokens and the
 # LM's context is a few thousand tokens; these limits leave room for every script and refuse only junk.
@@ -227,8 +216,9 @@ def check_time_signature(v: str) -> str:
 def check_duration(v: float) -> Optional[float]:
     if v <= 0:  # -1 / 0 = let the engine or the LM choose
         return None
-    if not 10.0 <= v <= 600.0:
-        raise ValueError(f"must be between 10 and 600 seconds (or -1 for automatic), got {v!r}")
+    low, high = schema.spec("audio_duration").low, schema.spec("audio_duration").high
+    if not low <= v <= high:
+        raise ValueError(f"must be between {low:g} and {high:g} seconds (or -1 for automatic), got {v!r}")
     return v
 
 
@@ -238,8 +228,8 @@ def check_repaint_end(v: float) -> Optional[float]:
 
 def check_seed(seeds: list[int]) -> list[int]:
     for s in seeds:
-        if s < -1 or s > 2**32 - 1:
-            raise ValueError(f"seeds must be -1 (random) or between 0 and 4294967295, got {s}")
+        if s < -1 or s > schema.MAX_SEED:
+            raise ValueError(f"seeds must be -1 (random) or between 0 and {schema.MAX_SEED}, got {s}")
     return seeds
 
 
@@ -248,8 +238,9 @@ def check_key_scale(v: str) -> str:
 
 
 def check_lm_cfg(v: float) -> float:
-    if not (v == 0 or 1.0 <= v <= 10.0):
-        raise ValueError(f"must be 0 or between 1 and 10 (1 = no CFG), got {v!r}")
+    low, high = schema.spec("lm_cfg_scale").low, schema.spec("lm_cfg_scale").high
+    if not (v == 0 or low <= v <= high):
+        raise ValueError(f"must be 0 or between {low:g} and {high:g} (1 = no CFG), got {v!r}")
     return v
 
 
@@ -267,76 +258,57 @@ def check_language(v: str) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    name: str
+    name: str  # the official REST name (the key of ReleaseRequest.values)
     convert: Callable[[Any], Any]
     default: Any = None
     aliases: tuple[str, ...] = ()
     check: Optional[Callable[[Any], Any]] = None
+    engine_name: Optional[str] = None  # the schema's (GenerationRequest's / PlanOptions') name
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name,) + self.aliases
 
 
-RELEASE_FIELDS: tuple[Field, ...] = (
-    # text and modes
-    Field("prompt", to_str, "", ("caption",)),
-    Field("lyrics", to_str, ""),
-    Field("thinking", to_bool, False),
-    Field("sample_mode", to_bool, False, ("sampleMode",)),
-    Field("sample_query", to_str, "", ("sampleQuery", "description", "desc")),
-    Field("use_format", to_bool, False, ("useFormat", "format")),
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "str": to_str, "audio": to_str, "int": to_int, "float": to_float, "bool": to_bool, "seed": to_seed,
+    "timesteps": to_timesteps, "codes": to_code_string, "tracks": to_tracks,
+}
+# Checks with more to say than the schema's range or choices (REST spellings, -1 meaning automatic).
+SPECIAL_CHECKS: dict[str, Optional[Callable[[Any], Any]]] = {
+    "task_type": check_task, "time_signature": check_time_signature, "audio_duration": check_duration,
+    "repainting_end": check_repaint_end, "seed": check_seed, "key_scale": check_key_scale,
+    "lm_cfg_scale": check_lm_cfg, "vocal_language": check_language, "track_name": check_track,
+    "instruction": check_instruction, "batch_size": None, "repainting_start": None, "track_classes": None,
+    "audio_format": one_of(*AUDIO_FORMATS),
+}
+
+
+def _schema_check(spec: schema.Field) -> Optional[Callable[[Any], Any]]:
+    if spec.name in SPECIAL_CHECKS:
+        return SPECIAL_CHECKS[spec.name]
+    if spec.choices:
+        return one_of(*schema.choices_for(spec.name, "rest"))
+    if spec.low is not None and spec.high is not None:
+        return in_range(spec.low, spec.high)
+    return None
+
+
+def _from_schema(spec: schema.Field) -> Field:
+    return Field(spec.rest, CONVERTERS[spec.kind], spec.default_for("rest"), spec.aliases, _schema_check(spec),
+                 engine_name=spec.name)
+
+
+# Fields only this server has: which DiT to run, the official random-seed switch, and ADG (refused).
+SERVER_FIELDS: tuple[Field, ...] = (
     Field("model", to_str, None, ("model_name", "modelName", "dit_model", "ditModel")),
-    # metadata
-    Field("bpm", to_int, None, (), in_range(30, 300)),
-    Field("key_scale", to_str, "", ("keyscale", "keyScale", "key"), check_key_scale),
-    Field("time_signature", to_str, "", ("timesignature", "timeSignature"), check_time_signature),
-    Field("audio_duration", to_float, None,
-          ("duration", "audioDuration", "target_duration", "targetDuration"), check_duration),
-    Field("vocal_language", to_str, "en", ("vocalLanguage", "language"), check_language),
-    # DiT
-    Field("inference_steps", to_int, 8, ("inferenceSteps",), in_range(1, 200)),
-    Field("guidance_scale", to_float, 7.0, ("guidanceScale",), in_range(0.0, 30.0)),
     Field("use_random_seed", to_bool, True, ("useRandomSeed",)),
-    Field("seed", to_seed, [-1], (), check_seed),
-    Field("batch_size", to_int, None, ("batchSize",)),
-    Field("shift", to_float, 3.0, (), in_range(1.0, 5.0)),
-    Field("infer_method", to_str, "ode", ("inferMethod",), one_of(*INFER_METHODS)),
-    Field("timesteps", to_timesteps, None),
     Field("use_adg", to_bool, False, ("useAdg",)),
-    Field("cfg_interval_start", to_float, 0.0, ("cfgIntervalStart",), in_range(0.0, 1.0)),
-    Field("cfg_interval_end", to_float, 1.0, ("cfgIntervalEnd",), in_range(0.0, 1.0)),
-    # task and audio
-    Field("task_type", to_str, "text2music", ("taskType",), check_task),
-    Field("reference_audio_path", to_str, None,
-          ("ref_audio_path", "referenceAudioPath", "refAudioPath")),
-    Field("src_audio_path", to_str, None,
-          ("ctx_audio_path", "sourceAudioPath", "srcAudioPath", "ctxAudioPath")),
-    Field("repainting_start", to_float, 0.0, ("repaintingStart", "repaint_start")),
-    Field("repainting_end", to_float, None, ("repaintingEnd", "repaint_end"), check_repaint_end),
-    Field("audio_cover_strength", to_float, 1.0, ("audioCoverStrength", "cover_strength"), in_range(0.0, 1.0)),
-    Field("cover_noise_strength", to_float, 0.0, ("coverNoiseStrength",), in_range(0.0, 1.0)),
-    Field("audio_code_string", to_code_string, "", ("audioCodeString", "audio_codes")),
-    Field("chunk_mask_mode", to_str, "auto", ("chunkMaskMode",)),
-    Field("repaint_mode", to_str, "balanced", ("repaintMode",), one_of(*REPAINT_MODES)),
-    Field("repaint_strength", to_float, 0.5, ("repaintStrength",), in_range(0.0, 1.0)),
-    Field("track_name", to_str, "", ("trackName",), check_track),
-    Field("track_classes", to_tracks, [], ("trackClasses", "instruments", "complete_track_classes")),
-    Field("instruction", to_str, "", (), check_instruction),
-    # output
-    Field("audio_format", to_str, "mp3", ("audioFormat",), one_of(*AUDIO_FORMATS)),
-    # 5 Hz LM
-    Field("lm_temperature", to_float, 0.85, ("lmTemperature",), in_range(0.0, 2.0)),
-    Field("lm_cfg_scale", to_float, 2.5, ("lmCfgScale",), check_lm_cfg),
-    Field("lm_top_k", to_int, None, ("lmTopK",), in_range(0, 100000)),
-    Field("lm_top_p", to_float, 0.9, ("lmTopP",), in_range(0.0, 1.0)),
-    Field("lm_repetition_penalty", to_float, 1.0, ("lmRepetitionPenalty",), in_range(0.1, 5.0)),
-    Field("lm_negative_prompt", to_str, "NO USER INPUT", ("lmNegativePrompt",)),
-    Field("lm_seed", to_int, -1, ("lmSeed",), in_range(-1, 2**32 - 1)),
-    Field("use_cot_caption", to_bool, True, ("cot_caption", "cot-caption")),
-    Field("use_cot_language", to_bool, True, ("cot_language", "cot-language")),
-    Field("constrained_decoding", to_bool, True, ("constrainedDecoding", "constrained")),
 )
+
+# The /release_task table: every schema field the REST door exposes, then the server's own.
+RELEASE_FIELDS: tuple[Field, ...] = tuple(
+    _from_schema(spec) for spec in schema.FIELDS if "rest" in spec.doors) + SERVER_FIELDS
 
 FIELD_INDEX = {f.name: f for f in RELEASE_FIELDS}
 
@@ -455,6 +427,27 @@ def _lookup(spec: Field, sources: list[dict]) -> tuple[Optional[str], Any]:
             if value is not None and not (isinstance(value, str) and value.strip() == ""):
                 return alias, value
     return None, None
+
+
+def parse_fields(sources: list[dict], names: tuple[str, ...], rename: Optional[dict] = None) -> dict[str, Any]:
+    """Only the given fields of the table (REST names), only where the client sent them; the same
+    converters, checks, aliases and error messages as /release_task. `rename` gives a field another
+    REST name for an endpoint that spells it differently (/format_input's `temperature`)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        spec = FIELD_INDEX[name]
+        if rename and name in rename:
+            spec = Field(rename[name], spec.convert, spec.default, (), spec.check, spec.engine_name)
+        used_name, value = _lookup(spec, sources)
+        if used_name is None:
+            continue
+        try:
+            typed = spec.convert(value)
+            check_text_length(spec.name, typed)
+            out[name] = spec.check(typed) if spec.check is not None else typed
+        except ValueError as exc:
+            raise FieldError(used_name, str(exc)) from None
+    return out
 
 
 def parse_release_request(raw: dict, *, default_batch_size: int = 2, max_batch_size: int = 8) -> ReleaseRequest:

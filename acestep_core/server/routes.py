@@ -31,8 +31,7 @@ from .files import (
     AUDIO_MEDIA_TYPES,
 )
 from .models import LMUnavailableError
-from .params import (FieldError, ignored_fields, parse_json_object, parse_release_request, to_bool, to_float,
-                     to_int, to_str)
+from .params import FieldError, ignored_fields, parse_fields, parse_json_object, parse_release_request, to_bool
 from .responses import fail, ok, wrap
 from .runtime import QueueFullError, Runtime, ShuttingDownError
 
@@ -523,56 +522,35 @@ class ApiHandlers:
         return ok(examples.random_example(sample_type))
 
     async def format_input(self, request: web.Request) -> web.Response:
+        """The LM rewrites caption and lyrics: the planning step's `use_format` stage, fields from the table."""
         body = await read_fields(request, self.runtime.config.max_json_body_bytes)
         authorise(self.runtime, request, body)
-        caption = _field(body, "prompt", to_str, "", "caption")
-        lyrics = _field(body, "lyrics", to_str, "")
-        temperature = _field(body, "temperature", to_float, 0.85)
-        if not 0.0 <= temperature <= 2.0:
-            raise FieldError("temperature", f"must be between 0 and 2, got {temperature}")
-        params = parse_json_object(body.get("param_obj"), "param_obj")
-        duration = _field(params, "duration", to_float, None)
-        bpm = _field(params, "bpm", to_int, None)
-        if bpm is not None and not 30 <= bpm <= 300:
-            raise FieldError("param_obj.bpm", f"must be between 30 and 300, got {bpm}")
-        key_scale = _field(params, "key", to_str, "", "key_scale", "keyscale")
-        time_sig = _field(params, "time_signature", to_str, "", "timesignature") or _field(
-            body, "time_signature", to_str, "")
-        language = _field(params, "language", to_str, "", "vocal_language")
+        text = parse_fields([body], ("prompt", "lyrics"))
+        temperature = parse_fields([body], ("lm_temperature",), rename={"lm_temperature": "temperature"})
+        metas = parse_fields([parse_json_object(body.get("param_obj"), "param_obj"), body],
+                             ("audio_duration", "bpm", "key_scale", "time_signature", "vocal_language"))
+        if not (text.get("prompt") or text.get("lyrics")):
+            raise FieldError("prompt", "give a prompt or lyrics to format")
 
         def work():
-            from ..lm import LMSampling
+            from ..planning import PlanOptions, plan_request
+            from ..request import GenerationRequest
 
-            planner = self.runtime.provider.planner()
-            return planner.format_input(
-                caption, lyrics, bpm=bpm, keyscale=key_scale or None,
-                timesignature=(time_sig.split("/", 1)[0] if time_sig else None),
-                duration=duration if duration and duration > 0 else None,
-                language=language if language and language != "unknown" else None,
-                sampling=LMSampling(temperature=temperature))
+            song = GenerationRequest(caption=text.get("prompt", ""), lyrics=text.get("lyrics", ""), **metas)
+            song.validate()
+            options = PlanOptions(use_format=True, **temperature)
+            return plan_request(song, options, self.runtime.provider.planner, typed=set(metas))[0]
 
-        plan = await self.runtime.run_blocking(work)
+        song = await self.runtime.run_blocking(work)
         return ok({
-            "caption": plan.caption or caption,
-            "lyrics": plan.lyrics or lyrics,
-            "bpm": plan.bpm or bpm,
-            "key_scale": plan.keyscale or key_scale,
-            "time_signature": plan.timesignature or time_sig,
-            "duration": plan.duration or duration,
-            "vocal_language": plan.language or language or "unknown",
+            "caption": song.caption,
+            "lyrics": song.lyrics,
+            "bpm": song.bpm,
+            "key_scale": song.key_scale,
+            "time_signature": song.time_signature,
+            "duration": song.audio_duration,
+            "vocal_language": song.vocal_language or "unknown",
         })
-
-
-def _field(body: dict, name: str, convert, default, *aliases):
-    for key in (name,) + aliases:
-        value = body.get(key)
-        if value is None or (isinstance(value, str) and not value.strip() and convert is not to_str):
-            continue
-        try:
-            return convert(value)
-        except ValueError as exc:
-            raise FieldError(key, str(exc)) from None
-    return default
 
 
 def guarded(runtime: Runtime, handler: Handler) -> Handler:
