@@ -8,56 +8,30 @@ import os
 import sys
 from pathlib import Path
 
-from ..prompts import TRACK_NAMES
-from ..request import LM_METAS_ONLY_TASKS, LM_SKIPPED_TASKS
+from ..request import LM_SKIPPED_TASKS
 
-FORMATS = ("mp3", "flac", "wav", "opus")
+
+SONG = ("caption", "lyrics", "bpm", "key_scale", "time_signature", "vocal_language", "audio_duration")
+DIFFUSION = ("inference_steps", "guidance_scale", "shift", "seed", "infer_method", "timesteps", "cfg_interval_start",
+             "cfg_interval_end", "batch_size")
+TASK = ("task_type", "src_audio", "reference_audio", "repainting_start", "repainting_end", "continuation_seconds",
+        "audio_cover_strength", "cover_noise_strength", "audio_code_string", "chunk_mask_mode", "repaint_mode",
+        "repaint_strength", "track_name", "track_classes", "instruction")
+LM_STAGES = ("thinking", "sample_mode", "sample_query", "use_format")
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate music (text2music, cover, repaint, continuation, extract, lego, complete)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .schema_args import add_fields
+
+    p = subparsers.add_parser("generate", help="generate music (text2music, cover, repaint, continuation, extract, lego, complete)")
+    # Every request flag comes from the schema (acestep_core/schema.py); the rest are files and models.
     g = p.add_argument_group("song")
-    g.add_argument("--caption", default="", help="style / description of the music")
-    g.add_argument("--lyrics", default="", help="lyrics with [Verse]/[Chorus] tags; '[Instrumental]' for none")
-    g.add_argument("--lyrics-file", default=None)
-    g.add_argument("--bpm", type=int, default=None)
-    g.add_argument("--key-scale", default="", help='e.g. "C major"')
-    g.add_argument("--time-signature", default="", help="2, 3, 4 or 6")
-    g.add_argument("--vocal-language", default="en")
-    g.add_argument("--audio-duration", type=float, default=None,
-                   help="seconds, 10-600; -1 or 0 = automatic (the LM's plan with --thinking, else 120 s)")
-    g = p.add_argument_group("diffusion")
-    g.add_argument("--inference-steps", type=int, default=None, help="default: 8 (turbo) / 32 (base, sft)")
-    g.add_argument("--guidance-scale", type=float, default=7.0, help="base/sft only; turbo runs without CFG")
-    g.add_argument("--shift", type=float, default=3.0)
-    g.add_argument("--seed", default="-1", help="-1 = random; a comma list gives one seed per batch item")
-    g.add_argument("--infer-method", default="ode", choices=["ode", "sde"])
-    g.add_argument("--timesteps", default=None, help="comma list of custom timesteps (turbo snaps them)")
-    g.add_argument("--cfg-interval-start", type=float, default=0.0)
-    g.add_argument("--cfg-interval-end", type=float, default=1.0)
-    g.add_argument("--batch-size", type=int, default=1)
+    add_fields(g, SONG)
+    g.add_argument("--lyrics-file", default=None, help="read the lyrics from this UTF-8 text file")
+    add_fields(p.add_argument_group("diffusion"), DIFFUSION)
     g = p.add_argument_group("task")
-    g.add_argument("--task-type", default="text2music",
-                   choices=["text2music", "cover", "repaint", "continuation", "extract", "lego", "complete"],
-                   help="extract / lego / complete need a base model")
-    g.add_argument("--src-audio", default=None, help="source audio for cover / repaint / continuation / track tasks")
+    add_fields(g, TASK)
     g.add_argument("--src-latents", default=None, help="safetensors with 'latents' [1, frames, 64] used as the encoded source")
-    g.add_argument("--reference-audio", default=None, help="timbre reference audio")
-    g.add_argument("--repainting-start", type=float, default=0.0)
-    g.add_argument("--repainting-end", type=float, default=None, help="-1 or unset = end of the source")
-    g.add_argument("--continuation-seconds", type=float, default=None, help="continuation: seconds to add")
-    g.add_argument("--audio-cover-strength", type=float, default=1.0)
-    g.add_argument("--cover-noise-strength", type=float, default=0.0,
-                   help="start from the source re-noised to t = 1 - s and run only the remaining steps (0 = off)")
-    g.add_argument("--audio-code-string", default="", help="<|audio_code_N|> string (runs text2music as cover)")
-    g.add_argument("--chunk-mask-mode", default="auto", choices=["auto", "explicit"])
-    g.add_argument("--repaint-mode", default="balanced", choices=["aggressive", "balanced", "conservative"])
-    g.add_argument("--repaint-strength", type=float, default=0.5)
-    g.add_argument("--track-name", default="",
-                   help="extract / lego: the track to take out or add (" + ", ".join(TRACK_NAMES) + ")")
-    g.add_argument("--track-classes", default="", help="complete: comma list of tracks to add")
-    g.add_argument("--instruction", default="", help="replace the task's DiT instruction (expert use)")
     g = p.add_argument_group("adapters")
     g.add_argument("--lora", action=_AddAdapter, dest="adapters", default=[], metavar="PATH",
                    help="LoRA / LoKr adapter: an official PEFT folder, a ComfyUI LoRA .safetensors or a LoKr "
@@ -75,17 +49,17 @@ def add_parser(subparsers) -> None:
     g.add_argument("--offload", default="auto", choices=["auto", "on", "off"], help="keep idle components on the CPU")
     g.add_argument("--out", default="outputs", help="output directory")
     g.add_argument("--name", default=None, help="file name stem (default: from the caption)")
-    g.add_argument("--audio-format", default="flac", choices=FORMATS)
+    add_fields(g, ("audio_format",))
     g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; wav 16|24|32")
     g.add_argument("--save-latents", default=None, help="write final latents [batch, frames, 64] to this file (inside --out)")
     g.add_argument("--overwrite", action="store_true",
                    help="let --save-latents replace an existing file (songs always get new numbered names)")
     g.add_argument("--tiny", action="store_true",
                    help="demo: use tiny random-weight checkpoints (proves the install; makes noise, not music)")
-    g.add_argument("--thinking", action="store_true", help="plan metas, caption and audio codes with the 5 Hz LM first")
     from ..lm.cli_args import add_lm_arguments
 
-    add_lm_arguments(p)
+    g = add_lm_arguments(p)
+    add_fields(g, LM_STAGES)
     p.set_defaults(func=run)
 
 
@@ -113,49 +87,39 @@ def _read_lyrics(args) -> str:
     return args.lyrics
 
 
-def _default_steps(args, is_turbo: bool) -> int:
-    if args.inference_steps is not None:
-        return args.inference_steps
-    return 8 if is_turbo else 32
-
-
 def build_request(args):
     """The request from the flags, fully checked (values, files, sources) without loading a model."""
+    from ..adapters import scaled_adapters
     from ..outputs import load_latents
     from ..request import MAX_DURATION, MIN_REQUEST_DURATION, GenerationRequest
     from ..values import optional_duration
-    from ..adapters import scaled_adapters
+    from .schema_args import values_of
 
     # A bad adapter file is reported before minutes of model loading.
     adapters = scaled_adapters([a[0] for a in args.adapters], [a[1] for a in args.adapters])
-
+    values = values_of(args, "request")
+    values["lyrics"] = _read_lyrics(args)
     # The command line takes the official API's range, as the REST server does.
-    duration = optional_duration("--audio-duration", args.audio_duration, MIN_REQUEST_DURATION, MAX_DURATION)
-    src_latents = load_latents(args.src_latents) if args.src_latents else None
-    request = GenerationRequest(
-        caption=args.caption, lyrics=_read_lyrics(args), bpm=args.bpm, key_scale=args.key_scale,
-        time_signature=args.time_signature, vocal_language=args.vocal_language, audio_duration=duration,
-        # Placeholder until the DiT tells turbo (8) from base (32); both are valid.
-        inference_steps=_default_steps(args, True), guidance_scale=args.guidance_scale, shift=args.shift,
-        seed=args.seed, infer_method=args.infer_method, timesteps=args.timesteps, task_type=args.task_type,
-        src_audio=args.src_audio, src_latents=src_latents, reference_audio=args.reference_audio,
-        repainting_start=args.repainting_start, repainting_end=args.repainting_end,
-        continuation_seconds=args.continuation_seconds, audio_cover_strength=args.audio_cover_strength,
-        cover_noise_strength=args.cover_noise_strength,
-        audio_code_string=args.audio_code_string, cfg_interval_start=args.cfg_interval_start,
-        cfg_interval_end=args.cfg_interval_end, chunk_mask_mode=args.chunk_mask_mode, repaint_mode=args.repaint_mode,
-        repaint_strength=args.repaint_strength, batch_size=args.batch_size, track_name=args.track_name,
-        track_classes=args.track_classes, instruction=args.instruction, adapters=adapters,
-    )
+    values["audio_duration"] = optional_duration("--audio-duration", args.audio_duration, MIN_REQUEST_DURATION,
+                                                 MAX_DURATION)
+    values["src_latents"] = load_latents(args.src_latents) if args.src_latents else None
+    request = GenerationRequest(**values, adapters=adapters)
     request.validate()
     return request.check_sources()
 
 
-def _check_thinking_args(args, request) -> None:
-    from ..lm.cli_args import sampling_from_args
+def plan_options(args):
+    from ..planning import PlanOptions
+    from .schema_args import values_of
+
+    options = PlanOptions.from_values(values_of(args, "plan"), "cli", max_duration=args.lm_max_duration)
+    options.validate()
+    return options
+
+
+def _check_lm_request(options, request, args) -> None:
     from ..lm.planner import validate_user_fields
 
-    sampling_from_args(args).validate()
     validate_user_fields(request.bpm, request.key_scale or None, request.time_signature or None,
                          request.audio_duration, None, args.lm_max_duration)
 
@@ -175,11 +139,12 @@ def run(args) -> int:
         latents_path = check_new_file(contained_path(out_dir, args.save_latents), args.overwrite)
     check_output_format(args.audio_format, args.audio_quality)
     request = build_request(args)
-    thinking = args.thinking and request.task_type not in LM_SKIPPED_TASKS
-    if thinking:
-        _check_thinking_args(args, request)
+    options = plan_options(args)
+    needs_lm = options.wants_lm(request.task_type)
+    if needs_lm:
+        _check_lm_request(options, request, args)
     kwargs, notes = pipeline_kwargs(args)
-    if thinking and not args.tiny:
+    if needs_lm and not args.tiny:
         from ..lm.planner import find_lm
 
         find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)  # a missing LM is known before the DiT loads
@@ -188,30 +153,35 @@ def run(args) -> int:
     request.audio_duration, request.batch_size, messages = clamp_request(
         kwargs["_decision"], request.audio_duration, request.batch_size)
     request.validate()
+    options.max_duration = min(options.max_duration or 600, kwargs["_decision"].max_duration_s)
     for note in [*notes, *messages]:
         print(note, file=sys.stderr)
 
     pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
-    request.inference_steps = _default_steps(args, pipe.is_turbo)
 
-    if args.thinking and not thinking:
+    if options.thinking and request.task_type in LM_SKIPPED_TASKS:
         print(f"note: --thinking is skipped for {request.task_type} (the source audio sets the song), "
               "as in the official pipeline", file=sys.stderr)
-    elif thinking:
-        from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
+    if needs_lm:
+        from ..lm.cli_args import load_planner_from_args
         from ..lm.cli_common import progress_printer
+        from ..planning import plan_request
 
         if args.lm_model is None and args.tiny:
             args.lm_model = kwargs.get("_tiny_lm")
         args.device = str(pipe.device)
-        planner = load_planner_from_args(args)
-        print("thinking with the 5 Hz LM ...", file=sys.stderr)
-        request.plan = planner.think(
-            request.caption, request.lyrics, bpm=request.bpm, keyscale=request.key_scale or None,
-            timesignature=request.time_signature or None, duration=request.audio_duration,
-            language=None, progress=progress_printer(True), **think_kwargs_from_args(args),
-            generate_codes=request.task_type not in LM_METAS_ONLY_TASKS)
-        del planner
+        loaded = []
+
+        def planner():
+            if not loaded:
+                loaded.append(load_planner_from_args(args))
+            return loaded[0]
+
+        request, report = plan_request(request, options, planner, progress=progress_printer(True),
+                                       set_stage=lambda stage: print(stage, "...", file=sys.stderr))
+        for note in report.notices:
+            print(note, file=sys.stderr)
+        del loaded
 
     out_dir.mkdir(parents=True, exist_ok=True)
     from .progress import StageProgress

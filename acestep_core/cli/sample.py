@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, add_with_alias, check_device, progress_printer, report_plan
+from ..lm.cli_common import add_common, check_device, progress_printer, report_plan
+from .schema_args import add_fields
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="simple mode: write caption, lyrics and metas from a description")
     p.add_argument("query", nargs="?", default="", help="description of the song")
     p.add_argument("--instrumental", action="store_true")
-    add_with_alias(p, "--vocal-language", "--language", default=None, help="vocal language code (e.g. en, zh)")
+    add_fields(p, ("vocal_language",), defaults={"vocal_language": None}, legacy={"vocal_language": "--language"})
     add_common(p)
     p.set_defaults(func=run)
 

@@ -7,39 +7,29 @@ import argparse
 from .sampling import LMSampling
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+LM_FIELDS = ("lm_temperature", "lm_cfg_scale", "lm_top_k", "lm_top_p", "lm_repetition_penalty",
+             "lm_negative_prompt", "lm_seed", "use_cot_caption", "use_cot_language", "constrained_decoding")
 
 
-def add_lm_arguments(parser: argparse.ArgumentParser) -> None:
+def add_lm_arguments(parser: argparse.ArgumentParser):
+    """The LM's files, then its settings from the request schema; returns the argument group."""
+    from ..cli.schema_args import add_fields
+
     g = parser.add_argument_group("5 Hz LM")
     g.add_argument("--lm-model", default=None,
                    help="0.6B | 1.7B | 4B (under --checkpoint-dir), an LM folder, or a ComfyUI qwen_*_ace15.safetensors")
     g.add_argument("--lm-tokenizer", default=None,
                    help="tokenizer folder for LM files that carry none (official LM folder or Qwen tokenizer files)")
-    g.add_argument("--lm-temperature", type=float, default=0.85, help="0 = greedy")
-    g.add_argument("--lm-cfg-scale", type=float, default=2.0, help="1 = no CFG")
-    g.add_argument("--lm-top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--lm-top-p", type=float, default=0.9, help="1 = off")
-    g.add_argument("--lm-repetition-penalty", type=float, default=1.0)
-    g.add_argument("--lm-negative-prompt", default="NO USER INPUT")
-    g.add_argument("--lm-seed", type=int, default=-1, help="-1 = random (the seed used is reported)")
-    g.add_argument("--use-cot-caption", type=_bool, default=True, metavar="BOOL")
-    g.add_argument("--use-cot-language", type=_bool, default=True, metavar="BOOL")
-    g.add_argument("--constrained-decoding", type=_bool, default=True, metavar="BOOL")
+    add_fields(g, LM_FIELDS)
     g.add_argument("--lm-max-duration", type=int, default=600, help="duration cap of the constrained decoder (s)")
+    return g
 
 
 def sampling_from_args(args) -> LMSampling:
-    return LMSampling(
-        temperature=args.lm_temperature, cfg_scale=args.lm_cfg_scale, top_k=args.lm_top_k, top_p=args.lm_top_p,
-        repetition_penalty=args.lm_repetition_penalty, negative_prompt=args.lm_negative_prompt, seed=args.lm_seed,
-    )
+    from ..cli.schema_args import values_of
+    from ..planning import PlanOptions
+
+    return PlanOptions.from_values(values_of(args, "plan"), "cli").sampling()
 
 
 def think_kwargs_from_args(args) -> dict:

@@ -21,26 +21,19 @@ def add_common(parser) -> None:
     add_lm_arguments(parser)
 
 
-def add_with_alias(parser, official: str, alias: str, **kwargs) -> None:
-    """`official` (the REST field in kebab-case) plus a hidden older spelling that scripts may still use."""
-    dest = official.lstrip("-").replace("-", "_")
-    parser.add_argument(official, dest=dest, **kwargs)
-    parser.add_argument(alias, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                        **{k: v for k, v in kwargs.items() if k in ("type", "choices")})
-
-
 def add_song_arguments(parser) -> None:
-    """Caption, lyrics and the metas the user may fix (the LM fills the rest), with `generate`'s names."""
-    parser.add_argument("--caption", default="")
+    """Caption, lyrics and the metas the user may fix (the LM fills the rest): `generate`'s flags from the
+    schema, every meta unset by default; the LM's own spellings (--keyscale, ...) still work, hidden."""
+    from ..cli.schema_args import add_fields
+
+    metas = ("bpm", "key_scale", "time_signature", "audio_duration", "vocal_language")
+    add_fields(parser, ("caption",))
     parser.add_argument("--caption-file", default=None)
-    parser.add_argument("--lyrics", default="")
+    add_fields(parser, ("lyrics",))
     parser.add_argument("--lyrics-file", default=None)
-    parser.add_argument("--bpm", type=int, default=None)
-    add_with_alias(parser, "--key-scale", "--keyscale", default=None, help='e.g. "C major"')
-    add_with_alias(parser, "--time-signature", "--timesignature", default=None, help="2, 3, 4 or 6")
-    add_with_alias(parser, "--audio-duration", "--duration", type=float, default=None, help="seconds (10-600)")
-    add_with_alias(parser, "--vocal-language", "--language", default=None,
-                   help="vocal language code (e.g. en, zh); unset = the LM decides")
+    add_fields(parser, metas, defaults={name: None for name in metas},
+               legacy={"key_scale": "--keyscale", "time_signature": "--timesignature",
+                       "audio_duration": "--duration", "vocal_language": "--language"})
 
 
 def song_metas(args) -> dict:
@@ -93,15 +86,16 @@ def report_plan(plan, args) -> None:
 
 
 def print_plan(plan, as_json: bool) -> None:
-    data = {
-        "caption": plan.caption, "lyrics": plan.lyrics, "bpm": plan.bpm, "keyscale": plan.keyscale,
-        "timesignature": plan.timesignature, "duration": plan.duration, "language": plan.language,
-        "audio_codes": [int(c) for c in plan.audio_codes], "cot_text": plan.cot_text, "lm_seed": plan.lm_seed,
-    }
+    from ..plan import LEGACY_NAMES
+
+    data = plan.to_dict()
+    data["audio_codes"] = [int(c) for c in plan.audio_codes]
+    # Scripts written against the LM's spellings (keyscale, duration, ...) keep reading them.
+    data.update({old: data[new] for old, new in LEGACY_NAMES.items()})
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
         return
-    for key in ("caption", "bpm", "keyscale", "timesignature", "duration", "language", "lm_seed"):
+    for key in ("caption", "bpm", "key_scale", "time_signature", "audio_duration", "vocal_language", "lm_seed"):
         print(f"{key}: {data[key]}")
     print(f"audio codes: {len(data['audio_codes'])}")
     if plan.lyrics:
