@@ -29,7 +29,7 @@ from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_in
 from .request import MAX_SEED, GenerationRequest
 from .safetensors_io import read_safetensors, safetensors_keys
 from .sources import source_waveform
-from .sampling import RepaintGuide, SamplerSettings, denoise, prepare_noise
+from .sampling import SamplerSettings, denoise, prepare_noise
 from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule
 from .tasks import (
     DEFAULT_DURATION,
@@ -46,7 +46,7 @@ from .tasks import (
     text2music_inputs,
 )
 from .text_encoder import TextEncoder, load_text_encoder
-from .repaint import crossfade_latents, splice_waveform
+from .repaint import RepaintGuide, crossfade_latents, resolve_window, splice_waveform
 from .memory.vae_fallback import decode_with_fallback, official_vae_decode_fn
 from .vae import decode_chunk_frames, load_vae, vae_encode
 
@@ -309,11 +309,7 @@ class ACEStepPipeline:
         clean = None
         if task_inputs.repaint is not None:
             clean = task_inputs.clean_latents.to(device=device, dtype=dtype).expand(batch, -1, -1)
-            window = torch.zeros(batch, task_inputs.frames, dtype=torch.bool, device=device)
-            window[:, task_inputs.repaint.start_frame: task_inputs.repaint.end_frame] = True
-            injection_steps = round(task_inputs.repaint.settings.injection_ratio * settings.num_steps)
-            if injection_steps > 0:
-                repaint_guide = RepaintGuide(window=window, clean_latents=clean, injection_steps=injection_steps)
+            repaint_guide = RepaintGuide.for_window(task_inputs.repaint, clean, settings.num_steps)
 
         # 5. denoise
         t0 = time.perf_counter()
@@ -465,18 +461,8 @@ class ACEStepPipeline:
             return full_source_inputs(task, track_instruction(task, request.tracks()), latents[:1], source_seconds)
 
         # repaint / continuation / lego: a window, possibly past either end of the source
-        if task == "continuation":
-            extra = request.continuation_seconds
-            end = request.repainting_end if request.repainting_end not in (None, -1) else (
-                source_seconds + extra if extra else None)
-            if end is None:
-                raise InputError("continuation needs continuation_seconds (or repainting_end past the end of the source)")
-            start = request.repainting_start if request.repainting_start else source_seconds
-        else:
-            start = request.repainting_start
-            end = source_seconds if request.repainting_end in (None, -1) or request.repainting_end < 0 else request.repainting_end
-        if end <= start:
-            raise InputError(f"repainting_end ({end}) must be after repainting_start ({start})")
+        start, end = resolve_window(task, request.repainting_start, request.repainting_end,
+                                    request.continuation_seconds, source_seconds)
         padded, start_s, end_s = None, start, end
         if waveform is not None:
             padded, start_s, end_s = pad_for_window(waveform, start, end)

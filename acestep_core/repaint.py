@@ -1,10 +1,17 @@
-"""Repaint modes of the official sampler: step injection, latent cross-fade, waveform splice (docs/tasks.md#repaint-modes)."""
+"""Repaint, in one place: the window (repaint, continuation, lego), its padding past the source, the
+modes of the official sampler (step injection, latent cross-fade, waveform splice), and the guide the
+denoising loop applies (docs/tasks.md#repaint-modes). `tasks.repaint_inputs` builds the DiT inputs
+from a window; `sampling.denoise` calls `RepaintGuide.inject` after each step.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+
+from .errors import InputError
 
 SAMPLE_RATE = 48000
 
@@ -18,6 +25,70 @@ class RepaintSettings:
     @property
     def active(self) -> bool:
         return self.injection_ratio > 0 or self.crossfade_frames > 0 or self.splice_seconds > 0
+
+
+@dataclass(frozen=True)
+class RepaintWindow:
+    start_frame: int
+    end_frame: int
+    start_seconds: float
+    end_seconds: float
+    settings: RepaintSettings
+
+
+@dataclass
+class RepaintGuide:
+    """Step injection: frames outside `window` follow the clean source along the noise path."""
+
+    window: torch.Tensor  # [B, T] bool, True = regenerate
+    clean_latents: torch.Tensor  # [B, T, 64]
+    injection_steps: int
+
+    @classmethod
+    def for_window(cls, repaint: RepaintWindow, clean: torch.Tensor, num_steps: int) -> Optional["RepaintGuide"]:
+        """The guide for `repaint` over `num_steps` steps; None when its mode injects nothing."""
+        steps = round(repaint.settings.injection_ratio * num_steps)
+        if steps <= 0:
+            return None
+        window = torch.zeros(clean.shape[0], clean.shape[1], dtype=torch.bool, device=clean.device)
+        window[:, repaint.start_frame: repaint.end_frame] = True
+        return cls(window=window, clean_latents=clean, injection_steps=steps)
+
+    def inject(self, x: torch.Tensor, step: int, t_next, noise: torch.Tensor) -> torch.Tensor:
+        """After step `step`: outside the window, the source re-noised to `t_next`."""
+        if step >= self.injection_steps:
+            return x
+        keep = ~self.window.unsqueeze(-1)
+        renoised = t_next * noise + (1 - t_next) * self.clean_latents.to(x.dtype)
+        return torch.where(keep, renoised, x)
+
+
+def resolve_window(task: str, start: float, end: Optional[float], continuation_seconds: Optional[float],
+                   source_seconds: float) -> tuple[float, float]:
+    """The window in seconds of the source. Repaint / lego: [start, end or the source's end).
+    Continuation: from `start` (default: the source's end) to `end`, or `continuation_seconds` past the end."""
+    if task == "continuation":
+        if end in (None, -1):
+            end = source_seconds + continuation_seconds if continuation_seconds else None
+        if end is None:
+            raise InputError("continuation needs continuation_seconds (or repainting_end past the end of the source)")
+        start = start if start else source_seconds
+    else:
+        end = source_seconds if end is None or end < 0 else end
+    if end <= start:
+        raise InputError(f"repainting_end ({end}) must be after repainting_start ({start})")
+    return start, end
+
+
+def pad_for_window(waveform: torch.Tensor, start: float, end: float) -> tuple[torch.Tensor, float, float]:
+    """Zero-pad the source waveform so the window fits; returns the new waveform and shifted window."""
+    seconds = waveform.shape[-1] / SAMPLE_RATE
+    left = max(0.0, -start)
+    right = max(0.0, end - seconds)
+    if left or right:
+        left_n, right_n = int(round(left * SAMPLE_RATE)), int(round(right * SAMPLE_RATE))
+        waveform = torch.nn.functional.pad(waveform, (left_n, right_n))
+    return waveform, start + left, end + left
 
 
 def repaint_settings(mode: str, strength: float = 0.5) -> RepaintSettings:

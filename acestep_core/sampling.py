@@ -11,18 +11,10 @@ from .conditioning import Condition
 from .errors import CancelledError
 from .guidance import MomentumBuffer, apg
 from .latent_mask import dit_forward
+from .repaint import RepaintGuide  # noqa: F401 (re-exported)
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
-
-
-@dataclass
-class RepaintGuide:
-    """Step injection: frames outside `window` follow the clean source along the noise path."""
-
-    window: torch.Tensor  # [B, T] bool, True = regenerate
-    clean_latents: torch.Tensor  # [B, T, 64]
-    injection_steps: int
 
 
 @dataclass
@@ -121,10 +113,8 @@ def denoise(
         else:
             x = x - v * (t_cur - t_next)
 
-        if repaint is not None and i < repaint.injection_steps:
-            keep = ~repaint.window.unsqueeze(-1)
-            renoised = t_next * noise + (1 - t_next) * repaint.clean_latents.to(dtype)
-            x = torch.where(keep, renoised, x)
+        if repaint is not None:
+            x = repaint.inject(x, i, t_next, noise)
         if progress is not None:
             progress(i + 1, steps)
     return x

@@ -13,7 +13,7 @@ import torch
 
 from .errors import InputError
 from .prompts import COVER_INSTRUCTION, REPAINT_INSTRUCTION, TEXT2MUSIC_INSTRUCTION
-from .repaint import RepaintSettings, repaint_settings
+from .repaint import RepaintSettings, RepaintWindow, pad_for_window, repaint_settings  # noqa: F401 (re-exported)
 
 SAMPLE_RATE = 48000
 HOP = 1920
@@ -43,15 +43,6 @@ def silence_frames(silence_latent: torch.Tensor, start: int, end: int) -> torch.
         return silence_latent[0, start:end]
     reps = (end + length - 1) // length
     return silence_latent[0].repeat(reps, 1)[start:end]
-
-
-@dataclass
-class RepaintWindow:
-    start_frame: int
-    end_frame: int
-    start_seconds: float
-    end_seconds: float
-    settings: RepaintSettings
 
 
 @dataclass
@@ -123,17 +114,6 @@ def full_source_inputs(task: str, instruction: str, source_latents: torch.Tensor
         is_cover=is_cover,
         metas_duration=source_seconds,
     )
-
-
-def pad_for_window(waveform: torch.Tensor, start: float, end: float) -> tuple[torch.Tensor, float, float]:
-    """Zero-pad the source waveform so the window fits; returns the new waveform and shifted window."""
-    seconds = waveform.shape[-1] / SAMPLE_RATE
-    left = max(0.0, -start)
-    right = max(0.0, end - seconds)
-    if left or right:
-        left_n, right_n = int(round(left * SAMPLE_RATE)), int(round(right * SAMPLE_RATE))
-        waveform = torch.nn.functional.pad(waveform, (left_n, right_n))
-    return waveform, start + left, end + left
 
 
 def repaint_inputs(

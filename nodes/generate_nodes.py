@@ -6,10 +6,9 @@ from ..acestep_core.errors import InputError
 from . import audio_wire
 from .host import io
 from .running import run_engine
-from .widgets import (CATEGORY, MODEL, PLAN, caption_input, dit_inputs, lyrics_input, meta_inputs, opt_bpm,
+from .widgets import (CATEGORY, MAX_BATCH, MODEL, PLAN, caption_input, dit_inputs, lyrics_input, meta_inputs, opt_bpm,
                       opt_choice, opt_duration)
 
-MAX_BATCH = 16
 REPAINT_MIN_SECONDS = 0.5
 
 
@@ -61,13 +60,14 @@ class Text2Music(io.ComfyNode):
             node_id="ACE15S_Text2Music",
             display_name="Text2Music",
             category=CATEGORY,
-            description="Generates songs from a caption and lyrics, or from an LM plan (which then overrides "
-                        "caption, lyrics and metas and adds its audio codes).",
+            description="Generates songs from a caption and lyrics, or from an LM plan: the plan's caption, lyrics "
+                        "and audio codes are used, and its metas fill those left on auto here.",
             inputs=[MODEL.Input("model"), caption_input(), lyrics_input(), *meta_inputs("model default"),
                     *dit_inputs(),
                     io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip="Songs per run."),
                     PLAN.Input("plan", optional=True,
-                               tooltip="From LM Thinking / Format Input / Simple Mode; overrides the text and metas.")],
+                               tooltip="From LM Thinking / Format Input / Simple Mode: its caption, lyrics and codes "
+                                       "are used; its metas fill the ones left on auto.")],
             outputs=[io.Audio.Output("audio", display_name="audio"),
                      io.Latent.Output("latent", display_name="latent",
                                       tooltip="ACE-Step 1.5 latent [B, 64, T] (works with VAEDecodeAudio).")],
@@ -81,14 +81,12 @@ class Text2Music(io.ComfyNode):
                       time_signature=opt_choice(timesignature) or "",
                       vocal_language=opt_choice(language) or "unknown", audio_duration=opt_duration(duration),
                       task_type="text2music", batch_size=int(batch_size), **_dit_fields(seed, steps, shift, guidance))
+        request = _request(**fields)
         if plan is not None:
-            fields.update(caption=plan.caption if plan.caption is not None else caption,
-                          lyrics=plan.lyrics if plan.lyrics is not None else lyrics, plan=plan)
-            fields.update({k: v for k, v in dict(
-                bpm=plan.bpm, key_scale=plan.keyscale, time_signature=plan.timesignature,
-                vocal_language=plan.language, audio_duration=plan.duration,
-                audio_code_string=plan.audio_code_string()).items() if v})
-        result = _generate(model, _request(**fields))
+            from ..acestep_core.planning import fill_request
+
+            request = fill_request(request, plan)  # the engine's one rule, as for the CLI and REST
+        result = _generate(model, request)
         return io.NodeOutput(_audio_out(model, result, plan), audio_wire.to_comfy_latent(result.latents))
 
 
@@ -120,10 +118,10 @@ class Continue(io.ComfyNode):
         clip, src_seconds = _source(audio)
         if seconds <= 0:
             raise InputError("seconds to add must be > 0")
-        start = max(0.0, src_seconds - float(overlap))
-        request = _request(caption=caption, lyrics=lyrics, task_type="repaint", src_audio=clip,
-                           repainting_start=start, repainting_end=src_seconds + float(seconds),
-                           **_dit_fields(seed, steps, shift, guidance))
+        # The engine's continuation: regenerate from `overlap` before the end, add `seconds` after it.
+        request = _request(caption=caption, lyrics=lyrics, task_type="continuation", src_audio=clip,
+                           repainting_start=max(0.0, src_seconds - float(overlap)),
+                           continuation_seconds=float(seconds), **_dit_fields(seed, steps, shift, guidance))
         return generate_audio(model, request)
 
 

@@ -65,7 +65,9 @@ def _metas(kwargs) -> dict:
 
 def _keep_given_metas(plan, metas: dict):
     """A meta set on the node is the user's decision; the LM only fills the ones left on auto."""
-    given = {k: v for k, v in metas.items() if v is not None}
+    names = {"keyscale": "key_scale", "timesignature": "time_signature", "duration": "audio_duration",
+             "language": "vocal_language"}
+    given = {names.get(k, k): v for k, v in metas.items() if v is not None}
     return dataclasses.replace(plan, **given) if given else plan
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..acestep_core import schema
 from .host import io
 
 AUTO = "auto"
@@ -22,8 +23,15 @@ LANGUAGES = (
 TIME_SIGNATURES = ["2", "3", "4", "6"]
 KEYSCALES = [f"{note} {mode}" for mode in ("major", "minor") for note in
              ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B")]
-MAX_DURATION = 600.0
-SEED_MAX = 2**32 - 1
+# Ranges come from the engine's request schema (acestep_core/schema.py): a widget cannot offer a value
+# the engine refuses. Widgets show 0 / auto where the schema's field is automatic.
+MAX_DURATION = schema.MAX_DURATION
+SEED_MAX = schema.MAX_SEED
+MAX_BATCH = schema.MAX_BATCH
+
+
+def _range(name: str, **overrides) -> dict:
+    return schema.widget_range(name, **overrides)
 
 
 def caption_input(default: str = ""):
@@ -39,9 +47,9 @@ def lyrics_input(default: str = ""):
 def meta_inputs(auto_tip: str) -> list:
     """duration, bpm, keyscale, timesignature, language - each with an auto setting."""
     return [
-        io.Float.Input("duration", default=0.0, min=0.0, max=MAX_DURATION, step=1.0,
+        io.Float.Input("duration", default=0.0, **_range("audio_duration", min=0.0), step=1.0,
                        tooltip=f"Seconds. 0 = auto ({auto_tip})."),
-        io.Int.Input("bpm", default=0, min=0, max=300, tooltip=f"Beats per minute. 0 = auto ({auto_tip})."),
+        io.Int.Input("bpm", default=0, **_range("bpm", min=0), tooltip=f"Beats per minute. 0 = auto ({auto_tip})."),
         io.Combo.Input("keyscale", options=[AUTO, *KEYSCALES], default=AUTO, tooltip=f"Key. auto = {auto_tip}."),
         io.Combo.Input("timesignature", options=[AUTO, *TIME_SIGNATURES], default=AUTO,
                        tooltip=f"Beats per bar. auto = {auto_tip}."),
@@ -52,12 +60,12 @@ def meta_inputs(auto_tip: str) -> list:
 
 def lm_sampling_inputs(temperature: float = 0.85, cfg_scale: float = 2.0) -> list:
     return [
-        io.Float.Input("lm_temperature", default=temperature, min=0.0, max=2.0, step=0.05,
+        io.Float.Input("lm_temperature", default=temperature, **_range("lm_temperature"), step=0.05,
                        tooltip="LM sampling temperature (0 = greedy)."),
-        io.Float.Input("lm_cfg_scale", default=cfg_scale, min=1.0, max=10.0, step=0.1,
+        io.Float.Input("lm_cfg_scale", default=cfg_scale, **_range("lm_cfg_scale"), step=0.1,
                        tooltip="LM classifier-free guidance scale (1 = off)."),
-        io.Int.Input("lm_top_k", default=0, min=0, max=1000, tooltip="Top-k (0 = off)."),
-        io.Float.Input("lm_top_p", default=0.9, min=0.0, max=1.0, step=0.01, tooltip="Top-p (1 = off)."),
+        io.Int.Input("lm_top_k", default=0, **_range("lm_top_k"), tooltip="Top-k (0 = off)."),
+        io.Float.Input("lm_top_p", default=0.9, **_range("lm_top_p"), step=0.01, tooltip="Top-p (1 = off)."),
         io.String.Input("lm_negative_prompt", default="NO USER INPUT",
                         tooltip="Caption the LM's guidance steers away from."),
         io.Int.Input("lm_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
@@ -69,11 +77,11 @@ def dit_inputs(steps: int = 8) -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the initial noise (batch item i uses seed + i)."),
-        io.Int.Input("steps", default=steps, min=1, max=200,
+        io.Int.Input("steps", default=steps, **_range("inference_steps"),
                      tooltip="Diffusion steps. Turbo: 8. Base / SFT: 30-50."),
-        io.Float.Input("shift", default=3.0, min=1.0, max=10.0, step=0.1,
+        io.Float.Input("shift", default=schema.spec("shift").default, **_range("shift"), step=0.1,
                        tooltip="Timestep shift. Turbo: 3. Base / SFT: 1-3."),
-        io.Float.Input("guidance", default=7.0, min=1.0, max=20.0, step=0.1,
+        io.Float.Input("guidance", default=schema.spec("guidance_scale").default, **_range("guidance_scale"), step=0.1,
                        tooltip="Guidance scale (APG). Ignored by turbo models."),
     ]
 
@@ -93,13 +101,9 @@ def opt_choice(value) -> Optional[str]:
 
 
 def lm_sampling(kwargs: dict):
-    from ..acestep_core.lm import LMSampling
+    """The LM sampling of a node's lm_* widgets (the engine's PlanOptions, so names and rules match)."""
+    from ..acestep_core.planning import PlanOptions
 
-    return LMSampling(
-        temperature=float(kwargs["lm_temperature"]),
-        cfg_scale=float(kwargs["lm_cfg_scale"]),
-        top_k=int(kwargs["lm_top_k"]),
-        top_p=float(kwargs["lm_top_p"]),
-        negative_prompt=str(kwargs["lm_negative_prompt"]),
-        seed=int(kwargs["lm_seed"]),
-    )
+    return PlanOptions(lm_temperature=float(kwargs["lm_temperature"]), lm_cfg_scale=float(kwargs["lm_cfg_scale"]),
+                       lm_top_k=int(kwargs["lm_top_k"]), lm_top_p=float(kwargs["lm_top_p"]),
+                       lm_negative_prompt=str(kwargs["lm_negative_prompt"]), lm_seed=int(kwargs["lm_seed"])).sampling()

@@ -57,8 +57,10 @@ def write_source_audio(path: Path, tiny: Path) -> Path:
 
 SOURCE_SECONDS = 249600 / 48000  # the goldens' source song written by write_source_audio
 # What each shipped workflow makes once shortened: LM nodes plan 10 s, Text2Music alone 6 s, edits keep
-# the source's length, Continue adds 2 s. Simple Mode's length is the LM's own choice (None).
-SHORTENED_SECONDS = {"text2music_thinking": 10.0, "format_input_text2music": 10.0, "simple_mode": None,
+# the source's length, Continue adds 2 s. Simple Mode's length is the LM's own choice (None). A plan's
+# codes set the length (thinking: 10 s); a plan without codes only fills metas left on auto, so
+# Text2Music's own 6 s wins over Format Input's 10 s (acestep_core.planning.fill_request).
+SHORTENED_SECONDS = {"text2music_thinking": 10.0, "format_input_text2music": 6.0, "simple_mode": None,
                      "mix_native_nodes": 6.0, "repaint": SOURCE_SECONDS, "cover": SOURCE_SECONDS,
                      "continue": SOURCE_SECONDS + 2.0, "extract_and_complete": SOURCE_SECONDS,
                      "add_track": SOURCE_SECONDS, "describe_and_rerender": SOURCE_SECONDS, "lora": 6.0}
