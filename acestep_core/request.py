@@ -108,6 +108,8 @@ class GenerationRequest:
             if self.src_audio is None and self.src_latents is None:
                 raise InputError(f"task_type {self.task_type!r} needs src_audio (or src_latents)")
         self.tracks()  # parses and checks
+        # One spelling on record, whichever door it came through ('' from a flag, [] from JSON).
+        self.track_classes = parse_tracks(self.track_classes, "track_classes") if self.track_classes else []
         self._check_window()
         if self.task_type == "continuation" and self.continuation_seconds is not None:
             _check_range("continuation_seconds", self.continuation_seconds)

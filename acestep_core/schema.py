@@ -131,7 +131,7 @@ FIELDS: tuple[Field, ...] = (
     _f("repainting_end", "float", None, "repaint window end (s); -1 or unset = the end of the source",
        low=-1, high=MAX_DURATION, aliases=("repaintingEnd", "repaint_end"), auto=(-1,), group="task"),
     _f("continuation_seconds", "float", None, "continuation: seconds of music to add after the source",
-       low=0.2, high=MAX_DURATION, group="task", doors=("engine", "cli", "node")),
+       low=0.2, high=MAX_DURATION, aliases=("continuationSeconds",), group="task"),
     _f("audio_cover_strength", "float", 1.0, "share of the steps that follow the source's codes (cover)",
        low=0.0, high=1.0, aliases=("audioCoverStrength", "cover_strength"), group="task"),
     _f("cover_noise_strength", "float", 0.0, "start from the source re-noised to t = 1 - s, running only the "

@@ -357,7 +357,7 @@ class ApiHandlers:
                           generation_info=r["generation_info"], seed_value=r["seed_value"],
                           lm_model=r["lm_model"], dit_model=r["dit_model"], lm_seed=r.get("lm_seed"),
                           vocal_language=r.get("vocal_language"), progress=1.0, stage="succeeded",
-                          notices=r.get("notices", []))
+                          notices=r.get("notices", []), params=r.get("params", {}))
                      for url in r.get("audio_urls", [])]
         elif job.status == "failed":
             items = [dict(base, file="", prompt="", lyrics="", metas={}, progress=job.progress,
@@ -366,7 +366,7 @@ class ApiHandlers:
             items = [dict(base, file="", prompt="", lyrics="", metas={}, progress=round(job.progress, 4),
                           stage=job.stage, queue_position=rt.queue_position(task_id))]
         out = {"task_id": task_id, "status": job.status_code,
-               "result": json.dumps(items, ensure_ascii=False), "progress_text": job.stage}
+               "result": json.dumps(items, ensure_ascii=False, default=str), "progress_text": job.stage}
         if job.error:
             out["error"] = job.error
         return out
