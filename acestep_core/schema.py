@@ -60,6 +60,8 @@ class Field:
     doors: tuple[str, ...] = DOORS  # the doors that expose it
     # Values meaning "automatic" (the engine or the LM chooses): -1 / 0 for numbers.
     auto: tuple = ()
+    # The ComfyUI widget that sets it (released widget names are fixed: saved workflows use them).
+    widget: Optional[str] = None
 
     @property
     def rest(self) -> str:
@@ -87,27 +89,27 @@ def _f(name, kind, default, help, **kw) -> Field:
 
 FIELDS: tuple[Field, ...] = (
     # ---- song: text and metadata
-    _f("caption", "str", "", "style / description of the music", rest_name="prompt", aliases=("caption",)),
-    _f("lyrics", "str", "", "lyrics with [Verse] / [Chorus] tags; '[Instrumental]' for none"),
-    _f("bpm", "int", None, "beats per minute; unset = automatic", low=30, high=300, auto=(0, -1)),
+    _f("caption", "str", "", "style / description of the music", rest_name="prompt", aliases=("caption",), widget="caption"),
+    _f("lyrics", "str", "", "lyrics with [Verse] / [Chorus] tags; '[Instrumental]' for none", widget="lyrics"),
+    _f("bpm", "int", None, "beats per minute; unset = automatic", low=30, high=300, auto=(0, -1), widget="bpm"),
     _f("key_scale", "str", "", 'key, e.g. "C major" or "F# minor"; empty = automatic',
-       aliases=("keyscale", "keyScale", "key")),
+       aliases=("keyscale", "keyScale", "key"), widget="keyscale"),
     _f("time_signature", "str", "", "beats per bar: 2, 3, 4 or 6 (4/4 and 6/8 accepted); empty = automatic",
-       choices=TIME_SIGNATURES, aliases=("timesignature", "timeSignature")),
+       choices=TIME_SIGNATURES, aliases=("timesignature", "timeSignature"), widget="timesignature"),
     _f("vocal_language", "str", "unknown", "vocal language code (en, zh, ja, ...); unknown = automatic",
-       aliases=("vocalLanguage", "language"), door_defaults={"rest": "en"}),
+       aliases=("vocalLanguage", "language"), door_defaults={"rest": "en"}, widget="language"),
     _f("audio_duration", "float", None, "seconds; -1 or 0 = automatic (the LM's plan with thinking, else 120 s)",
        low=MIN_REQUEST_DURATION, high=MAX_DURATION, auto=(0, -1),
-       aliases=("duration", "audioDuration", "target_duration", "targetDuration")),
+       aliases=("duration", "audioDuration", "target_duration", "targetDuration"), widget="duration"),
     # ---- diffusion
     _f("inference_steps", "int", None, "diffusion steps; unset = the model's own (turbo 8, base / sft 32)",
-       low=1, high=200, aliases=("inferenceSteps",), door_defaults={"rest": 8}, group="diffusion"),
+       low=1, high=200, aliases=("inferenceSteps",), door_defaults={"rest": 8}, group="diffusion", widget="steps"),
     _f("guidance_scale", "float", 7.0, "classifier-free guidance (APG) of base / sft models; turbo ignores it",
-       low=0.0, high=30.0, aliases=("guidanceScale",), group="diffusion"),
+       low=0.0, high=30.0, aliases=("guidanceScale",), group="diffusion", widget="guidance"),
     _f("shift", "float", 3.0, "timestep shift (turbo snaps to its trained schedules)", low=0.1, high=10.0,
-       group="diffusion"),
+       group="diffusion", widget="shift"),
     _f("seed", "seed", -1, "-1 = random; a comma list gives one seed per batch item", low=-1, high=MAX_SEED,
-       door_defaults={"rest": [-1]}, group="diffusion"),
+       door_defaults={"rest": [-1]}, group="diffusion", widget="seed"),
     _f("infer_method", "str", "ode", "sampler: ode (deterministic) or sde", choices=INFER_METHODS,
        aliases=("inferMethod",), group="diffusion"),
     _f("timesteps", "timesteps", None, "comma list of custom timesteps, decreasing in [0, 1] (overrides steps "
@@ -116,8 +118,8 @@ FIELDS: tuple[Field, ...] = (
        aliases=("cfgIntervalStart",), group="diffusion"),
     _f("cfg_interval_end", "float", 1.0, "guidance applies up to this fraction of the schedule", low=0.0, high=1.0,
        aliases=("cfgIntervalEnd",), group="diffusion"),
-    _f("batch_size", "int", 1, "songs per run", low=1, high=MAX_BATCH, aliases=("batchSize",),
-       door_defaults={"rest": None}, group="diffusion"),
+    _f("batch_size", "int", 1, "songs per run (REST unset: ACESTEP_BATCH_SIZE, default 2)", low=1, high=MAX_BATCH, aliases=("batchSize",),
+       door_defaults={"rest": None}, group="diffusion", widget="batch_size"),
     # ---- task and audio
     _f("task_type", "str", "text2music", "what to do; extract / lego / complete need a base model",
        choices=TASK_TYPES, aliases=("taskType",), group="task"),
@@ -127,15 +129,15 @@ FIELDS: tuple[Field, ...] = (
     _f("reference_audio", "audio", None, "timbre reference audio", rest_name="reference_audio_path",
        aliases=("ref_audio_path", "referenceAudioPath", "refAudioPath"), group="task"),
     _f("repainting_start", "float", 0.0, "repaint window start (s); negative pads silence before the source",
-       low=-MAX_DURATION, high=MAX_DURATION, aliases=("repaintingStart", "repaint_start"), group="task"),
+       low=-MAX_DURATION, high=MAX_DURATION, aliases=("repaintingStart", "repaint_start"), group="task", widget="start"),
     _f("repainting_end", "float", None, "repaint window end (s); -1 or unset = the end of the source",
-       low=-1, high=MAX_DURATION, aliases=("repaintingEnd", "repaint_end"), auto=(-1,), group="task"),
+       low=-1, high=MAX_DURATION, aliases=("repaintingEnd", "repaint_end"), auto=(-1,), group="task", widget="end"),
     _f("continuation_seconds", "float", None, "continuation: seconds of music to add after the source",
-       low=0.2, high=MAX_DURATION, aliases=("continuationSeconds",), group="task"),
+       low=0.2, high=MAX_DURATION, aliases=("continuationSeconds",), group="task", widget="seconds"),
     _f("audio_cover_strength", "float", 1.0, "share of the steps that follow the source's codes (cover)",
-       low=0.0, high=1.0, aliases=("audioCoverStrength", "cover_strength"), group="task"),
+       low=0.0, high=1.0, aliases=("audioCoverStrength", "cover_strength"), group="task", widget="strength"),
     _f("cover_noise_strength", "float", 0.0, "start from the source re-noised to t = 1 - s, running only the "
-       "remaining steps (0 = off)", low=0.0, high=1.0, aliases=("coverNoiseStrength",), group="task"),
+       "remaining steps (0 = off)", low=0.0, high=1.0, aliases=("coverNoiseStrength",), group="task", widget="noise_strength"),
     _f("audio_code_string", "codes", "", "<|audio_code_N|> string (one, or one per batch item): text2music then "
        "follows these codes", aliases=("audioCodeString", "audio_codes"), group="task"),
     _f("chunk_mask_mode", "str", "auto", "repaint mask: auto or explicit", choices=CHUNK_MASK_MODES,
@@ -143,11 +145,11 @@ FIELDS: tuple[Field, ...] = (
     _f("repaint_mode", "str", "balanced", "how the kept audio is held outside the window", choices=REPAINT_MODES,
        aliases=("repaintMode",), group="task"),
     _f("repaint_strength", "float", 0.5, "balanced repaint: higher = freer inside the window, softer seams",
-       low=0.0, high=1.0, aliases=("repaintStrength",), group="task"),
+       low=0.0, high=1.0, aliases=("repaintStrength",), group="task", widget="strength"),
     _f("track_name", "str", "", "extract / lego: the one track to take out or add (" + ", ".join(TRACK_NAMES) + ")",
-       aliases=("trackName",), group="task"),
+       aliases=("trackName",), group="task", widget="track"),
     _f("track_classes", "tracks", "", "complete: the tracks to add (comma list)",
-       aliases=("trackClasses", "instruments", "complete_track_classes"), door_defaults={"rest": []}, group="task"),
+       aliases=("trackClasses", "instruments", "complete_track_classes"), door_defaults={"rest": []}, group="task", widget="tracks"),
     _f("instruction", "str", "", "replace the task's DiT instruction (expert use); empty = the task's own",
        group="task"),
     # ---- planning with the 5 Hz LM (acestep_core.planning.PlanOptions)
@@ -156,25 +158,25 @@ FIELDS: tuple[Field, ...] = (
     _f("sample_mode", "bool", False, "simple mode: the LM writes caption, lyrics and metas from sample_query",
        aliases=("sampleMode",), group="lm", target="plan"),
     _f("sample_query", "str", "", "simple mode: a one-line description of the song",
-       aliases=("sampleQuery", "description", "desc"), group="lm", target="plan"),
+       aliases=("sampleQuery", "description", "desc"), group="lm", target="plan", widget="description"),
     _f("use_format", "bool", False, "the LM rewrites the caption and lyrics first", aliases=("useFormat", "format"),
        group="lm", target="plan"),
     _f("lm_temperature", "float", 0.85, "LM sampling temperature (0 = greedy)", low=0.0, high=2.0,
-       aliases=("lmTemperature",), group="lm", target="plan"),
+       aliases=("lmTemperature",), group="lm", target="plan", widget="lm_temperature"),
     _f("lm_cfg_scale", "float", 2.0, "LM classifier-free guidance (1 = off)", low=1.0, high=10.0,
-       aliases=("lmCfgScale",), door_defaults={"rest": 2.5}, group="lm", target="plan"),
+       aliases=("lmCfgScale",), door_defaults={"rest": 2.5}, group="lm", target="plan", widget="lm_cfg_scale"),
     _f("lm_top_k", "int", 0, "LM top-k (0 = off)", low=0, high=100000, aliases=("lmTopK",), group="lm",
-       target="plan"),
+       target="plan", widget="lm_top_k"),
     _f("lm_top_p", "float", 0.9, "LM top-p (1 = off)", low=0.0, high=1.0, aliases=("lmTopP",), group="lm",
-       target="plan"),
+       target="plan", widget="lm_top_p"),
     _f("lm_repetition_penalty", "float", 1.0, "LM repetition penalty (1 = off)", low=0.1, high=5.0,
        aliases=("lmRepetitionPenalty",), group="lm", target="plan"),
     _f("lm_negative_prompt", "str", "NO USER INPUT", "caption the LM's guidance steers away from",
-       aliases=("lmNegativePrompt",), group="lm", target="plan"),
+       aliases=("lmNegativePrompt",), group="lm", target="plan", widget="lm_negative_prompt"),
     _f("lm_seed", "int", -1, "seed of the LM's sampling (-1 = random; the seed used is reported)", low=-1,
-       high=MAX_SEED, aliases=("lmSeed",), group="lm", target="plan"),
+       high=MAX_SEED, aliases=("lmSeed",), group="lm", target="plan", widget="lm_seed"),
     _f("use_cot_caption", "bool", True, "the LM's rewritten caption replaces the caption",
-       aliases=("cot_caption", "cot-caption"), group="lm", target="plan"),
+       aliases=("cot_caption", "cot-caption"), group="lm", target="plan", widget="use_cot_caption"),
     _f("use_cot_language", "bool", True, "the LM chooses the vocal language when none is given",
        aliases=("cot_language", "cot-language"), group="lm", target="plan"),
     _f("constrained_decoding", "bool", True, "constrain the LM to valid metas and audio codes",
@@ -214,6 +216,46 @@ def widget_range(name: str, **overrides) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if value is None or value == []:
+        return "unset"
+    if value == "":
+        return '""'
+    return f"`{value}`"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def markdown_table() -> str:
+    """The README's parameter table: every field, its name at each door, its defaults and range."""
+    lines = ["| field | REST name (aliases) | CLI flag | ComfyUI widget | default: engine, CLI, nodes | default: REST "
+             "| range | meaning |", "|---|---|---|---|---|---|---|---|"]
+    for f in FIELDS:
+        rest = "-"
+        if "rest" in f.doors:
+            rest = f"`{f.rest}`" + (f" ({', '.join(f'`{a}`' for a in f.aliases[:3])})" if f.aliases else "")
+        default = _cell(f.default_for("cli") if "cli" in f.doors else f.default)
+        rest_default = _cell(f.default_for("rest")) if "rest" in f.doors else "-"
+        if "rest" in f.door_defaults:
+            rest_default = f"**{rest_default}**"
+        choices = [str(c) for c in choices_for(f.name, "rest" if "cli" not in f.doors else "cli")]
+        rest_only = [str(c) for c in choices_for(f.name, "rest") if str(c) not in choices]
+        if choices:
+            rng = ", ".join(choices) + (f"; REST also {', '.join(rest_only)}" if rest_only else "")
+        elif f.low is not None and f.high is not None:
+            rng = f"{_number(f.low)} to {_number(f.high)}"
+        else:
+            rng = ""
+        widget = f"`{f.widget}`" if f.widget else "-"
+        lines.append(f"| `{f.name}` | {rest} | `{f.flag}` | {widget} | {default} | {rest_default} | {rng} | "
+                     f"{f.help.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
 def door_default_table() -> list[tuple[str, Any, Any]]:
     """(field, engine / CLI default, REST default) for the fields whose defaults differ by door."""
     rows = []
@@ -221,3 +263,4 @@ def door_default_table() -> list[tuple[str, Any, Any]]:
         if "rest" in f.door_defaults:
             rows.append((f.name, f.default_for("cli") if "cli" in f.doors else f.default, f.door_defaults["rest"]))
     return rows
+
