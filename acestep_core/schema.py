@@ -19,12 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .lm.constants import BPM_MAX, BPM_MIN, DURATION_MAX, DURATION_MIN, VALID_TIME_SIGNATURES
 from .prompts import TRACK_NAMES, TRACK_TASKS
 
-# The limits every door shares. The DiT's shortest output is 128 latent frames (5.12 s); the doors for
-# people take the official API's duration range (10-600 s), which the LM can also plan.
-MIN_DURATION, MAX_DURATION = 1.0, 600.0
-MIN_REQUEST_DURATION = 10.0
+# The limits every door shares. The metas' ranges are the 5 Hz LM's vocabulary (lm/constants.py), so a
+# door accepts exactly what the LM could have planned. The doors for people take the official API's
+# duration range (10-600 s); the engine itself runs down to 1 s (the DiT's shortest output is 5.12 s).
+MIN_DURATION, MAX_DURATION = 1.0, float(DURATION_MAX)
+MIN_REQUEST_DURATION = float(DURATION_MIN)
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
 
@@ -34,7 +36,7 @@ TASK_ALIASES = {"repainting": "repaint", "continue": "continuation", "extend": "
 INFER_METHODS = ("ode", "sde")
 CHUNK_MASK_MODES = ("auto", "explicit")
 REPAINT_MODES = ("balanced", "aggressive", "conservative")
-TIME_SIGNATURES = ("2", "3", "4", "6")
+TIME_SIGNATURES = tuple(str(v) for v in VALID_TIME_SIGNATURES)
 # The command line writes files through the encoders the CLI exposes; the REST API adds wav32 (the
 # official name for 32-bit float WAV).
 CLI_AUDIO_FORMATS = ("flac", "mp3", "wav", "opus")
@@ -91,7 +93,7 @@ FIELDS: tuple[Field, ...] = (
     # ---- song: text and metadata
     _f("caption", "str", "", "style / description of the music", rest_name="prompt", aliases=("caption",), widget="caption"),
     _f("lyrics", "str", "", "lyrics with [Verse] / [Chorus] tags; '[Instrumental]' for none", widget="lyrics"),
-    _f("bpm", "int", None, "beats per minute; unset = automatic", low=30, high=300, auto=(0, -1), widget="bpm"),
+    _f("bpm", "int", None, "beats per minute; unset = automatic", low=BPM_MIN, high=BPM_MAX, auto=(0, -1), widget="bpm"),
     _f("key_scale", "str", "", 'key, e.g. "C major" or "F# minor"; empty = automatic',
        aliases=("keyscale", "keyScale", "key"), widget="keyscale"),
     _f("time_signature", "str", "", "beats per bar: 2, 3, 4 or 6 (4/4 and 6/8 accepted); empty = automatic",

@@ -6,8 +6,8 @@ from ..acestep_core.errors import InputError
 from . import audio_wire
 from .host import io
 from .running import run_engine
-from .widgets import (CATEGORY, MAX_BATCH, MODEL, PLAN, caption_input, dit_inputs, lyrics_input, meta_inputs, opt_bpm,
-                      opt_choice, opt_duration)
+from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, caption_input, dit_inputs, lyrics_input,
+                      meta_inputs, opt_bpm, opt_choice, opt_duration, schema_range)
 
 REPAINT_MIN_SECONDS = 0.5
 
@@ -104,7 +104,7 @@ class Continue(io.ComfyNode):
             category=CATEGORY,
             description="Extends a song: regenerates the last 'overlap' seconds and adds 'seconds' of new music.",
             inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
-                    io.Float.Input("seconds", default=30.0, min=1.0, max=240.0, step=1.0,
+                    io.Float.Input("seconds", default=30.0, **schema_range("continuation_seconds", min=1.0), step=1.0,
                                    tooltip="Seconds of new music to add."),
                     caption_input(), lyrics_input(), *dit_inputs(),
                     io.Float.Input("overlap", default=1.0, min=0.0, max=30.0, step=0.1,
@@ -134,10 +134,10 @@ class Repaint(io.ComfyNode):
             category=CATEGORY,
             description="Regenerates the part of a song between start and end; the rest is kept.",
             inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
-                    io.Float.Input("start", default=0.0, min=0.0, max=600.0, step=0.1, tooltip="Window start (s)."),
-                    io.Float.Input("end", default=10.0, min=0.0, max=600.0, step=0.1, tooltip="Window end (s)."),
+                    io.Float.Input("start", default=0.0, min=0.0, max=MAX_DURATION, step=0.1, tooltip="Window start (s)."),
+                    io.Float.Input("end", default=10.0, min=0.0, max=MAX_DURATION, step=0.1, tooltip="Window end (s)."),
                     caption_input(), lyrics_input(), *dit_inputs(),
-                    io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.05,
+                    io.Float.Input("strength", default=0.5, **schema_range("repaint_strength"), step=0.05,
                                    tooltip="Balanced repaint strength: higher = freer inside, softer seams.")],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
@@ -173,11 +173,12 @@ class Cover(io.ComfyNode):
             description="Re-performs a song in a new style: keeps its structure and melody (through the 5 Hz "
                         "codes of the source) and follows the caption; an optional reference sets the timbre.",
             inputs=[MODEL.Input("model"), io.Audio.Input("audio"),
-                    io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                    io.Float.Input("strength", default=1.0, **schema_range("audio_cover_strength"), step=0.05,
                                    tooltip="Share of the steps that follow the source (audio_cover_strength)."),
                     caption_input(), lyrics_input(), *dit_inputs(),
                     io.Audio.Input("reference", optional=True, tooltip="Reference audio for the timbre."),
-                    io.Float.Input("noise_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                    io.Float.Input("noise_strength", default=0.0, **schema_range("cover_noise_strength"), step=0.05,
+                                   optional=True,
                                    tooltip="How close to the source to start (cover_noise_strength): 0 = from "
                                            "pure noise, higher = start from the source re-noised, fewer steps.")],
             outputs=[io.Audio.Output("audio", display_name="audio")],

@@ -6,7 +6,7 @@ from ..acestep_core.errors import InputError
 from ..acestep_core.prompts import TRACK_NAMES
 from .generate_nodes import _dit_fields, _request, _source, generate_audio
 from .host import io
-from .widgets import CATEGORY, MODEL, caption_input, dit_inputs, lyrics_input
+from .widgets import CATEGORY, MAX_DURATION, MODEL, caption_input, dit_inputs, lyrics_input
 
 BASE_STEPS = 32  # the base model's usual step count (turbo's 8 is too few for it)
 BASE_NOTE = " Needs the base model (acestep_v1.5_base.safetensors); turbo and SFT were not trained for it."
@@ -55,8 +55,8 @@ class AddTrack(io.ComfyNode):
             description="Generates one new track that fits the song (lego) and returns the mix, inside "
                         "start..end (end 0 = to the end); outside the window the song is kept." + BASE_NOTE,
             inputs=[MODEL.Input("model"), io.Audio.Input("audio"), _track_input("drums"),
-                    io.Float.Input("start", default=0.0, min=0.0, max=600.0, step=0.1, tooltip="Window start (s)."),
-                    io.Float.Input("end", default=0.0, min=0.0, max=600.0, step=0.1,
+                    io.Float.Input("start", default=0.0, min=0.0, max=MAX_DURATION, step=0.1, tooltip="Window start (s)."),
+                    io.Float.Input("end", default=0.0, min=0.0, max=MAX_DURATION, step=0.1,
                                    tooltip="Window end (s); 0 = the end of the song."),
                     caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS)],
             outputs=[io.Audio.Output("audio", display_name="audio")],

@@ -30,8 +30,12 @@ SEED_MAX = schema.MAX_SEED
 MAX_BATCH = schema.MAX_BATCH
 
 
-def _range(name: str, **overrides) -> dict:
+def schema_range(name: str, **overrides) -> dict:
+    """min / max of the widget for the schema field `name` (overrides: where the widget starts at 0 = auto)."""
     return schema.widget_range(name, **overrides)
+
+
+
 
 
 def caption_input(default: str = ""):
@@ -47,9 +51,9 @@ def lyrics_input(default: str = ""):
 def meta_inputs(auto_tip: str) -> list:
     """duration, bpm, keyscale, timesignature, language - each with an auto setting."""
     return [
-        io.Float.Input("duration", default=0.0, **_range("audio_duration", min=0.0), step=1.0,
+        io.Float.Input("duration", default=0.0, **schema_range("audio_duration", min=0.0), step=1.0,
                        tooltip=f"Seconds. 0 = auto ({auto_tip})."),
-        io.Int.Input("bpm", default=0, **_range("bpm", min=0), tooltip=f"Beats per minute. 0 = auto ({auto_tip})."),
+        io.Int.Input("bpm", default=0, **schema_range("bpm", min=0), tooltip=f"Beats per minute. 0 = auto ({auto_tip})."),
         io.Combo.Input("keyscale", options=[AUTO, *KEYSCALES], default=AUTO, tooltip=f"Key. auto = {auto_tip}."),
         io.Combo.Input("timesignature", options=[AUTO, *TIME_SIGNATURES], default=AUTO,
                        tooltip=f"Beats per bar. auto = {auto_tip}."),
@@ -60,12 +64,12 @@ def meta_inputs(auto_tip: str) -> list:
 
 def lm_sampling_inputs(temperature: float = 0.85, cfg_scale: float = 2.0) -> list:
     return [
-        io.Float.Input("lm_temperature", default=temperature, **_range("lm_temperature"), step=0.05,
+        io.Float.Input("lm_temperature", default=temperature, **schema_range("lm_temperature"), step=0.05,
                        tooltip="LM sampling temperature (0 = greedy)."),
-        io.Float.Input("lm_cfg_scale", default=cfg_scale, **_range("lm_cfg_scale"), step=0.1,
+        io.Float.Input("lm_cfg_scale", default=cfg_scale, **schema_range("lm_cfg_scale"), step=0.1,
                        tooltip="LM classifier-free guidance scale (1 = off)."),
-        io.Int.Input("lm_top_k", default=0, **_range("lm_top_k"), tooltip="Top-k (0 = off)."),
-        io.Float.Input("lm_top_p", default=0.9, **_range("lm_top_p"), step=0.01, tooltip="Top-p (1 = off)."),
+        io.Int.Input("lm_top_k", default=0, **schema_range("lm_top_k"), tooltip="Top-k (0 = off)."),
+        io.Float.Input("lm_top_p", default=0.9, **schema_range("lm_top_p"), step=0.01, tooltip="Top-p (1 = off)."),
         io.String.Input("lm_negative_prompt", default="NO USER INPUT",
                         tooltip="Caption the LM's guidance steers away from."),
         io.Int.Input("lm_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
@@ -77,11 +81,11 @@ def dit_inputs(steps: int = 8) -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the initial noise (batch item i uses seed + i)."),
-        io.Int.Input("steps", default=steps, **_range("inference_steps"),
+        io.Int.Input("steps", default=steps, **schema_range("inference_steps"),
                      tooltip="Diffusion steps. Turbo: 8. Base / SFT: 30-50."),
-        io.Float.Input("shift", default=schema.spec("shift").default, **_range("shift"), step=0.1,
+        io.Float.Input("shift", default=schema.spec("shift").default, **schema_range("shift"), step=0.1,
                        tooltip="Timestep shift. Turbo: 3. Base / SFT: 1-3."),
-        io.Float.Input("guidance", default=schema.spec("guidance_scale").default, **_range("guidance_scale"), step=0.1,
+        io.Float.Input("guidance", default=schema.spec("guidance_scale").default, **schema_range("guidance_scale"), step=0.1,
                        tooltip="Guidance scale (APG). Ignored by turbo models."),
     ]
 
