@@ -188,8 +188,10 @@ CASES = [
     Case("seed-out-of-range", post_json(dict(GOOD, seed=2**33)), 400,
          "seed: seeds must be -1 (random) or between 0 and 4294967295"),
     Case("param_obj-not-json", post_json(dict(GOOD, param_obj="{bpm: 90")), 400, "param_obj: is not valid JSON"),
-    Case("engine-validation-at-submit", post_json(dict(GOOD, chunk_mask_mode="sideways")), 400,
-         "chunk_mask_mode must be 'auto' or 'explicit', got 'sideways'"),
+    Case("engine-validation-at-submit", post_json(dict(GOOD, key_scale="H major")), 400,
+         "key_scale 'H major' is not a key"),
+    Case("schema-choices", post_json(dict(GOOD, chunk_mask_mode="sideways")), 400,
+         "chunk_mask_mode: must be one of auto, explicit, got 'sideways'"),
     # ---- the memory decision (tier1: 360 s, batch 1)
     Case("batch-beyond-decision", post_json(dict(GOOD, batch_size=4)), 200, check=expect(batch_size=1),
          extra_notes=["Batch size 4 is more than this machine's tier1 limit of 1; generating 1 instead."]),
