@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-SAMPLE_RATE = 48000
+from .constants import SAMPLE_RATE  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
