@@ -164,9 +164,8 @@ def run(args) -> int:
     from ..audio_io import check_output_format
     from ..outputs import check_new_file, check_output_dir, contained_path, next_free_index, safe_stem, save_latents, \
         write_new_text
-    from ..pipeline import ACEStepPipeline
     from .. import audio_io
-    from .model_setup import pipeline_kwargs, pop_private, tiny_notice
+    from .model_setup import engine_from_args, plan_from_args, tiny_notice
 
     # Everything a user can get wrong is checked before minutes of model loading.
     out_dir = check_output_dir(Path(args.out))
@@ -178,33 +177,28 @@ def run(args) -> int:
     thinking = args.thinking and request.task_type not in LM_SKIPPED_TASKS
     if thinking:
         _check_thinking_args(args, request)
-    kwargs, notes = pipeline_kwargs(args)
-    if thinking and not args.tiny:
-        from ..lm.planner import find_lm
+    # One decision (loading.decide_load, shared with serve and the Load node), shown and applied before
+    # the weights load; a missing LM is reported before the DiT loads.
+    plan = plan_from_args(args, want_lm=thinking)
+    from ..engine import clamp_to
 
-        find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)  # a missing LM is known before the DiT loads
-    from ..memory.policy import clamp_request
-
-    request.audio_duration, request.batch_size, messages = clamp_request(
-        kwargs["_decision"], request.audio_duration, request.batch_size)
+    request, messages = clamp_to(plan.decision, request)
     request.validate()
-    for note in [*notes, *messages]:
+    for note in messages:
         print(note, file=sys.stderr)
 
-    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
+    engine = engine_from_args(args, plan=plan, need_lm=thinking)
+    pipe = engine.pipeline
     request.inference_steps = _default_steps(args, pipe.is_turbo)
 
     if args.thinking and not thinking:
         print(f"note: --thinking is skipped for {request.task_type} (the source audio sets the song), "
               "as in the official pipeline", file=sys.stderr)
     elif thinking:
-        from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
+        from ..lm.cli_args import think_kwargs_from_args
         from ..lm.cli_common import progress_printer
 
-        if args.lm_model is None and args.tiny:
-            args.lm_model = kwargs.get("_tiny_lm")
-        args.device = str(pipe.device)
-        planner = load_planner_from_args(args)
+        planner = engine.planner()
         print("thinking with the 5 Hz LM ...", file=sys.stderr)
         request.plan = planner.think(
             request.caption, request.lyrics, bpm=request.bpm, keyscale=request.key_scale or None,
@@ -212,6 +206,7 @@ def run(args) -> int:
             language=None, progress=progress_printer(True), **think_kwargs_from_args(args),
             generate_codes=request.task_type not in LM_METAS_ONLY_TASKS)
         del planner
+        engine.release_planner()  # the LM's memory is free again before the DiT runs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     from .progress import StageProgress
@@ -225,7 +220,7 @@ def run(args) -> int:
     params = dict(result.params)
     # The decoded sources travel as tensors; the record names the files.
     params.update(src_audio=args.src_audio, reference_audio=args.reference_audio, src_latents=args.src_latents)
-    params.update(audio_format=args.audio_format, checkpoints=kwargs.get("_labels", {}))
+    params.update(audio_format=args.audio_format, checkpoints=engine.labels)
     if args.tiny:
         params["note"] = tiny_notice()
     for item in range(result.audio.shape[0]):
