@@ -94,12 +94,12 @@ class LoadModel(io.ComfyNode):
         return io.NodeOutput(model, summary, ui={"text": [summary]})
 
 
-def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dtype: str) -> ACEStepModel:
-    """The engine's one loader (`loading.load_engine`) with ComfyUI's memory numbers; weights load on
-    the CPU and ComfyUI's model manager moves them (nodes/model.py)."""
+def plan_for(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dtype: str):
+    """(paths, choices, plan) for the widget values: the engine's `loading.plan_load` with ComfyUI's
+    memory numbers. Pure: checks the choices and decides, loads nothing."""
     import dataclasses
 
-    from ..acestep_core.loading import LoadChoices, ModelPaths, load_engine, plan_load
+    from ..acestep_core.loading import LoadChoices, ModelPaths, plan_load
 
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {list(DTYPES)}, got '{dtype}'")
@@ -116,14 +116,23 @@ def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dty
     plan = plan_load(paths, choices, _memory(device))
     if plan.lm_path:  # a ComfyUI LM file carries no tokenizer
         plan = dataclasses.replace(plan, paths=dataclasses.replace(plan.paths, lm_tokenizer=_tokenizer_for(plan.lm_path, "lm")))
+    return paths, choices, plan
+
+
+def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dtype: str) -> ACEStepModel:
+    """The engine's one loader (`loading.load_engine`) with ComfyUI's memory numbers; weights load on
+    the CPU and ComfyUI's model manager moves them (nodes/model.py)."""
+    from ..acestep_core.loading import load_engine
+
+    paths, choices, plan = plan_for(dit, vae, text_encoder, lm, offload, dtype)
     engine = load_engine(paths, choices, device="cpu", eager_lm=True, plan=plan)
     decision = engine.decision
     reasons = [decision.summary(), *decision.reasons]
-    if not engine.has_lm() and not lms:
+    if not engine.has_lm() and not plan.paths.lms:
         reasons.append("no LM installed: thinking / format / simple-mode nodes need one")
-
+    device = host.compute_device()
     info = LoadDecision(
-        dit=dit, vae=os.path.basename(vae_path), text_encoder=os.path.basename(te_path),
+        dit=dit, vae=os.path.basename(str(plan.paths.vae)), text_encoder=os.path.basename(str(plan.paths.text_encoder)),
         lm=(decision.lm_model if engine.has_lm() else "none"), offload=decision.offload_to_cpu,
         dtype=decision.dtype, device=str(device), tier=decision.tier, reasons=reasons)
     model = ACEStepModel(engine.pipeline, engine.planner() if engine.has_lm() else None, info, device,

@@ -65,9 +65,19 @@ def _use_lm(args) -> bool:
     return flag not in ("0", "false", "no", "n", "off")
 
 
+def provider_from_args(args: argparse.Namespace):
+    """The headless model provider for these flags; it makes the memory decision (loading.decide_load)."""
+    from ..server import LocalModelProvider
+
+    return LocalModelProvider(
+        checkpoint_dir=args.checkpoint_dir, dit=args.dit, vae=args.vae, text_encoder=args.text_encoder,
+        text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=_use_lm(args),
+        device=args.device, dtype=args.dtype, offload=args.offload, tiny=args.tiny)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import ACEStepError
-    from ..server import LocalModelProvider, Runtime, ServerConfig, create_app
+    from ..server import Runtime, ServerConfig, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tiny:
@@ -94,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The decision is made here, before the first request: a bad --device, missing weights or an XL
         # model this card cannot hold are start-up errors, not failed jobs.
-        provider = LocalModelProvider(
-            checkpoint_dir=args.checkpoint_dir, dit=args.dit, vae=args.vae, text_encoder=args.text_encoder,
-            text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=_use_lm(args),
-            device=args.device, dtype=args.dtype, offload=args.offload, tiny=args.tiny)
+        provider = provider_from_args(args)
     except ACEStepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
