@@ -124,3 +124,25 @@ def test_every_door_refuses_an_xl_model_that_cannot_fit(doors, monkeypatch, tiny
     with pytest.raises(Exception, match="needs at least 12 GB") as info:
         loader.plan_for("acestep-v15-xl-turbo", "auto", "auto", "auto", "auto", "auto")
     assert type(info.value).__name__ == "InsufficientMemoryError"
+
+
+def test_serve_logs_and_reports_its_decision(tmp_path, tiny_dir):
+    """A real `serve` on a simulated 6 GB card: the start-up log says what it decided and why, and
+    /v1/stats reports the same decision."""
+    import json
+    import urllib.request
+
+    from server_harness import ServeProcess
+
+    (tmp_path / "out").mkdir()
+    server = ServeProcess(tiny_dir, tmp_path / "out", tmp_path / "serve.log", env={"MAX_CUDA_VRAM": "6"})
+    try:
+        with urllib.request.urlopen(server.url + "/v1/stats", timeout=60) as reply:
+            stats = json.loads(reply.read())["data"]
+    finally:
+        server.stop()
+    block = stats["memory_decision"]
+    assert block["tier"] == "tier2" and block["simulated"] and block["device_type"] == "cuda"
+    assert block["offload_to_cpu"] and not block["init_lm"] and block["max_batch"] == 1
+    assert f"memory decision: {block['summary']}" in server.log
+    assert "No LM: tier2" in server.log  # the reasons are logged too
