@@ -13,6 +13,7 @@ from ..loading import (  # noqa: F401  (re-exported: these lived here before loa
     GET_WEIGHTS_HELP,
     LoadChoices,
     ModelPaths,
+    check_lm,
     default_dit,
     load_engine,
     plan_load,
@@ -43,7 +44,10 @@ def choices_from_args(args, want_lm: bool = False) -> LoadChoices:
 
 def plan_from_args(args, want_lm: bool = False):
     """The load plan (paths, decision, LM) for these flags, with its notes printed on stderr."""
-    plan = plan_load(paths_from_args(args), choices_from_args(args, want_lm))
+    choices = choices_from_args(args, want_lm)
+    plan = plan_load(paths_from_args(args), choices)
+    if want_lm:
+        check_lm(plan, choices)  # a missing LM is the only message, before anything loads
     print(f"memory: {plan.decision.summary()}", file=sys.stderr)
     if plan.paths.tiny:
         print(tiny_notice(), file=sys.stderr)
