@@ -25,7 +25,7 @@ import torch
 
 from .errors import InputError
 
-DEFAULT_SAMPLE_RATE = 48000
+from .constants import SAMPLE_RATE as DEFAULT_SAMPLE_RATE
 
 # --------------------------------------------------------------------------------------------
 # Loading

@@ -13,13 +13,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .safetensors_io import check_state_dict, read_config_json, read_safetensors, read_sharded_or_single
+from .checkpoints import check_state_dict, read_config_json, read_safetensors, read_sharded_or_single, sidecar_config  # noqa: F401
 from .silence import builtin_silence_latent
 from .xl import check_timbre_cls, is_xl_config, use_timbre_cls
 
@@ -360,14 +360,6 @@ def infer_dit_config(state_dict: dict[str, torch.Tensor]) -> dict:
         "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(config["num_hidden_layers"])
     ]
     return config
-
-
-def sidecar_config(file: Path) -> Optional[dict]:
-    """`<name>.acestep.json` beside a single-file checkpoint overrides what shapes cannot tell."""
-    sidecar = file.with_name(file.name[: -len(".safetensors")] + ".acestep.json") if file.name.endswith(".safetensors") else None
-    if sidecar is not None and sidecar.is_file():
-        return _read_json(sidecar)
-    return None
 
 
 def split_comfy_dit_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,3 +27,7 @@ class InsufficientMemoryError(ACEStepError):
 
 class AdapterError(InputError):
     """A LoRA / LoKr adapter is missing, corrupt, or made for another model."""
+
+
+class LMUnavailableError(ACEStepError):
+    """A request needs the 5 Hz LM but none is configured or it failed to load."""

@@ -27,7 +27,7 @@ from .memory.dtypes import resolve_dtype  # the one `auto` rule (docs/memory.md#
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
-from .safetensors_io import read_safetensors, safetensors_keys
+from .checkpoints import read_safetensors, safetensors_keys
 from .sources import source_waveform
 from .sampling import SamplerSettings, denoise, prepare_noise
 from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule

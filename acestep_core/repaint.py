@@ -11,9 +11,8 @@ from typing import Optional
 
 import torch
 
+from .constants import SAMPLE_RATE  # noqa: F401  (re-exported)
 from .errors import InputError
-
-SAMPLE_RATE = 48000
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ from . import audio_io
 from .errors import InputError
 from .values import check_finite_tensor
 
-SAMPLE_RATE = 48000
-HOP = 1920  # samples per latent frame
+from .constants import HOP, SAMPLE_RATE  # noqa: F401  (re-exported)
 
 
 def source_waveform(src, what: str) -> torch.Tensor:

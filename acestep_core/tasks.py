@@ -15,9 +15,8 @@ from .errors import InputError
 from .prompts import COVER_INSTRUCTION, REPAINT_INSTRUCTION, TEXT2MUSIC_INSTRUCTION
 from .repaint import RepaintSettings, RepaintWindow, pad_for_window, repaint_settings  # noqa: F401 (re-exported)
 
-SAMPLE_RATE = 48000
-HOP = 1920
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP  # 25
+from .constants import FRAMES_PER_SECOND, HOP, SAMPLE_RATE  # noqa: F401  (re-exported)
+
 MIN_FRAMES = 128
 DEFAULT_DURATION = 120.0
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .prompts import CAPTION_MAX_TOKENS, LYRICS_MAX_TOKENS
-from .safetensors_io import check_state_dict, read_safetensors, read_sharded_or_single
+from .checkpoints import check_state_dict, read_safetensors, read_sharded_or_single
 
 END_OF_TEXT_ID = 151643
 TEXT_ENCODER_VOCAB = 151669

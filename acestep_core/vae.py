@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import checkpoints
+from .checkpoints import safetensors_keys, sidecar_config
 from .errors import CheckpointError, InputError
 
-HOP_LENGTH = 1920
-SAMPLE_RATE = 48000
-LATENT_CHANNELS = 64
+from .constants import HOP as HOP_LENGTH, LATENT_CHANNELS, SAMPLE_RATE  # noqa: F401  (re-exported)
 
 # Published `checkpoints/vae/config.json` of ACE-Step 1.5; ComfyUI files carry no config.
 PUBLISHED_VAE_CONFIG: dict = {
@@ -120,7 +120,9 @@ def _resolve_vae_source(path: Path) -> tuple[Path, dict | None]:
         return weights, config
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path}: only .safetensors VAE files are supported.")
-    return path, None
+    # A single file carries no config: the published one, updated by its sidecar when there is one.
+    sidecar = sidecar_config(path)
+    return path, ({**PUBLISHED_VAE_CONFIG, **sidecar} if sidecar else None)
 
 
 def _read_config(config_file: Path) -> dict:
@@ -139,21 +141,9 @@ def read_safetensors(file: Path, prefix: str | None = None) -> dict[str, torch.T
     When ``prefix`` is None and the file holds ``vae.``-prefixed keys (an all-in-one checkpoint),
     only those are read, so the DiT and text encoders are never loaded.
     """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            keys = list(handle.keys())
-            if prefix is None and any(k.startswith(AIO_VAE_PREFIX) for k in keys):
-                prefix = AIO_VAE_PREFIX
-            if prefix is not None:
-                keys = [k for k in keys if k.startswith(prefix)]
-            return {k: handle.get_tensor(k) for k in keys}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{file}: not a readable safetensors file ({exc}). The file may be truncated or corrupt; "
-            "download it again."
-        ) from exc
+    if prefix is None and any(k.startswith(AIO_VAE_PREFIX) for k in safetensors_keys(file)):
+        prefix = AIO_VAE_PREFIX
+    return checkpoints.read_safetensors(file, prefix or "", strip_prefix=False, what="VAE")
 
 
 # ComfyUI (stable-audio-tools) Sequential indices -> diffusers names.

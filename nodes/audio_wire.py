@@ -12,9 +12,9 @@ import torch
 
 from ..acestep_core.errors import InputError
 
-ENGINE_SAMPLE_RATE = 48000
-LATENT_FRAMES_PER_SECOND = 25  # 48000 / 1920
-LATENT_CHANNELS = 64
+from ..acestep_core.constants import FRAMES_PER_SECOND as LATENT_FRAMES_PER_SECOND  # noqa: F401
+from ..acestep_core.constants import LATENT_CHANNELS  # noqa: F401
+from ..acestep_core.constants import SAMPLE_RATE as ENGINE_SAMPLE_RATE
 
 
 def to_comfy_audio(audio: torch.Tensor, sample_rate: int) -> dict:

@@ -16,18 +16,12 @@ log = logging.getLogger(__name__)
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def _memory_decision(device, requested_lm, available_lms, dit=None):
-    """The VRAM-tier policy's decision for this device (auto LM, offload, limits, the XL rules)."""
-    from ..acestep_core.memory.policy import decide, memory_from_values
+def _memory(device):
+    """ComfyUI's own memory numbers for `device` (MAX_CUDA_VRAM still simulates a smaller card)."""
+    from ..acestep_core.memory.policy import memory_from_values
 
     total, free = host.memory_of(device)
-    memory = memory_from_values(getattr(device, "type", str(device)), total, free)
-    return decide(memory, env=os.environ, requested_lm=requested_lm, available_lms=available_lms, dit=dit)
-
-
-def _resolve_dtype(choice: str, decision) -> str:
-    """The widget's dtype; `auto` is the memory decision's (bf16 on GPUs and on CPUs with native bf16)."""
-    return decision.dtype if choice == AUTO else DTYPES[choice]
+    return memory_from_values(getattr(device, "type", str(device)), total, free)
 
 
 def _resolve_components(dit: str, vae: str, text_encoder: str):
@@ -100,61 +94,48 @@ class LoadModel(io.ComfyNode):
         return io.NodeOutput(model, summary, ui={"text": [summary]})
 
 
-def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dtype: str) -> ACEStepModel:
-    from ..acestep_core import ACEStepPipeline
+def plan_for(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dtype: str):
+    """(paths, choices, plan) for the widget values: the engine's `loading.plan_load` with ComfyUI's
+    memory numbers. Pure: checks the choices and decides, loads nothing."""
+    import dataclasses
+
+    from ..acestep_core.loading import LoadChoices, ModelPaths, plan_load
 
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {list(DTYPES)}, got '{dtype}'")
     dit_path, vae_path, te_path = _resolve_components(dit, vae, text_encoder)
     device = host.compute_device()
     lms = model_files.available_lms()
-
-    requested = None if lm == AUTO else lm
-    if requested and requested != model_files.NONE and requested not in lms:
+    if lm not in (AUTO, model_files.NONE) and lm not in lms:
         raise CheckpointError(
-            f"LM {requested} requested but not found. Put acestep-5Hz-lm-{requested}/ in models/acestep/ "
-            f"or qwen_{requested.lower()}_ace15.safetensors in models/text_encoders/; found: {sorted(lms) or 'none'}.")
-    decision = _memory_decision(device, requested, sorted(lms), dit=dit)
-    decision.check_dit()
+            f"LM {lm} requested but not found. Put acestep-5Hz-lm-{lm}/ in models/acestep/ "
+            f"or qwen_{lm.lower()}_ace15.safetensors in models/text_encoders/; found: {sorted(lms) or 'none'}.")
+    paths = ModelPaths(dit=dit_path, vae=vae_path, text_encoder=te_path,
+                       text_tokenizer=_tokenizer_for(te_path, "text_encoder"), lms=lms)
+    choices = LoadChoices(device=str(device), dtype=DTYPES[dtype], offload=offload, lm=lm)
+    plan = plan_load(paths, choices, _memory(device))
+    if plan.lm_path:  # a ComfyUI LM file carries no tokenizer
+        plan = dataclasses.replace(plan, paths=dataclasses.replace(plan.paths, lm_tokenizer=_tokenizer_for(plan.lm_path, "lm")))
+    return paths, choices, plan
+
+
+def load_model(dit: str, vae: str, text_encoder: str, lm: str, offload: str, dtype: str) -> ACEStepModel:
+    """The engine's one loader (`loading.load_engine`) with ComfyUI's memory numbers; weights load on
+    the CPU and ComfyUI's model manager moves them (nodes/model.py)."""
+    from ..acestep_core.loading import load_engine
+
+    paths, choices, plan = plan_for(dit, vae, text_encoder, lm, offload, dtype)
+    engine = load_engine(paths, choices, device="cpu", eager_lm=True, plan=plan)
+    decision = engine.decision
     reasons = [decision.summary(), *decision.reasons]
-
-    if lm == model_files.NONE:
-        lm_size = None
-        reasons.append("LM off (lm = none)")
-    elif requested:
-        lm_size = requested
-        if decision.lm_model != requested:
-            reasons.append(f"memory tier suggests LM {decision.lm_model}; loading {requested} as asked")
-    else:
-        lm_size = decision.lm_model if decision.init_lm and decision.lm_model != model_files.NONE else None
-        if lm_size and lm_size not in lms:
-            reasons.append(f"policy chose LM {lm_size} but it is not installed")
-            lm_size = None
-        if lm_size is None and not lms:
-            reasons.append("no LM installed: thinking / format / simple-mode nodes need one")
-
-    if offload == AUTO:
-        offload_on = bool(getattr(decision, "offload_to_cpu", False))
-    else:
-        offload_on = offload == "on"
-    compute_dtype = _resolve_dtype(dtype, decision)
-
-    pipeline = ACEStepPipeline.from_pretrained(
-        dit=dit_path, vae=vae_path, text_encoder=te_path, text_tokenizer=_tokenizer_for(te_path, "text_encoder"),
-        device="cpu", dtype=compute_dtype, config_override=model_files.sidecar_config(dit_path),
-        vae_config_override=model_files.sidecar_config(vae_path))
-    planner = None
-    if lm_size:
-        from ..acestep_core.lm import LMPlanner
-
-        lm_dtype = compute_dtype if dtype != AUTO else ("float32" if compute_dtype == "float32" else decision.lm_dtype)
-        planner = LMPlanner.from_pretrained(lms[lm_size], tokenizer_path=_tokenizer_for(lms[lm_size], "lm"),
-                                            device="cpu", dtype=lm_dtype)
-
+    if not engine.has_lm() and not plan.paths.lms:
+        reasons.append("no LM installed: thinking / format / simple-mode nodes need one")
+    device = host.compute_device()
     info = LoadDecision(
-        dit=dit, vae=os.path.basename(vae_path), text_encoder=os.path.basename(te_path),
-        lm=lm_size or "none", offload=offload_on, dtype=compute_dtype, device=str(device),
-        tier=decision.tier, reasons=reasons)
-    model = ACEStepModel(pipeline, planner, info, device, host.offload_device())
+        dit=dit, vae=os.path.basename(str(plan.paths.vae)), text_encoder=os.path.basename(str(plan.paths.text_encoder)),
+        lm=(decision.lm_model if engine.has_lm() else "none"), offload=decision.offload_to_cpu,
+        dtype=decision.dtype, device=str(device), tier=decision.tier, reasons=reasons)
+    model = ACEStepModel(engine.pipeline, engine.planner() if engine.has_lm() else None, info, device,
+                         host.offload_device(), engine=engine)
     model_cache.remember(model)
     return model

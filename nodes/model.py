@@ -51,10 +51,13 @@ class LoadDecision:
 class ACEStepModel:
     """Pipeline + planner + one ModelPatcher per component. Immutable once built."""
 
-    def __init__(self, pipeline, planner, decision: LoadDecision, load_device, offload_device):
+    def __init__(self, pipeline, planner, decision: LoadDecision, load_device, offload_device, engine=None):
         self.pipeline = pipeline
         self.planner = planner
         self.decision = decision
+        # The engine's loaded view (acestep_core/engine.py): its memory decision and `clamp(request)`,
+        # the same limits the CLI and serve apply.
+        self.engine = engine
         self.load_device = load_device
         self.offload_device = offload_device
         self.patchers: dict[str, Any] = {}

@@ -12,23 +12,22 @@ missing or unreadable folder gives an empty list, never an exception.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Optional
 
-from ..acestep_core.errors import CheckpointError
+from ..acestep_core import checkpoints
 from . import host
 
 log = logging.getLogger(__name__)
 
 FOLDER_KEY = "acestep"
-LM_SIZES = ("0.6B", "1.7B", "4B")
+LM_SIZES = checkpoints.LM_SIZES
 AUTO = "auto"
 NONE = "none"
 SAFETENSORS = ".safetensors"
-CONFIG_SIDECAR_SUFFIX = ".acestep.json"
+CONFIG_SIDECAR_SUFFIX = checkpoints.CONFIG_SIDECAR_SUFFIX
 
 
 def register_folder() -> None:
@@ -65,14 +64,6 @@ def _has(path: Path, name: str) -> bool:
         return False
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _safetensor_files(key: str) -> list[str]:
     try:
         names = host.folder_paths.get_filename_list(key)
@@ -93,17 +84,7 @@ def _ace_first(names: list[str]) -> list[str]:
 
 def _kind_of_folder(path: Path) -> Optional[str]:
     """dit | vae | text_encoder | lm, from the folder's config.json; None if unrecognised."""
-    cfg = _read_json(path / "config.json")
-    if not cfg:
-        return None
-    if cfg.get("model_type") == "acestep" or "fsq_input_levels" in cfg:
-        return "dit"
-    if cfg.get("_class_name") == "AutoencoderOobleck" or "downsampling_ratios" in cfg:
-        return "vae"
-    if cfg.get("model_type") == "qwen3":
-        # The 5 Hz LM carries the 65 535 audio-code tokens in its vocabulary.
-        return "lm" if int(cfg.get("vocab_size", 0)) > 151669 else "text_encoder"
-    return None
+    return checkpoints.folder_kind(path)
 
 
 def official_folders(kind: str) -> dict[str, Path]:
@@ -149,35 +130,14 @@ def lm_choices() -> list[str]:
 
 
 def _looks_like_lm_file(name: str) -> bool:
-    low = os.path.basename(name).lower()
-    return any(f"qwen_{s.lower()}_ace15" in low for s in ("1.7b", "4b"))
-
-
-def _lm_size_of(name: str) -> Optional[str]:
-    low = name.lower()
-    for size in LM_SIZES:
-        s = size.lower()
-        if f"-{s}" in low or f"_{s}_" in low or low.endswith(f"_{s}") or f"lm-{s}" in low:
-            return size
-    return None
+    return checkpoints.is_lm_file_name(name)
 
 
 def available_lms() -> dict[str, str]:
-    """LM size -> path (official folder preferred over a ComfyUI file)."""
-    found: dict[str, str] = {}
-    for name, path in official_folders("lm").items():
-        size = _lm_size_of(name)
-        if size and size not in found:
-            found[size] = str(path)
-    for name in _safetensor_files("text_encoders"):
-        if not _looks_like_lm_file(name):
-            continue
-        size = _lm_size_of(os.path.basename(name))
-        if size and size not in found:
-            full = _full_path("text_encoders", name)
-            if full:
-                found[size] = full
-    return found
+    """LM size -> path (official folder preferred over a ComfyUI file), by the engine's one LM finder."""
+    files = [_full_path("text_encoders", n) for n in _safetensor_files("text_encoders") if _looks_like_lm_file(n)]
+    found = checkpoints.find_lms(_folder_paths(FOLDER_KEY), [f for f in files if f])
+    return {size: str(path) for size, path in found.items()}
 
 
 # ---------------------------------------------------------------- resolution (execution time)
@@ -217,18 +177,6 @@ def sibling_official(kind: str, root: Optional[str]) -> Optional[str]:
 
 
 def sidecar_config(file_path: str) -> Optional[dict]:
-    """An optional `<file stem>.acestep.json` beside a single-file checkpoint.
-
-    ComfyUI repacks carry no config; sizes are read from tensor shapes and the rest taken from
-    the published config. A sidecar overrides that (e.g. models built with other settings).
-    """
-    p = Path(file_path)
-    if p.is_dir():
-        return None
-    sidecar = p.with_name(p.name[: -len(p.suffix)] + CONFIG_SIDECAR_SUFFIX) if p.suffix else None
-    if sidecar is not None and sidecar.is_file():
-        data = _read_json(sidecar)
-        if not data:
-            raise CheckpointError(f"config sidecar {sidecar} is not a JSON object; fix or remove it")
-        return data
-    return None
+    """An optional `<file stem>.acestep.json` beside a single-file checkpoint (docs/checkpoints.md);
+    the DiT and VAE loaders read it themselves."""
+    return checkpoints.sidecar_config(file_path)

@@ -118,8 +118,16 @@ class ComfyModelProvider:
         model = self._current()
         if model is None:
             return "auto"  # decided when the defaults are loaded
+        engine = getattr(model, "engine", None)
+        if engine is not None:
+            return engine.lm_name()
         lm = getattr(getattr(model, "decision", None), "lm", "none")
         return None if getattr(model, "planner", None) is None or lm == "none" else f"acestep-5Hz-lm-{lm}"
+
+    def decision(self):
+        """The loaded model's memory decision (None until a model is loaded)."""
+        engine = getattr(self._current(), "engine", None)
+        return engine.decision if engine is not None else None
 
     def pipeline(self, model: Optional[str] = None):
         loaded = self._model()

@@ -378,7 +378,7 @@ LOADER_CASES = [
     ("dit", "acestep-v15-turbo-random", "not a valid safetensors file"),
     ("dit", "acestep-v15-turbo-badjson", "the DiT config is broken; download it again"),
     ("dit", "acestep-v15-turbo-layers", "layer_types lists 3 layers but num_hidden_layers is 4"),
-    ("vae", "vae-trunc", "not a readable safetensors file"),
+    ("vae", "vae-trunc", "not a valid safetensors file"),
     ("vae", "vae-badjson", "cannot read the VAE config"),
     ("te", "Qwen3-Embedding-random", "not a valid safetensors file"),
     ("lm", "acestep-5Hz-lm-badjson", "the 5 Hz LM config is broken; download it again"),

@@ -24,10 +24,13 @@ class RecordingModule(nn.Linear):
 
 def manager_for(gb: float, env=None) -> OffloadManager:
     decision = decide(DeviceMemory("cuda", "test", int(gb * GIB), int(gb * GIB)), env=env or {})
-    return OffloadManager.from_decision(decision, "cuda:0")
+    # What ACEStepPipeline.from_pretrained builds from the settings loading.load_engine passes it.
+    settings = decision.pipeline_kwargs()
+    return OffloadManager("cuda:0", offload_to_cpu=settings["offload_to_cpu"],
+                          offload_dit_to_cpu=settings["offload_dit_to_cpu"])
 
 
-def test_from_decision_follows_the_tiers():
+def test_decision_offload_follows_the_tiers():
     small, mid, big = manager_for(8), manager_for(16), manager_for(24)
     assert [small.should_offload(n) for n in ("lm", "text_encoder", "dit", "condition_encoder", "vae")] == [True] * 5
     assert [mid.should_offload(n) for n in ("lm", "text_encoder", "dit", "condition_encoder", "vae")] == \

@@ -90,7 +90,7 @@ def test_cli_refuses_xl_that_does_not_fit(monkeypatch, tmp_path):
                            text_encoder=None, text_tokenizer=None, checkpoint_dir=str(tmp_path), lm_model=None,
                            dtype="auto", offload="auto")
     with pytest.raises(InsufficientMemoryError, match="acestep-v15-xl-turbo-tiny needs at least 12 GB"):
-        model_setup.pipeline_kwargs(args)
+        model_setup.plan_from_args(args)
 
 
 def test_doctor_reports_xl():

@@ -60,7 +60,7 @@ def test_truncated_safetensors(vae_copy):
 def test_garbage_file(tmp_path, tiny_config):
     garbage = tmp_path / "ace_1.5_vae.safetensors"
     garbage.write_bytes(b"this is not a safetensors file at all" * 4)
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_vae(garbage, config_override=tiny_config)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import AdapterError, CheckpointError
-from ..safetensors_io import read_safetensors, safetensors_metadata
+from ..checkpoints import read_safetensors, safetensors_metadata
 from .deps import require
 from .naming import LYCORIS_PREFIX, our_module
 

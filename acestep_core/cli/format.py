@@ -13,10 +13,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..lm.cli_args import load_planner_from_args, sampling_from_args
+    from ..lm.cli_args import sampling_from_args
 
     caption, lyrics = check_song_arguments(args)  # before the LM loads
-    planner = load_planner_from_args(args)
+    from .model_setup import planner_from_args
+
+    planner = planner_from_args(args)
     plan = planner.format_input(
         caption, lyrics,
         **song_metas(args), sampling=sampling_from_args(args), constrained_decoding=args.constrained_decoding,

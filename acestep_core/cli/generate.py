@@ -128,9 +128,8 @@ def run(args) -> int:
     from ..audio_io import check_output_format
     from ..outputs import check_new_file, check_output_dir, contained_path, next_free_index, safe_stem, save_latents, \
         write_new_text
-    from ..pipeline import ACEStepPipeline
     from .. import audio_io
-    from .model_setup import pipeline_kwargs, pop_private, tiny_notice
+    from .model_setup import engine_from_args, plan_from_args, tiny_notice
 
     # Everything a user can get wrong is checked before minutes of model loading.
     out_dir = check_output_dir(Path(args.out))
@@ -143,45 +142,32 @@ def run(args) -> int:
     needs_lm = options.wants_lm(request.task_type)
     if needs_lm:
         _check_lm_request(options, request, args)
-    kwargs, notes = pipeline_kwargs(args)
-    if needs_lm and not args.tiny:
-        from ..lm.planner import find_lm
+    # One decision (loading.decide_load, shared with serve and the Load node), shown and applied before
+    # the weights load; a missing LM is reported before the DiT loads.
+    plan = plan_from_args(args, want_lm=needs_lm)
+    from ..engine import clamp_to
 
-        find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)  # a missing LM is known before the DiT loads
-    from ..memory.policy import clamp_request
-
-    request.audio_duration, request.batch_size, messages = clamp_request(
-        kwargs["_decision"], request.audio_duration, request.batch_size)
+    request, messages = clamp_to(plan.decision, request)
     request.validate()
-    options.max_duration = min(options.max_duration or 600, kwargs["_decision"].max_duration_s)
-    for note in [*notes, *messages]:
+    options.max_duration = min(options.max_duration or 600, plan.decision.max_duration_s)
+    for note in messages:
         print(note, file=sys.stderr)
 
-    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
+    engine = engine_from_args(args, plan=plan, need_lm=needs_lm)
+    pipe = engine.pipeline
 
     if options.thinking and request.task_type in LM_SKIPPED_TASKS:
         print(f"note: --thinking is skipped for {request.task_type} (the source audio sets the song), "
               "as in the official pipeline", file=sys.stderr)
     if needs_lm:
-        from ..lm.cli_args import load_planner_from_args
         from ..lm.cli_common import progress_printer
         from ..planning import plan_request
 
-        if args.lm_model is None and args.tiny:
-            args.lm_model = kwargs.get("_tiny_lm")
-        args.device = str(pipe.device)
-        loaded = []
-
-        def planner():
-            if not loaded:
-                loaded.append(load_planner_from_args(args))
-            return loaded[0]
-
-        request, report = plan_request(request, options, planner, progress=progress_printer(True),
+        request, report = plan_request(request, options, engine.planner, progress=progress_printer(True),
                                        set_stage=lambda stage: print(stage, "...", file=sys.stderr))
         for note in report.notices:
             print(note, file=sys.stderr)
-        del loaded
+        engine.release_planner()  # the LM's memory is free again before the DiT runs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     from .progress import StageProgress
@@ -195,7 +181,7 @@ def run(args) -> int:
     params = dict(result.params)
     # The decoded sources travel as tensors; the record names the files.
     params.update(src_audio=args.src_audio, reference_audio=args.reference_audio, src_latents=args.src_latents)
-    params.update(audio_format=args.audio_format, checkpoints=kwargs.get("_labels", {}))
+    params.update(audio_format=args.audio_format, checkpoints=engine.labels)
     if args.tiny:
         params["note"] = tiny_notice()
     for item in range(result.audio.shape[0]):

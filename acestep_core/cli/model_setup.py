@@ -1,95 +1,79 @@
-"""Which checkpoints and memory settings a CLI run uses, and what to tell the user about them."""
+"""Which checkpoints and settings a CLI run uses: the flags as `loading.ModelPaths` / `LoadChoices`.
+
+The decision itself lives in acestep_core/loading.py (`decide_load`), shared with `serve` and the
+ComfyUI Load node; this module only reads the flags and prints what was decided.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import sys
 
-from ..errors import CheckpointError
+from ..loading import (  # noqa: F401  (re-exported: these lived here before loading.py)
+    DIT_PREFERENCE,
+    GET_WEIGHTS_HELP,
+    LoadChoices,
+    ModelPaths,
+    check_lm,
+    default_dit,
+    load_engine,
+    plan_load,
+    tiny_checkpoints,
+    tiny_notice,
+)
 from ..prompts import TRACK_TASKS
 
-GET_WEIGHTS_HELP = (
-    "No ACE-Step 1.5 weights found in {root}.\n"
-    "Download the official checkpoints (about 10 GB) into one folder, e.g. with huggingface-cli:\n"
-    "  huggingface-cli download ACE-Step/Ace-Step1.5 --local-dir checkpoints\n"
-    "which gives checkpoints/acestep-v15-turbo, checkpoints/vae, checkpoints/Qwen3-Embedding-0.6B and\n"
-    "checkpoints/acestep-5Hz-lm-1.7B; then pass --checkpoint-dir checkpoints (or set ACESTEP_CHECKPOINTS_DIR).\n"
-    "ComfyUI files work too: --dit .../diffusion_models/acestep_v1.5_turbo.safetensors --vae .../vae/ace_1.5_vae.safetensors\n"
-    "--text-encoder .../text_encoders/qwen_0.6b_ace15.safetensors --text-tokenizer <Qwen tokenizer folder>.\n"
-    "To check the install without weights, add --tiny (tiny random weights: it makes noise, not music)."
-)
+
+def paths_from_args(args) -> ModelPaths:
+    """--checkpoint-dir, --dit, --vae, --text-encoder, --text-tokenizer, --lm-model, --lm-tokenizer, --tiny."""
+    dit = getattr(args, "dit", None)
+    tiny = bool(getattr(args, "tiny", False))
+    if tiny and getattr(args, "task_type", None) in TRACK_TASKS:
+        dit = str(tiny_checkpoints()["dit_base"])  # the track tasks need a base model
+    return ModelPaths(checkpoint_dir=getattr(args, "checkpoint_dir", None), dit=dit, vae=getattr(args, "vae", None),
+                      text_encoder=getattr(args, "text_encoder", None),
+                      text_tokenizer=getattr(args, "text_tokenizer", None),
+                      lm_tokenizer=getattr(args, "lm_tokenizer", None), tiny=tiny)
 
 
-def tiny_notice() -> str:
-    return ("NOTE: this ran the TINY RANDOM-WEIGHT checkpoints (--tiny) to prove the install. "
-            "The output is noise, not music; point --checkpoint-dir at real ACE-Step 1.5 weights for songs.")
+def choices_from_args(args, want_lm: bool = False) -> LoadChoices:
+    """--device, --dtype, --offload and --lm-model; `want_lm`: this run uses the LM (--thinking)."""
+    return LoadChoices(device=getattr(args, "device", None) or "auto", dtype=getattr(args, "dtype", None) or "auto",
+                       offload=getattr(args, "offload", None) or "auto",
+                       lm=getattr(args, "lm_model", None) or "auto", want_lm=want_lm)
 
 
-def tiny_checkpoints() -> dict[str, Path]:
-    """The tiny set named by ACESTEP_TINY_DIR; otherwise random ones built once in the user's cache."""
-    from ..tiny import build_tiny_checkpoints, find_tiny_fixtures
-
-    found = find_tiny_fixtures()
-    if found is not None:
-        return found
-    return build_tiny_checkpoints()
-
-
-# The default DiT when several are installed: the official default first, then the XL turbo, then the rest.
-DIT_PREFERENCE = ("acestep-v15-turbo", "acestep-v15-xl-turbo", "acestep-v15-turbo-shift3", "acestep-v15-turbo-shift1",
-                  "acestep-v15-sft", "acestep-v15-base", "acestep-v15-xl-sft", "acestep-v15-xl-base")
+def plan_from_args(args, want_lm: bool = False):
+    """The load plan (paths, decision, LM) for these flags, with its notes printed on stderr."""
+    choices = choices_from_args(args, want_lm)
+    plan = plan_load(paths_from_args(args), choices)
+    if want_lm:
+        check_lm(plan, choices)  # a missing LM is the only message, before anything loads
+    print(f"memory: {plan.decision.summary()}", file=sys.stderr)
+    if plan.paths.tiny:
+        print(tiny_notice(), file=sys.stderr)
+    return plan
 
 
-def default_dit(root: Path | None, fits_xl: bool = True) -> str | None:
-    """The installed DiT folder a run uses when no --dit is given (XL only when it fits)."""
-    if root is None or not root.is_dir():
-        return None
-    from ..memory.policy import is_xl_name
-
-    installed = [name for name in DIT_PREFERENCE if (root / name / "config.json").is_file()]
-    installed += sorted(p.name for p in root.glob("acestep-v15-*") if (p / "config.json").is_file() and p.name not in installed)
-    usable = [name for name in installed if fits_xl or not is_xl_name(name)]
-    return (usable or installed or [None])[0]
+def engine_from_args(args, plan=None, need_lm: bool = False):
+    """The loaded engine for these flags (`plan`: the one `plan_from_args` already made)."""
+    return load_engine(paths_from_args(args), choices_from_args(args, need_lm), plan=plan, need_lm=need_lm)
 
 
 def pipeline_kwargs(args) -> tuple[dict, list[str]]:
-    from ..memory.policy import decide, detect_device_memory, xl_rule
-    from ..pipeline import resolve_device
-
-    notes: list[str] = []
-    device = resolve_device(args.device)
-    memory = detect_device_memory(device)
-    root = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-    dit = args.dit
-    if not args.tiny and not (args.dit or args.vae or args.text_encoder):
-        dit = default_dit(root, fits_xl=xl_rule(memory.total_gb, memory.device_type) != "refuse")
-    decision = decide(memory, requested_lm=getattr(args, "lm_model", None), dit=None if args.tiny else dit)
-    decision.check_dit()
-    notes.append(f"memory: {decision.summary()}")
-    kwargs: dict = {"device": device}
-    kwargs["dtype"] = decision.dtype if args.dtype == "auto" else args.dtype
-    offload = {"auto": decision.offload_to_cpu, "on": True, "off": False}[args.offload]
-    kwargs["offload_to_cpu"] = offload
-    kwargs["offload_dit_to_cpu"] = decision.offload_dit_to_cpu if args.offload == "auto" else offload
-    kwargs["vae_chunk_frames"] = decision.vae_chunk_frames
-
-    if args.tiny:
-        tiny = tiny_checkpoints()
-        kwargs.update(dit=tiny["dit"], vae=tiny["vae"], text_encoder=tiny["text_encoder"], dtype="float32")
-        if getattr(args, "task_type", None) in TRACK_TASKS:
-            kwargs["dit"] = tiny["dit_base"]  # the track tasks need a base model
-        kwargs["_tiny_lm"] = str(tiny["lm"])
-        notes.append(tiny_notice())
-    else:
-        explicit = args.dit or args.vae or args.text_encoder
-        if not explicit and dit is None:
-            raise CheckpointError(GET_WEIGHTS_HELP.format(root=root.resolve() if root else "(no --checkpoint-dir)"))
-        kwargs.update(checkpoint_dir=root if root and root.is_dir() else None, dit=dit, vae=args.vae,
-                      text_encoder=args.text_encoder, text_tokenizer=args.text_tokenizer)
-    kwargs["_labels"] = {k: str(kwargs[k]) for k in ("dit", "vae", "text_encoder") if kwargs.get(k)}
-    kwargs["_decision"] = decision
+    """`ACEStepPipeline.from_pretrained` keyword arguments for these flags (kept for scripts; the CLI
+    itself calls `engine_from_args`)."""
+    plan = plan_load(paths_from_args(args), choices_from_args(args))
+    paths = plan.paths
+    kwargs = {"device": getattr(args, "device", None) or "auto", "checkpoint_dir": paths.checkpoint_dir,
+              "dit": paths.dit, "vae": paths.vae, "text_encoder": paths.text_encoder,
+              "text_tokenizer": paths.text_tokenizer, **plan.decision.pipeline_kwargs()}
+    notes = [f"memory: {plan.decision.summary()}"] + ([tiny_notice()] if paths.tiny else [])
     return kwargs, notes
 
 
-def pop_private(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if not k.startswith("_")}
+def planner_from_args(args):
+    """Only the 5 Hz LM, for think / format / sample / understand --audio-codes (the same decision;
+    --tiny uses the tiny LM in float32)."""
+    from ..loading import load_planner
+
+    return load_planner(paths_from_args(args), choices_from_args(args, want_lm=True))

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..lm.cli_args import load_planner_from_args, sampling_from_args
+    from ..lm.cli_args import sampling_from_args
 
     from .. import values
 
@@ -26,7 +26,9 @@ def run(args) -> int:
     sampling = sampling_from_args(args)
     sampling.validate()
     check_device(args)
-    planner = load_planner_from_args(args)
+    from .model_setup import planner_from_args
+
+    planner = planner_from_args(args)
     plan = planner.create_sample(
         query, instrumental=args.instrumental, language=language, sampling=sampling,
         constrained_decoding=args.constrained_decoding, max_duration=args.lm_max_duration,

@@ -1,7 +1,8 @@
 """`python -m acestep_core serve`: the official ACE-Step REST API on a local port (default 127.0.0.1:8001).
 
-Start-up takes the memory decision the CLI takes (device memory -> duration and batch limits, offload,
-VAE window) and logs it; requests are clamped to it. SIGTERM / SIGINT: stop taking jobs, cancel the
+Start-up makes the memory decision the CLI and the ComfyUI Load node make (`loading.decide_load`: device
+memory -> dtype, offload, VAE window, whether the LM runs, duration and batch limits), logs it, loads by it
+and reports it in /v1/stats; requests are clamped to it. SIGTERM / SIGINT: stop taking jobs, cancel the
 running one at its next step, keep the queue on record, remove orphaned uploads, exit within
 ACESTEP_SHUTDOWN_GRACE seconds (default 5) plus the time open connections need to close (1 s).
 """
@@ -43,8 +44,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lm-tokenizer", default=None)
     p.add_argument("--no-lm", action="store_true",
                    help="run without the 5 Hz LM (thinking / use_format / sample mode then fail with a clear error)")
-    p.add_argument("--device", default=os.environ.get("ACESTEP_DEVICE", "cpu"))
+    p.add_argument("--device", default=os.environ.get("ACESTEP_DEVICE", "auto"),
+                   help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps or xpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--offload", default="auto", choices=["auto", "on", "off"],
+                   help="keep idle components on the CPU (auto: by the memory tier)")
     p.add_argument("--output-dir", default=os.environ.get("ACESTEP_OUTPUT_DIR", "acestep_api_output"),
                    help="results are written to <output-dir>/<task_id>/ and served from there only")
     p.add_argument("--api-key", default=None, help="require this key (overrides ACESTEP_API_KEY)")
@@ -61,19 +65,26 @@ def _use_lm(args) -> bool:
     return flag not in ("0", "false", "no", "n", "off")
 
 
+def provider_from_args(args: argparse.Namespace):
+    """The headless model provider for these flags; it makes the memory decision (loading.decide_load)."""
+    from ..server import LocalModelProvider
+
+    return LocalModelProvider(
+        checkpoint_dir=args.checkpoint_dir, dit=args.dit, vae=args.vae, text_encoder=args.text_encoder,
+        text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=_use_lm(args),
+        device=args.device, dtype=args.dtype, offload=args.offload, tiny=args.tiny)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..server import LocalModelProvider, Runtime, ServerConfig, create_app
+    from ..errors import ACEStepError
+    from ..server import Runtime, ServerConfig, create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tiny:
-        from .model_setup import tiny_checkpoints, tiny_notice
+        from .model_setup import tiny_notice
 
-        tiny = tiny_checkpoints()
-        args.dit, args.vae, args.text_encoder = str(tiny["dit"]), str(tiny["vae"]), str(tiny["text_encoder"])
-        args.lm = args.lm or str(tiny["lm"])
-        args.dtype = "float32"
         print(tiny_notice(), file=sys.stderr, flush=True)
-    if args.checkpoint_dir is None and args.dit is None:
+    elif args.checkpoint_dir is None and args.dit is None:
         print("error: give --checkpoint-dir (official checkpoints/ root) or --dit/--vae/--text-encoder",
               file=sys.stderr)
         return 2
@@ -90,16 +101,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    use_lm = _use_lm(args)
     try:
-        decision, device = memory_decision(args.device, use_lm)
-    except Exception as exc:  # a bad --device is a user mistake, not a traceback
-        print(f"error: --device {args.device}: {exc}", file=sys.stderr)
+        # The decision is made here, before the first request: a bad --device, missing weights or an XL
+        # model this card cannot hold are start-up errors, not failed jobs.
+        provider = provider_from_args(args)
+    except ACEStepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    provider = LocalModelProvider(
-        checkpoint_dir=args.checkpoint_dir, dit=args.dit, vae=args.vae, text_encoder=args.text_encoder,
-        text_tokenizer=args.text_tokenizer, lm=args.lm, lm_tokenizer=args.lm_tokenizer, use_lm=use_lm,
-        device=device, dtype=args.dtype, pipeline_options=decision_pipeline_options(decision))
+    decision = provider.decision()
+    log.info("memory decision: %s", decision.summary())
+    for reason in decision.reasons:
+        log.info("  %s", reason)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         logging.warning("binding to %s without ACESTEP_API_KEY: anyone who can reach this port can "
                         "run jobs and download results", args.host)
@@ -116,28 +128,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
-
-
-def memory_decision(device_arg: str, use_lm: bool):
-    """The CLI's memory decision for this device (and the resolved device name), logged once."""
-    from ..memory.policy import apply_memory_cap, decide, detect_device_memory
-    from ..pipeline import resolve_device
-
-    device = resolve_device(device_arg)
-    memory = detect_device_memory(device)
-    decision = decide(memory, requested_lm=None if use_lm else "none")
-    if apply_memory_cap(memory):
-        log.info("simulated %.1f GB card: this process's CUDA allocator is capped to match", memory.total_gb)
-    log.info("memory decision: %s", decision.summary())
-    for reason in decision.reasons:
-        log.info("  %s", reason)
-    return decision, str(device)
-
-
-def decision_pipeline_options(decision) -> dict:
-    """What the CLI takes from the decision when --offload / --dtype are left on auto."""
-    return {"offload_to_cpu": decision.offload_to_cpu, "offload_dit_to_cpu": decision.offload_dit_to_cpu,
-            "vae_chunk_frames": decision.vae_chunk_frames}
 
 
 async def _serve(app, host: str, port: int, config, provider, runtime) -> None:

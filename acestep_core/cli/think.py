@@ -14,10 +14,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..lm.cli_args import load_planner_from_args, think_kwargs_from_args
+    from ..lm.cli_args import think_kwargs_from_args
 
     caption, lyrics = check_song_arguments(args)  # before the LM loads
-    planner = load_planner_from_args(args)
+    from .model_setup import planner_from_args
+
+    planner = planner_from_args(args)
     plan = planner.think(
         caption, lyrics,
         **song_metas(args), generate_codes=not args.no_codes, progress=progress_printer(not args.json),

@@ -25,9 +25,9 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run, lm_temperature=0.3, lm_cfg_scale=1.0)
 
 
-def _codes_from_audio(args) -> list[int]:
-    from ..pipeline import ACEStepPipeline
-    from .model_setup import pipeline_kwargs, pop_private
+def _codes_from_audio(args):
+    """(codes, the engine that made them; its LM describes them)."""
+    from .model_setup import engine_from_args, plan_from_args
 
     from ..sources import source_waveform
 
@@ -35,21 +35,16 @@ def _codes_from_audio(args) -> list[int]:
         raise InputError("--src-audio needs the DiT and VAE: pass --checkpoint-dir (or --dit/--vae/--text-encoder, "
                          "or --tiny), or give --audio-codes instead")
     wave = source_waveform(args.src_audio, "--src-audio")  # a bad file is refused before any model loads
-    kwargs, notes = pipeline_kwargs(args)
-    for note in notes:
-        print(note, file=sys.stderr)
-    if args.tiny and args.lm_model is None:
-        args.lm_model = kwargs.get("_tiny_lm")
-    pipe = ACEStepPipeline.from_pretrained(**pop_private(kwargs))
-    args.device = str(pipe.device)
-    codes = pipe.audio_to_codes(wave, seed=args.seed)
+    engine = engine_from_args(args, plan=plan_from_args(args, want_lm=True), need_lm=True)
+    codes = engine.pipeline.audio_to_codes(wave, seed=args.seed)
     print(f"{len(codes)} audio codes from {args.src_audio}", file=sys.stderr)
-    return codes
+    return codes, engine
 
 
 def run(args) -> int:
     from ..codes import codes_from_any
-    from ..lm.cli_args import load_planner_from_args, sampling_from_args
+    from ..lm.cli_args import sampling_from_args
+    from .model_setup import planner_from_args
 
     sampling = sampling_from_args(args)
     sampling.validate()
@@ -59,8 +54,8 @@ def run(args) -> int:
         if not codes:
             raise InputError("--audio-codes holds no codes: give <|audio_code_N|> tokens or comma-separated integers")
     else:
-        codes = _codes_from_audio(args)
-    planner = load_planner_from_args(args)
+        codes, engine = _codes_from_audio(args)
+    planner = engine.planner() if args.audio_codes is None else planner_from_args(args)
     plan = planner.understand(codes, sampling=sampling, constrained_decoding=args.constrained_decoding,
                               max_duration=args.lm_max_duration, progress=progress_printer(not args.json))
     report_plan(plan, args)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ..errors import CheckpointError
-from ..safetensors_io import read_config_json
+from ..checkpoints import read_config_json, read_safetensors
 from .constants import AUDIO_CODE_BASE, IM_END_ID
 from .decoder import StaticCacheDecoder  # noqa: F401  (re-exported)
 
@@ -30,13 +30,9 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
         raise CheckpointError(str(exc)) from None
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # corrupt or not a safetensors file
-        raise CheckpointError(f"cannot read LM weights {path}: {exc}") from exc
+def _read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    # Converted tensor by tensor as read: a float32 file loaded in bf16 never sits in memory whole.
+    return read_safetensors(path, dtype=dtype, what="LM")
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
@@ -105,14 +101,14 @@ def load_lm(path: Path, dtype, device) -> tuple[object, Path]:
                 )
             sd = {}
             for shard in shards:
-                sd.update(_read_safetensors(shard))
+                sd.update(_read_safetensors(shard, dt))
         else:
-            sd = _read_safetensors(weights)
+            sd = _read_safetensors(weights, dt)
         config = read_config_json(config_file, "5 Hz LM")
     elif path.is_file():
         if path.suffix != ".safetensors":
             raise CheckpointError(f"{path}: only .safetensors LM files are supported")
-        sd = _read_safetensors(path)
+        sd = _read_safetensors(path, dt)
         config = config_from_state_dict(sd)
     else:
         raise CheckpointError(f"LM not found: {path}")

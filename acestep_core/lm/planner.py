@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..checkpoints import find_lm  # noqa: F401  (re-exported: the one LM finder lives there)
 from ..errors import CheckpointError, InputError
 from ..plan import Plan
 from . import prompts
@@ -27,28 +28,6 @@ from .sampling import LMSampling
 from .tokenizer import LMTokenizer
 
 LM_SIZES = ("0.6B", "1.7B", "4B")
-
-
-def find_lm(checkpoint_dir, name) -> Path:
-    """Resolve an LM: "0.6B" / "1.7B" / "4B", a folder name under `checkpoint_dir`, or a path."""
-    candidates = []
-    if name:
-        raw = Path(str(name)).expanduser()
-        candidates.append(raw)
-        if checkpoint_dir:
-            base = Path(checkpoint_dir).expanduser()
-            candidates += [base / str(name), base / f"acestep-5Hz-lm-{name}"]
-    elif checkpoint_dir:
-        base = Path(checkpoint_dir).expanduser()
-        candidates += [base / f"acestep-5Hz-lm-{size}" for size in ("1.7B", "0.6B", "4B")]
-    for path in candidates:
-        if path.exists():
-            return path.resolve()
-    raise CheckpointError(
-        f"5 Hz LM {name or '(default)'} not found (looked at {', '.join(str(c) for c in candidates) or 'nothing'}); "
-        "give --lm-model 0.6B|1.7B|4B with --checkpoint-dir holding acestep-5Hz-lm-<size>/, "
-        "or a path to an LM folder or a ComfyUI qwen_*_ace15.safetensors file"
-    )
 
 
 @dataclass

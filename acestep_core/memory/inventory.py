@@ -107,7 +107,7 @@ def scan_checkpoint_dir(root: str | os.PathLike) -> list[FoundCheckpoint]:
 def file_problems(path: Path) -> list[str]:
     """What is wrong with one checkpoint file (a safetensors header or a JSON file); empty when sound."""
     from ..errors import CheckpointError
-    from ..safetensors_io import check_safetensors_header, read_config_json
+    from ..checkpoints import check_safetensors_header, read_config_json
 
     try:
         if path.suffix.lower() in _COMFY_EXTENSIONS:

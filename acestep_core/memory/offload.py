@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from .policy import MemoryDecision
 
 # Component names that count as "the DiT" (ACESTEP_OFFLOAD_DIT_TO_CPU): the official DiT checkpoint
 # holds the decoder together with the condition encoder, audio tokenizer and detokenizer.
@@ -46,12 +43,6 @@ class OffloadManager:
         self.device = torch.device(device)
         self.offload_to_cpu = offload_to_cpu
         self.offload_dit_to_cpu = offload_dit_to_cpu
-
-    @classmethod
-    def from_decision(cls, decision: "MemoryDecision", device: torch.device | str | None = None) -> "OffloadManager":
-        """The manager for a `MemoryDecision` (device defaults to the decision's device type)."""
-        return cls(device if device is not None else decision.device_type,
-                   offload_to_cpu=decision.offload_to_cpu, offload_dit_to_cpu=decision.offload_dit_to_cpu)
 
     def should_offload(self, name: str) -> bool:
         if self.device.type == "cpu":

@@ -355,6 +355,19 @@ def simulated_memory(gb: float, device_type: str = "cuda") -> DeviceMemory:
     return _simulated(device_type, gb, "--simulate-vram")
 
 
+def simulate_smaller(memory: DeviceMemory, env: Mapping[str, str] | None = None) -> DeviceMemory:
+    """`memory` measured by someone else (ComfyUI), shrunk to `MAX_CUDA_VRAM` and friends when they are
+    set for its device type, so a small card can be simulated through every front end alike."""
+    env = os.environ if env is None else env
+    var = SIMULATE_ENV.get(memory.device_type)
+    gb = _parse_gb(env.get(var)) if var else None
+    if gb is None:
+        return memory
+    total = min(int(gb * GIB), memory.total_bytes)
+    return DeviceMemory(memory.device_type, f"simulated {gb:g} GB {memory.device_type.upper()} ({var}) on {memory.name}",
+                        total, min(memory.free_bytes, total), True, memory.bf16_supported)
+
+
 def apply_memory_cap(memory: DeviceMemory, context_gb: float = 0.5) -> bool:
     """Make a simulated CUDA size binding: cap this process's allocator at size minus CUDA context.
 
@@ -390,8 +403,8 @@ class MemoryDecision:
     free_gb: float
     simulated: bool
     tier: str
-    lm_model: str  # "none" | "0.6B" | "1.7B" | "4B"
-    lm_model_path: str | None  # the user's ACESTEP_LM_MODEL_PATH when it was kept
+    lm_model: str  # "none" | "0.6B" | "1.7B" | "4B" (or the folder name of an LM whose size its name does not tell)
+    lm_model_path: str | None  # the LM to load: ACESTEP_LM_MODEL_PATH when kept, or what loading.decide_load found
     init_lm: bool  # whether the LM is loaded and used by default
     allowed_lms: tuple[str, ...]
     offload_to_cpu: bool  # idle components wait on the CPU
@@ -418,11 +431,21 @@ class MemoryDecision:
 
     @property
     def lm_folder(self) -> str | None:
-        """Official checkpoint folder name of the chosen LM."""
-        return None if self.lm_model == "none" else LM_FOLDER_PREFIX + self.lm_model
+        """Official checkpoint folder name of the chosen LM (the name itself for an LM of unknown size)."""
+        if self.lm_model == "none":
+            return None
+        return LM_FOLDER_PREFIX + self.lm_model if self.lm_model in LM_SIZES else self.lm_model
+
+    def settings(self) -> dict[str, Any]:
+        """What the decision makes the engine do, without the device's name and the reasons: two front
+        ends on the same card must agree on exactly this (tests/test_same_memory_decision.py)."""
+        return {k: getattr(self, k) for k in (
+            "device_type", "tier", "dtype", "lm_dtype", "offload_to_cpu", "offload_dit_to_cpu", "lm_model",
+            "init_lm", "vae_chunk_frames", "max_duration_s", "max_batch", "dit_is_xl", "dit_refusal")}
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `ACEStepPipeline.from_pretrained` that apply this decision."""
+        """Keyword arguments for `ACEStepPipeline.from_pretrained` that apply this decision
+        (`loading.load_engine` passes them; docs/memory.md)."""
         return {"offload_to_cpu": self.offload_to_cpu, "offload_dit_to_cpu": self.offload_dit_to_cpu,
                 "vae_chunk_frames": self.vae_chunk_frames, "dtype": self.dtype}
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from ..errors import ACEStepError, CheckpointError
+from ..checkpoints import LM_FOLDER_PREFIX, find_lms, preferred_lm
+from ..errors import LMUnavailableError  # noqa: F401  (re-exported: it lived here before errors.py)
+
+NO_LM_MESSAGE = (
+    "this request needs the 5 Hz LM (thinking, use_format, sample_mode or sample_query), but the server runs "
+    "without one (its memory decision leaves the LM off, or none was found); start it with --lm <folder> (or a "
+    "--checkpoint-dir holding acestep-5Hz-lm-*, with ACESTEP_INIT_LLM=1 where the tier leaves the LM off), "
+    "or send thinking=false, use_format=false and no sample_query")
 
 LM_PREFERENCE = ("acestep-5Hz-lm-1.7B", "acestep-5Hz-lm-0.6B", "acestep-5Hz-lm-4B")
-
-
-class LMUnavailableError(ACEStepError):
-    """A request needs the 5 Hz LM but none is configured or it failed to load."""
 
 
 @dataclass
@@ -42,6 +45,9 @@ class ModelProvider(Protocol):
     def planner(self) -> Any:
         """The LMPlanner; raises LMUnavailableError when there is none."""
 
+    def decision(self) -> Any:
+        """The memory decision requests are held to (a MemoryDecision), or None."""
+
 
 def model_name_from_path(path: str | os.PathLike | None, fallback: str) -> str:
     if not path:
@@ -51,22 +57,23 @@ def model_name_from_path(path: str | os.PathLike | None, fallback: str) -> str:
 
 
 def find_lm_folder(checkpoint_dir: Optional[Path], preferred: Optional[str] = None) -> Optional[Path]:
-    """The LM folder under an official checkpoints/ root (ACESTEP_LM_MODEL_PATH wins)."""
-    if checkpoint_dir is None or not checkpoint_dir.is_dir():
+    """The LM folder under an official checkpoints/ root (`preferred`: a folder name or size to try first)."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
         return None
-    names = ([preferred] if preferred else []) + list(LM_PREFERENCE)
-    for name in names:
-        folder = checkpoint_dir / name
-        if (folder / "config.json").is_file():
-            return folder
-    for folder in sorted(checkpoint_dir.glob("acestep-5Hz-lm-*")):
-        if (folder / "config.json").is_file():
-            return folder
-    return None
+    if preferred and (Path(checkpoint_dir) / preferred / "config.json").is_file():
+        return Path(checkpoint_dir) / preferred
+    size = preferred[len(LM_FOLDER_PREFIX):] if preferred and preferred.startswith(LM_FOLDER_PREFIX) else preferred
+    return preferred_lm(find_lms([checkpoint_dir]), size)
 
 
 class LocalModelProvider:
-    """Loads the engine from local folders on first use and keeps it for the server's lifetime."""
+    """Loads the engine from local folders on first use and keeps it for the server's lifetime.
+
+    What loads, and where, is `loading.decide_load`'s decision (the one the CLI and the Load node make):
+    the LM is offered only when the decision turns it on (or --lm names one), the pipeline gets its
+    dtype, offload and VAE window. The decision is made at construction, so `serve` logs and reports it
+    before the first request.
+    """
 
     def __init__(
         self,
@@ -81,69 +88,46 @@ class LocalModelProvider:
         device: str = "cpu",
         dtype: str = "auto",
         pipeline_options: Optional[dict] = None,
+        offload: str = "auto",
+        memory: Any = None,
+        tiny: bool = False,
     ):
-        # Extra ACEStepPipeline.from_pretrained arguments (offload, VAE window from the memory decision).
-        self.pipeline_options = dict(pipeline_options or {})
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.dit = dit
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.text_tokenizer = text_tokenizer
+        from ..engine import Engine
+        from ..loading import LoadChoices, ModelPaths, plan_load
+
+        if pipeline_options:  # the decision now sets offload and the VAE window itself
+            offload = {True: "on", False: "off"}.get(pipeline_options.get("offload_to_cpu"), offload)
+        self.paths = ModelPaths(checkpoint_dir=checkpoint_dir, dit=dit, vae=vae, text_encoder=text_encoder,
+                                text_tokenizer=text_tokenizer, lm=lm if use_lm else None,
+                                lm_tokenizer=lm_tokenizer, tiny=tiny)
+        self.choices = LoadChoices(device=device, dtype=dtype, offload=offload, lm="auto" if use_lm else "none")
         self.device = device
-        self.dtype = dtype
-        self.lm_tokenizer = lm_tokenizer
-        self.lm_path: Optional[Path] = None
-        if use_lm:
-            self.lm_path = Path(lm) if lm else find_lm_folder(self.checkpoint_dir, os.environ.get("ACESTEP_LM_MODEL_PATH"))
-        self._dit_name = model_name_from_path(dit, "acestep-v15-turbo")
+        self._plan = plan_load(self.paths, self.choices, memory)
+        self.checkpoint_dir = self._plan.paths.checkpoint_dir
+        self.lm_path: Optional[Path] = Path(self._plan.lm_path) if self._plan.lm_path else None
+        self._dit_name = model_name_from_path(self._plan.paths.dit, "acestep-v15-turbo")
         self._lock = threading.Lock()
-        self._pipeline = None
-        self._planner = None
-        self._lm_error: Optional[str] = None
+        # The engine's LM side works before the pipeline loads (a format_input needs no DiT).
+        self.engine = Engine(None, self._plan.decision, labels=self._plan.paths.labels(), lm_path=self._plan.lm_path,
+                             lm_tokenizer=self._plan.paths.lm_tokenizer, lm_device=device,
+                             no_lm_message=NO_LM_MESSAGE)
+
+    def decision(self):
+        return self._plan.decision
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(self._dit_name, is_default=True)]
 
     def lm_name(self) -> Optional[str]:
-        return self.lm_path.name if self.lm_path else None
+        return self.engine.lm_name()
 
     def pipeline(self, model: Optional[str] = None) -> tuple[Any, str]:
         with self._lock:
-            if self._pipeline is None:
-                from ..memory.policy import decide, detect_device_memory
-                from ..pipeline import ACEStepPipeline, resolve_device
+            if self.engine.pipeline is None:
+                from ..loading import load_pipeline
 
-                # An XL DiT that cannot fit is refused with the policy's message, not an out-of-memory crash.
-                decide(detect_device_memory(resolve_device(self.device)), dit=self._dit_name).check_dit()
-                self._pipeline = ACEStepPipeline.from_pretrained(
-                    checkpoint_dir=self.checkpoint_dir,
-                    dit=self.dit,
-                    vae=self.vae,
-                    text_encoder=self.text_encoder,
-                    text_tokenizer=self.text_tokenizer,
-                    device=self.device,
-                    dtype=self.dtype,
-                    **self.pipeline_options,
-                )
-            return self._pipeline, self._dit_name
+                self.engine.pipeline = load_pipeline(self._plan, self.device)
+            return self.engine.pipeline, self._dit_name
 
     def planner(self) -> Any:
-        with self._lock:
-            if self._planner is not None:
-                return self._planner
-            if self.lm_path is None:
-                raise LMUnavailableError(
-                    "this request needs the 5 Hz LM (thinking, use_format, sample_mode or sample_query), "
-                    "but the server runs without one; start it with --lm <folder> (or a --checkpoint-dir "
-                    "holding acestep-5Hz-lm-*), or send thinking=false, use_format=false and no sample_query")
-            if self._lm_error is not None:
-                raise LMUnavailableError(f"the 5 Hz LM failed to load earlier: {self._lm_error}")
-            from ..lm import LMPlanner
-
-            try:
-                self._planner = LMPlanner.from_pretrained(
-                    str(self.lm_path), tokenizer_path=self.lm_tokenizer, device=self.device, dtype=self.dtype)
-            except (CheckpointError, OSError, ValueError) as exc:
-                self._lm_error = str(exc)
-                raise LMUnavailableError(f"the 5 Hz LM at {self.lm_path} failed to load: {exc}") from exc
-            return self._planner
+        return self.engine.planner()
