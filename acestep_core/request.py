@@ -14,6 +14,7 @@ from .errors import InputError
 from .plan import Plan
 from .prompts import TRACK_NAMES, TRACK_TASKS
 # Vocabularies and limits live in the schema; these names stay importable from here.
+from .constants import SAMPLE_RATE
 from .schema import (CHUNK_MASK_MODES, INFER_METHODS, MAX_BATCH, MAX_DURATION, MAX_SEED, MIN_DURATION,
                      MIN_REQUEST_DURATION, REPAINT_MODES, TASK_ALIASES, TASK_TYPES)
 
@@ -187,7 +188,7 @@ class GenerationRequest:
                 continue
             wave = source_waveform(audio, name)
             if name == "src_audio":
-                self.check_window_against_source(wave.shape[-1] / 48000)
+                self.check_window_against_source(wave.shape[-1] / SAMPLE_RATE)
             updates[name] = wave
         if self.src_latents is not None and self.src_audio is None:
             self.check_window_against_source(self.src_latents.shape[1] / 25)

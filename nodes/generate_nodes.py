@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..acestep_core.errors import InputError
 from . import audio_wire
 from .host import io
@@ -10,6 +12,7 @@ from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, caption_in
                       meta_inputs, opt_bpm, opt_choice, opt_duration, schema_range)
 
 REPAINT_MIN_SECONDS = 0.5
+log = logging.getLogger(__name__)
 
 
 def _request(**fields):
@@ -28,6 +31,11 @@ def _generate(model, request):
     # models are moved onto the device.
     request.validate()
     request = request.check_sources()
+    engine = getattr(model, "engine", None)
+    if engine is not None:  # the Load node's memory decision holds duration and batch, as for the CLI and REST
+        request, notices = engine.clamp(request)
+        for notice in notices:
+            log.warning("ACE-Step: %s", notice)
     return model.run_pipeline(lambda: run_engine(
         lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel)))
 

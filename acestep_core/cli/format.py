@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, add_song_arguments, check_song_arguments, progress_printer, report_plan, song_metas
+from .lm_commands import add_common, add_song_arguments, check_song_arguments, progress_printer, report_plan, song_metas
 
 
 def add_parser(subparsers) -> None:
@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..lm.cli_args import sampling_from_args
+    from .lm_args import sampling_from_args
 
     caption, lyrics = check_song_arguments(args)  # before the LM loads
     from .model_setup import planner_from_args

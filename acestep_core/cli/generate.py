@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
                    help="let --save-latents replace an existing file (songs always get new numbered names)")
     g.add_argument("--tiny", action="store_true",
                    help="demo: use tiny random-weight checkpoints (proves the install; makes noise, not music)")
-    from ..lm.cli_args import add_lm_arguments
+    from .lm_args import add_lm_arguments
 
     g = add_lm_arguments(p)
     add_fields(g, LM_STAGES)
@@ -160,7 +160,7 @@ def run(args) -> int:
         print(f"note: --thinking is skipped for {request.task_type} (the source audio sets the song), "
               "as in the official pipeline", file=sys.stderr)
     if needs_lm:
-        from ..lm.cli_common import progress_printer
+        from .lm_commands import progress_printer
         from ..planning import plan_request
 
         request, report = plan_request(request, options, engine.planner, progress=progress_printer(True),

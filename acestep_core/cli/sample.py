@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lm.cli_common import add_common, check_device, progress_printer, report_plan
+from .lm_commands import add_common, check_device, progress_printer, report_plan
 from .schema_args import add_fields
 
 
@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..lm.cli_args import sampling_from_args
+    from .lm_args import sampling_from_args
 
     from .. import values
 

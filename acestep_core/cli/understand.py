@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from ..lm.cli_common import add_common, check_device, progress_printer, report_plan
+from .lm_commands import add_common, check_device, progress_printer, report_plan
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +43,7 @@ def _codes_from_audio(args):
 
 def run(args) -> int:
     from ..codes import codes_from_any
-    from ..lm.cli_args import sampling_from_args
+    from .lm_args import sampling_from_args
     from .model_setup import planner_from_args
 
     sampling = sampling_from_args(args)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def add_common(parser) -> None:
-    from .cli_args import add_lm_arguments
+    from .lm_args import add_lm_arguments
 
     parser.add_argument("--checkpoint-dir", default=None, help="folder holding acestep-5Hz-lm-<size>/")
     parser.add_argument("--device", default="cpu")
@@ -24,7 +24,7 @@ def add_common(parser) -> None:
 def add_song_arguments(parser) -> None:
     """Caption, lyrics and the metas the user may fix (the LM fills the rest): `generate`'s flags from the
     schema, every meta unset by default; the LM's own spellings (--keyscale, ...) still work, hidden."""
-    from ..cli.schema_args import add_fields
+    from .schema_args import add_fields
 
     metas = ("bpm", "key_scale", "time_signature", "audio_duration", "vocal_language")
     add_fields(parser, ("caption",))
@@ -53,8 +53,8 @@ def read_text(value, file_value, what: str) -> str:
 def check_song_arguments(args) -> tuple[str, str]:
     """Caption, lyrics and metas checked (and the vocabularies normalised on `args`) before the LM loads."""
     from .. import values
-    from .cli_args import sampling_from_args
-    from .planner import validate_user_fields
+    from .lm_args import sampling_from_args
+    from ..lm.planner import validate_user_fields
 
     caption = read_text(args.caption, args.caption_file, "caption")
     lyrics = read_text(args.lyrics, args.lyrics_file, "lyrics")
@@ -80,7 +80,7 @@ def report_plan(plan, args) -> None:
     """Print the plan; after a --tiny run, say loudly that it is noise."""
     print_plan(plan, args.json)
     if getattr(args, "tiny", False):
-        from ..cli.model_setup import tiny_notice
+        from .model_setup import tiny_notice
 
         print(tiny_notice(), file=sys.stderr)
 
@@ -106,6 +106,6 @@ def progress_printer(enabled: bool):
     """LM token progress on stderr (a bar on a terminal, one line per phase otherwise)."""
     if not enabled:
         return None
-    from ..cli.progress import StageProgress
+    from .progress import StageProgress
 
     return StageProgress("LM", "tokens")

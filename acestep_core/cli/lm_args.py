@@ -1,10 +1,10 @@
-"""The LM flags, with the official names, shared by `think`, `format`, `sample` and `generate --thinking`."""
+"""The 5 Hz LM's flags (from the schema), shared by `think`, `format`, `sample`, `understand` and `generate`."""
 
 from __future__ import annotations
 
 import argparse
 
-from .sampling import LMSampling
+from ..lm.sampling import LMSampling
 
 
 LM_FIELDS = ("lm_temperature", "lm_cfg_scale", "lm_top_k", "lm_top_p", "lm_repetition_penalty",
@@ -13,7 +13,7 @@ LM_FIELDS = ("lm_temperature", "lm_cfg_scale", "lm_top_k", "lm_top_p", "lm_repet
 
 def add_lm_arguments(parser: argparse.ArgumentParser):
     """The LM's files, then its settings from the request schema; returns the argument group."""
-    from ..cli.schema_args import add_fields
+    from .schema_args import add_fields
 
     g = parser.add_argument_group("5 Hz LM")
     g.add_argument("--lm-model", default=None,
@@ -26,7 +26,7 @@ def add_lm_arguments(parser: argparse.ArgumentParser):
 
 
 def sampling_from_args(args) -> LMSampling:
-    from ..cli.schema_args import values_of
+    from .schema_args import values_of
     from ..planning import PlanOptions
 
     return PlanOptions.from_values(values_of(args, "plan"), "cli").sampling()
@@ -39,21 +39,3 @@ def think_kwargs_from_args(args) -> dict:
         use_cot_language=args.use_cot_language, constrained_decoding=args.constrained_decoding,
         max_duration=args.lm_max_duration,
     )
-
-
-def load_planner_from_args(args):
-    from .planner import LMPlanner, find_lm
-
-    tiny = getattr(args, "tiny", False)
-    if tiny and not args.lm_model:
-        import sys
-
-        from ..cli.model_setup import tiny_checkpoints, tiny_notice
-
-        print(tiny_notice(), file=sys.stderr)
-        args.lm_model = str(tiny_checkpoints()["lm"])
-    path = find_lm(getattr(args, "checkpoint_dir", None), args.lm_model)
-    # --tiny stays in float32 whatever the CPU, so the install check behaves the same everywhere.
-    dtype = "float32" if tiny else getattr(args, "dtype", "auto") or "auto"
-    return LMPlanner.from_pretrained(path, tokenizer_path=args.lm_tokenizer,
-                                     device=getattr(args, "device", "cpu") or "cpu", dtype=dtype)
