@@ -34,22 +34,34 @@ def row_major_residual(transformer: nn.Module) -> None:
 
 
 class _SameInputCache(nn.Module):
-    """Wraps a module; while the same input tensor (same object, unmodified) comes back, returns
-    the first output instead of recomputing it."""
+    """Wraps a module; while the same input tensor comes back unmodified, returns the first output
+    instead of recomputing it."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
         self._key: torch.Tensor | None = None
-        self._version = -1
+        self._stamp = None
         self._value: torch.Tensor | None = None
 
+    @staticmethod
+    def _stamp_of(x: torch.Tensor):
+        # An inference-mode tensor has no version counter: a copy of it tells an in-place change.
+        return x.detach().clone() if x.is_inference() else x._version
+
+    def _unchanged(self, x: torch.Tensor) -> bool:
+        if x is not self._key:
+            return False
+        if isinstance(self._stamp, torch.Tensor):
+            return torch.equal(x, self._stamp)
+        return x._version == self._stamp
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x is self._key and x._version == self._version:
+        if self._unchanged(x):
             return self._value
         value = self.inner(x)
         # Holding the input keeps its id from being reused by another tensor.
-        self._key, self._version, self._value = x, x._version, value
+        self._key, self._stamp, self._value = x, self._stamp_of(x), value
         return value
 
 
