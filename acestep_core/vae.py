@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError, InputError
+from .vae_layout import channels_last_convs
 
 HOP_LENGTH = 1920
 SAMPLE_RATE = 48000
@@ -86,6 +87,8 @@ def load_vae(
     model.load_state_dict(converted, strict=True, assign=True)
     model.to(device=device)  # tensors already carry `dtype`
     _refresh_weight_norm(model)
+    if dtype != torch.float32:  # float32 keeps the official kernels bit for bit (vae_layout.py)
+        channels_last_convs(model)
     model.eval().requires_grad_(False)
     return model
 

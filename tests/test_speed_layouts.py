@@ -1,5 +1,5 @@
-"""The DiT's speed helpers change no number (docs/performance.md): a contiguous residual stream and
-the condition's projections computed once per denoising loop."""
+"""The speed helpers change no number (docs/performance.md): the DiT's contiguous residual stream,
+the condition's projections computed once per denoising loop, the VAE's channels-last convolutions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from torch import nn
 
 from acestep_core.dit import load_dit
 from acestep_core.dit_speed import cross_kv_cached
+from acestep_core.vae import load_vae, vae_decode
+from acestep_core.vae_layout import ChannelsLastConv1d, channels_last_convs
 
 
 def tiny_inputs(dit, frames=13, tokens=9, seed=0):
@@ -65,3 +67,21 @@ def test_an_in_place_change_of_the_condition_is_not_served_from_the_cache(tiny_d
         expected = dit.transformer(**inputs).sample
     assert not torch.equal(first, second)
     assert torch.equal(second, expected)
+
+
+def test_channels_last_vae_decodes_and_encodes_the_same_audio(tiny_dir):
+    plain = load_vae(tiny_dir / "vae-tiny")
+    assert not any(isinstance(m, ChannelsLastConv1d) for m in plain.modules())  # float32: official kernels
+    fast = load_vae(tiny_dir / "vae-tiny")
+    converted = channels_last_convs(fast)
+    convs = sum(type(m) in (nn.Conv1d, nn.ConvTranspose1d) for m in fast.modules())
+    assert converted == convs == sum(isinstance(m, ChannelsLastConv1d) for m in fast.modules()) > 0  # every one wrapped
+    latents = torch.randn(1, 21, 64, generator=torch.Generator().manual_seed(3)) * 0.5
+    ref, got = vae_decode(plain, latents), vae_decode(fast, latents)
+    assert got.shape == ref.shape and got.is_contiguous()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)  # the same products, summed in another order
+    audio = ref[:, :, : 8 * 1920]
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.encode(audio).latent_dist.mean, plain.encode(audio).latent_dist.mean,
+                                   atol=1e-5, rtol=0)
+    assert any(isinstance(m, ChannelsLastConv1d) for m in load_vae(tiny_dir / "vae-tiny", dtype=torch.bfloat16).modules())
