@@ -1,4 +1,4 @@
-"""The speed helpers change no number (docs/performance.md): the DiT's contiguous residual stream,
+"""The speed-ups change no number (docs/performance.md): the DiT's contiguous residual stream,
 the condition's projections computed once per denoising loop, the VAE's channels-last convolutions."""
 
 from __future__ import annotations
