@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .checkpoints import check_state_dict, read_config_json, read_safetensors, read_sharded_or_single, sidecar_config  # noqa: F401
+from .dit_speed import row_major_residual
 from .silence import builtin_silence_latent
 from .xl import check_timbre_cls, is_xl_config, use_timbre_cls
 
@@ -181,6 +182,7 @@ def _build_modules(config: dict) -> dict[str, nn.Module]:
         }
         if is_xl_config(config):
             use_timbre_cls(modules["condition_encoder"])
+    row_major_residual(modules["transformer"])
     return modules
 
 

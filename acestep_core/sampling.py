@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from .conditioning import Condition
+from .dit_speed import cross_kv_cached
 from .errors import CancelledError
 from .guidance import MomentumBuffer, apg
 from .latent_mask import dit_forward
@@ -78,45 +79,47 @@ def denoise(
     )
     guided_valid = torch.cat([valid, valid], dim=0) if valid is not None and settings.guided else None
     steps = settings.num_steps
-    for i in range(steps):
-        if cancel is not None and cancel():
-            raise CancelledError("generation cancelled")
-        t_cur, t_next = settings.timesteps[i], settings.timesteps[i + 1]
-        use_non_cover = non_cover_condition is not None and settings.cover_steps is not None and i >= settings.cover_steps
-        cond = non_cover_condition if use_non_cover else condition
-        apply_guidance = settings.guided and _in_interval(t_cur, settings.cfg_interval_start, settings.cfg_interval_end)
+    # The condition's projections inside the DiT are computed once for the whole loop.
+    with cross_kv_cached(transformer):
+        for i in range(steps):
+            if cancel is not None and cancel():
+                raise CancelledError("generation cancelled")
+            t_cur, t_next = settings.timesteps[i], settings.timesteps[i + 1]
+            use_non_cover = non_cover_condition is not None and settings.cover_steps is not None and i >= settings.cover_steps
+            cond = non_cover_condition if use_non_cover else condition
+            apply_guidance = settings.guided and _in_interval(t_cur, settings.cfg_interval_start, settings.cfg_interval_end)
 
-        if apply_guidance:
-            both = guided_non_cover if use_non_cover else guided_condition
-            x_in = torch.cat([x, x], dim=0)
-            t_in = t_cur * torch.ones((2 * batch,), device=x.device, dtype=dtype)
-            out = dit_forward(transformer, guided_valid, x_in, both.context_latents, timestep=t_in, timestep_r=t_in,
-                              encoder_hidden_states=both.encoder_hidden_states)
-            v_cond, v_uncond = out[:batch], out[batch:]
-            v = apg(v_cond, v_uncond, settings.guidance_scale, momentum, valid=valid)
-        else:
-            t_in = t_cur * torch.ones((batch,), device=x.device, dtype=dtype)
-            out = dit_forward(transformer, valid, x, cond.context_latents, timestep=t_in, timestep_r=t_in,
-                              encoder_hidden_states=cond.encoder_hidden_states)
-            v = out
-        if on_step is not None:
-            on_step(i, x, out, v)
-
-        if settings.infer_method == "sde":
-            x0 = x - v * t_cur
-            if i == steps - 1:
-                x = x0
+            if apply_guidance:
+                both = guided_non_cover if use_non_cover else guided_condition
+                x_in = torch.cat([x, x], dim=0)
+                t_in = t_cur * torch.ones((2 * batch,), device=x.device, dtype=dtype)
+                out = dit_forward(transformer, guided_valid, x_in, both.context_latents, timestep=t_in, timestep_r=t_in,
+                                  encoder_hidden_states=both.encoder_hidden_states)
+                v_cond, v_uncond = out[:batch], out[batch:]
+                v = apg(v_cond, v_uncond, settings.guidance_scale, momentum, valid=valid)
             else:
-                t_n = settings.sde_next_t(i)
-                fresh = _randn_like(x, generators)
-                x = t_n * fresh + (1 - t_n) * x0
-        else:
-            x = x - v * (t_cur - t_next)
+                t_in = t_cur * torch.ones((batch,), device=x.device, dtype=dtype)
+                out = dit_forward(transformer, valid, x, cond.context_latents, timestep=t_in, timestep_r=t_in,
+                                  encoder_hidden_states=cond.encoder_hidden_states)
+                v = out
+            if on_step is not None:
+                on_step(i, x, out, v)
 
-        if repaint is not None:
-            x = repaint.inject(x, i, t_next, noise)
-        if progress is not None:
-            progress(i + 1, steps)
+            if settings.infer_method == "sde":
+                x0 = x - v * t_cur
+                if i == steps - 1:
+                    x = x0
+                else:
+                    t_n = settings.sde_next_t(i)
+                    fresh = _randn_like(x, generators)
+                    x = t_n * fresh + (1 - t_n) * x0
+            else:
+                x = x - v * (t_cur - t_next)
+
+            if repaint is not None:
+                x = repaint.inject(x, i, t_next, noise)
+            if progress is not None:
+                progress(i + 1, steps)
     return x
 
 

@@ -5,7 +5,8 @@ Real ACE-Step 1.5 sizes with random weights (2B DiT and its condition encoder, t
 
 - condition encoder: caption 64 + lyrics 256 tokens, timbre reference 750 frames (30 s)
 - text encoder: the 64-token caption through Qwen3-Embedding-0.6B
-- DiT step (turbo, no CFG) at 30 s and 60 s of audio
+- DiT step (turbo, no CFG) at 30 s and 60 s of audio, with the condition's projections cached across
+  steps as the engine's sampler runs them (`acestep_core/dit_speed.py`)
 - VAE decode of 10 s of audio (one tile, as the engine decodes it on the CPU)
 - LM 0.6B, 150 audio codes, constrained, without CFG and with CFG 2.0 (wall time, prefill included)
 - peak memory of the DiT (weights + one 60 s step): CPU peak RSS / CUDA max_memory_allocated
@@ -16,12 +17,14 @@ picks on this machine unless `--fast-dtype` says otherwise.
 
     python bench/bench_speed.py                   # full run on the CPU
     python bench/bench_speed.py --quick           # 2 layers per model, short inputs: checks the script
-    python bench/bench_speed.py --device cuda     # the same on a GPU (synchronised timings)
+    python bench/bench_speed.py --device cuda     # the same on a GPU (synchronised timings, bfloat16)
+    python bench/bench_speed.py --device cuda --compile   # the fast path's DiT under torch.compile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -36,7 +39,9 @@ from bench_lm import TOKENIZER, random_model  # noqa: E402
 from memory import free_memory, peak_rss, reset_peak_rss, rss  # noqa: E402
 
 from acestep_core.dit import PUBLISHED_DIT_DEFAULTS, _build_modules  # noqa: E402
+from acestep_core.dit_speed import cross_kv_cached  # noqa: E402
 from acestep_core.vae import PUBLISHED_VAE_CONFIG, vae_decode  # noqa: E402
+from acestep_core.vae_layout import channels_last_convs  # noqa: E402
 
 GB = 1024**3
 
@@ -67,6 +72,31 @@ def dit_modules(dtype, device, layers: int | None):
                       num_lyric_encoder_hidden_layers=min(layers, 8), num_timbre_encoder_hidden_layers=min(layers, 4))
     modules = _build_modules(config)
     return (randomize(modules["condition_encoder"], device, dtype), randomize(modules["transformer"], device, dtype))
+
+
+def available_ram() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def layers_that_fit() -> int:
+    """0 (all 24) when the float32 2B DiT, the condition encoder and a 60 s step fit in free RAM with
+    2 GB to spare; else the most layers that do (real width), said in the output."""
+    with torch.device("meta"):
+        transformer = _build_modules(dict(PUBLISHED_DIT_DEFAULTS,
+                                          layer_types=["sliding_attention", "full_attention"] * 12))["transformer"]
+    per_layer = sum(p.numel() for p in transformer.layers[0].parameters()) * 4
+    rest = sum(p.numel() for p in transformer.parameters()) * 4 - 24 * per_layer
+    budget = available_ram() - 2 * GB - rest - 1 * GB  # 1 GB: the encoder and the activations
+    fit = max(2, min(24, int(budget // per_layer)) // 2 * 2)
+    if fit < 24:
+        print(f"note: {available_ram() / GB:.1f} GB free RAM holds {fit} of the 24 DiT layers in float32: "
+              f"the DiT rows below use {fit} layers at the real width")
+        return fit
+    return 0
 
 
 def bench_condition(dtype, device, args, timer):
@@ -107,6 +137,10 @@ def bench_dit(dtype, device, args, timer):
     encoder, transformer = dit_modules(dtype, device, args.layers)
     del encoder
     free_memory()
+    run, cache = transformer, cross_kv_cached
+    if args.compile and dtype != torch.float32:
+        # compiled whole; the condition cache's identity checks would only break the graph
+        run, cache = torch.compile(transformer, dynamic=False), lambda _module: contextlib.nullcontext()
     rows = []
     for seconds_audio in args.dit_seconds:
         frames = int(seconds_audio * 25)
@@ -120,9 +154,9 @@ def bench_dit(dtype, device, args, timer):
                   timestep_r=torch.full((1,), 0.5, device=device, dtype=dtype),
                   encoder_hidden_states=torch.randn(1, 330, 2048, device=device, dtype=dtype),
                   context_latents=torch.randn(1, frames, 128, device=device, dtype=dtype))
-        with torch.inference_mode():
-            transformer(**kw)
-            step = timer(lambda: transformer(**kw), args.repeats)
+        with torch.inference_mode(), cache(transformer):
+            run(**kw)  # warm-up (and the compile, with --compile); fills the condition cache
+            step = timer(lambda: run(**kw), args.repeats)
         rows.append((f"DiT step, {seconds_audio:g} s of audio", step, "s"))
         if seconds_audio == max(args.dit_seconds):
             if device.type == "cuda":
@@ -140,6 +174,8 @@ def bench_vae(dtype, device, args, timer):
     with torch.device("meta"):
         vae = AutoencoderOobleck(**PUBLISHED_VAE_CONFIG)
     vae = randomize(vae, device, dtype)
+    if dtype != torch.float32:  # as load_vae prepares it
+        channels_last_convs(vae)
     frames = int(args.vae_seconds * 25)
     latents = torch.randn(1, frames, 64) * 0.5
     vae_decode(vae, latents[:, :8])
@@ -197,6 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--codes", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--layers", type=int, default=0, help="layers per transformer (0: the real count)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's DiT (GPU)")
     parser.add_argument("--quick", action="store_true", help="2 layers, 2 s / 1 s of audio, 10 codes: checks the script")
     args = parser.parse_args(argv)
     if args.quick:
@@ -212,6 +249,11 @@ def main(argv=None) -> int:
         print(f"note: --dtype auto picks float32 on this {device.type} (no native bf16); timing bfloat16 anyway")
         fast = torch.bfloat16
     timer = Timer(device)
+    from acestep_core.memory.dtypes import auto_dtypes, device_bf16_supported
+
+    print(f"auto here: {auto_dtypes(device.type, device_bf16_supported(device))[2]}")
+    if device.type == "cpu" and not args.layers:
+        args.layers = layers_that_fit()
     print(f"device={device} threads={torch.get_num_threads()} cpus={os.cpu_count()} fast={fast} "
           f"torch={torch.__version__} quick={args.quick} layers={args.layers or 'real'}", flush=True)
     print(f"{'stage':<72} {'float32':>10} {'load':>5} {str(fast).split('.')[-1]:>10} {'load':>5} {'fast/fp32':>9}")

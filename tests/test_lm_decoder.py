@@ -64,6 +64,28 @@ def test_prefill_and_decode_match_transformers_on_a_padded_cfg_batch(which, requ
 
 
 @pytest.mark.parametrize("which", ["model", "gqa_model"])
+def test_last_only_prefill_keeps_the_last_state_and_the_whole_cache(which, request):
+    """A prefill that runs its last layer for the last query alone changes nothing downstream."""
+    model = request.getfixturevalue(which)
+    decoder = StaticCacheDecoder(model)
+    ids, mask = left_pad(ROWS)
+    nxt = torch.tensor([[AUDIO_CODE_BASE + 7], [AUDIO_CODE_BASE + 7]])
+    results = []
+    for last_only in (False, True):
+        decoder.reset(2, 32)
+        with torch.inference_mode():
+            hidden = decoder.forward(ids, 0, mask, last_only=last_only)
+            cache = decoder.cache.k[:, :, :, : ids.shape[1]].clone(), decoder.cache.v[:, :, :, : ids.shape[1]].clone()
+            stepped = decoder.decode(nxt, ids.shape[1])
+        results.append((hidden[:, -1], cache, stepped))
+    (full, (k0, v0), step0), (last, (k1, v1), step1) = results
+    assert hidden.shape[1] == 1
+    assert torch.allclose(full, last, atol=1e-5)
+    assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert torch.allclose(step0, step1, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["model", "gqa_model"])
 def test_static_step_equals_the_eager_step(which, request):
     """The fixed-shape step (what torch.compile / CUDA graphs capture) computes the same state."""
     model = request.getfixturevalue(which)

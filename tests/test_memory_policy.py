@@ -71,7 +71,7 @@ def test_limits_without_lm_follow_the_no_lm_column():
 def test_cpu_policy_runs_everything_in_fp32_without_offload():
     d = decide(cpu(24), env={})
     assert (d.tier, d.offload_to_cpu, d.offload_dit_to_cpu, d.dtype, d.vae_chunk_frames) == \
-        ("cpu", False, False, "float32", 256)
+        ("cpu", False, False, "float32", 512)  # 24 GB free RAM: the larger VAE tile (vae.decode_chunk_frames)
     assert d.lm_model == "0.6B" and not d.init_lm  # allowed, off by default (slow on CPU)
     assert d.max_duration_s == 600
     on = decide(cpu(24), env={"ACESTEP_INIT_LLM": "1", "ACESTEP_OFFLOAD_TO_CPU": "1"})
@@ -260,10 +260,10 @@ def native_bf16_cpu(ram_gb: float) -> DeviceMemory:
     return DeviceMemory("cpu", "test CPU with AVX512-BF16", int(ram_gb * GIB), int(ram_gb * GIB), False, True)
 
 
-def test_cpu_bf16_is_opt_in_until_the_dit_step_is_faster():
+def test_cpu_with_native_bf16_runs_bf16_unless_told_otherwise():
     d = decide(native_bf16_cpu(24), env={})
-    assert (d.dtype, d.lm_dtype) == ("float32", "float32")
-    assert any("natively" in r and "ACESTEP_CPU_BF16=1" in r for r in d.reasons)  # the user is told how
+    assert (d.dtype, d.lm_dtype) == ("bfloat16", "bfloat16")
+    assert any("natively" in r and "ACESTEP_CPU_BF16=0" in r for r in d.reasons)  # the user is told how to opt out
     on = decide(native_bf16_cpu(24), env={"ACESTEP_CPU_BF16": "1"})
     assert (on.dtype, on.lm_dtype) == ("bfloat16", "bfloat16")
     off = decide(native_bf16_cpu(24), env={"ACESTEP_CPU_BF16": "0"})
@@ -281,10 +281,10 @@ def test_resolve_dtype_is_the_same_rule_for_pipeline_and_lm(monkeypatch):
     from acestep_core.pipeline import resolve_dtype as pipeline_dtype
 
     cpu_device = torch.device("cpu")
-    for native in (True, False):
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(dtypes, "cpu_has_native_bf16", lambda native=native: native)
         monkeypatch.delenv("ACESTEP_CPU_BF16", raising=False)
-        assert pipeline_dtype("auto", cpu_device) == lm_dtype("auto", cpu_device) == torch.float32
+        assert pipeline_dtype("auto", cpu_device) == lm_dtype("auto", cpu_device) == expected
         monkeypatch.setenv("ACESTEP_CPU_BF16", "1")
         assert pipeline_dtype("auto", cpu_device) == lm_dtype("auto", cpu_device) == torch.bfloat16
         monkeypatch.setenv("ACESTEP_CPU_BF16", "0")

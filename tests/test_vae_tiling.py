@@ -102,6 +102,8 @@ def test_decode_chunk_policy_follows_the_reference_table():
     assert decode_chunk_frames(12 * GIB, "cuda") == 256
     assert decode_chunk_frames(8 * GIB, "cuda") == 128
     assert decode_chunk_frames(None, "cpu") == 256
+    # the CPU takes the larger tiles when its free RAM allows, never below the official CPU tile
+    assert [decode_chunk_frames(g * GIB, "cpu") for g in (30, 20, 12, 4)] == [512, 384, 256, 256]
     assert decode_chunk_frames(None, "mps") == 512
 
 

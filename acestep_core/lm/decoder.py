@@ -195,11 +195,15 @@ class StaticCacheDecoder:
         return h + _project(x, mlp.down_proj.weight)
 
     # ---- eager forward (prefill and CPU decode) --------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, start: int, attention_mask: Optional[torch.Tensor] = None):
+    def forward(self, input_ids: torch.Tensor, start: int, attention_mask: Optional[torch.Tensor] = None,
+                last_only: bool = False):
         """Hidden states after the final norm for `input_ids` [B, T] at positions start..start+T-1.
 
         `attention_mask` [B, T] marks left padding of a prefill; like the reference, padded slots
         keep their positions (0..L-1 for every row) and are hidden from every later query.
+        `last_only`: return the last position only ([B, 1, H]); the last layer then attends and runs
+        its MLP for that one query (a prefill needs only the next token's logits, and every layer's
+        keys and values are still cached for all positions).
         """
         bsz, length = input_ids.shape
         end = start + length
@@ -221,6 +225,8 @@ class StaticCacheDecoder:
             q, k, v = self._qkv(layer, layer.input_layernorm(h), cos, sin)
             k_all[i, :, :, start:end] = k
             v_all[i, :, :, start:end] = v
+            if last_only and length > 1 and i == len(self.layers) - 1:
+                q, h, mask = q[:, :, -1:], h[:, -1:], mask[:, :, -1:]
             if length == 1:
                 out = self._attend_one(q, k_all[i, :, :, :end], v_all[i, :, :, :end], mask)
             else:

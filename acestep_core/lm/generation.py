@@ -64,7 +64,7 @@ def _prefill(decoder: StaticCacheDecoder, rows: list[list[int]], new_tokens: int
     ids, mask = ids.to(decoder.device), mask.to(decoder.device)
     batch, start = ids.shape
     decoder.reset(batch, start + new_tokens)
-    hidden = decoder.forward(ids, 0, mask)[:, -1]
+    hidden = decoder.forward(ids, 0, mask, last_only=True)[:, -1]
     return ids[0][mask[0].bool()], batch, start, hidden
 
 

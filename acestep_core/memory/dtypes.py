@@ -2,11 +2,12 @@
 
 Every door uses it: the memory decision (`policy.decide`, hence the CLI, the doctor and the Load node),
 the pipeline's and the LM's own `dtype="auto"`. On a CPU with native bfloat16 arithmetic
-(AVX512-BF16 or AMX) bfloat16 runs the big matrix products about four times faster than float32, and it
-is the precision the official code runs on every GPU; elsewhere on a CPU bfloat16 is emulated and slow,
-so float32 stays. `ACESTEP_CPU_BF16=0` keeps float32 (exact parity with the official CPU results),
-`=1` picks bfloat16. On a CPU `auto` stays float32 for now: there the DiT step is not yet faster in
-bfloat16 (see docs/readme/performance.md).
+(AVX512-BF16 or AMX) `auto` picks bfloat16: a DiT step then takes about a third of its float32 time
+and the LM and encoders gain as much (docs/readme/performance.md), and it is the precision the official
+code runs on every GPU. Elsewhere on a CPU bfloat16 is emulated and slow, so float32 stays.
+`ACESTEP_CPU_BF16=0` (or `--dtype float32`) keeps float32, for exact parity with the official CPU
+results; `=1` forces bfloat16. What the official code keeps in higher precision stays so in every
+dtype (the time grid's construction, APG's float64 projection, FSQ rounding, the decoded audio).
 """
 
 from __future__ import annotations
@@ -86,12 +87,9 @@ def auto_dtypes(device_type: str, bf16_supported: bool, env: Mapping[str, str] |
         if override:
             return "bfloat16", "bfloat16", f"{ENV_CPU_BF16}=1: bfloat16 on the CPU (forced; slow where it is emulated)."
         if bf16_supported:
-            # Not the default yet: measured on an AVX512-BF16 CPU, the LM and the condition encoder run
-            # 2.8x / 6x faster in bfloat16 but a DiT step runs slower (a weight copy inside a batched
-            # matmul dominates it), so auto keeps float32 until the DiT path is fast too.
-            return "float32", "float32", (
-                "float32 on the CPU; it computes bfloat16 natively (AVX512-BF16 / AMX): set "
-                f"{ENV_CPU_BF16}=1 or pass --dtype bfloat16 for the faster LM and encoders (the DiT step is not faster yet).")
+            return "bfloat16", "bfloat16", (
+                "The CPU computes bfloat16 natively (AVX512-BF16 / AMX): every model runs in bfloat16, about "
+                f"three times faster than float32; set {ENV_CPU_BF16}=0 or pass --dtype float32 for exact float32 results.")
         return "float32", "float32", "float32 on the CPU (it has no native bfloat16, which would be emulated and slow)."
     if device_type == "mps":
         return "float16", "float32", "MPS: float16 models, the LM in float32."
