@@ -323,7 +323,9 @@ def test_after_all_that_a_job_runs_and_shutdown_stops_the_rest(live):
     refused = http("POST", live.url + "/release_task", json=GOOD)
     assert refused.status == 503 and "shutting down" in refused.error
     item = query(live.url, clamped)
-    assert item["status"] in (0, 2)  # still queued in this process, or the job that was stopped
+    # Still queued in this process, the job that was stopped, or (a fast machine) one that finished
+    # before the shutdown began; never a job that shutdown claims it stopped and that then succeeded.
+    assert item["status"] in (0, 2) or (item["status"] == 1 and summary["running"] != clamped), item
     if summary["running"]:
         stopped = query(live.url, summary["running"])
         assert stopped["status"] == 2 and stopped["error"].startswith("server restarted before this job ran")
