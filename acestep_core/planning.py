@@ -117,6 +117,11 @@ def is_automatic(name: str, value: Any) -> bool:
     return False
 
 
+def set_metas(request) -> set[str]:
+    """The metas of `request` that are not automatic: what a door without its own record counts as typed."""
+    return {name for name in METAS if not is_automatic(name, getattr(request, name))}
+
+
 def fill_request(request, plan: Optional[Plan], typed: Optional[Iterable[str]] = None):
     """The request with the plan applied by the one rule (module docstring).
 
@@ -125,7 +130,7 @@ def fill_request(request, plan: Optional[Plan], typed: Optional[Iterable[str]] =
     its client actually sent."""
     if plan is None:
         return request
-    typed = set(typed) if typed is not None else {n for n in METAS if not is_automatic(n, getattr(request, n))}
+    typed = set(typed) if typed is not None else set_metas(request)
     updates: dict[str, Any] = {}
     if plan.caption:
         updates["caption"] = plan.caption
@@ -174,7 +179,7 @@ def plan_request(request, options: PlanOptions, planner: Optional[Callable[[], A
     `optional_planner()` returns it or None, for the optional metas stage. Nothing loads when no stage runs.
     """
     report = PlanReport()
-    typed = set(typed) if typed is not None else {n for n in METAS if not is_automatic(n, getattr(request, n))}
+    typed = set(typed) if typed is not None else set_metas(request)
     sampling = options.sampling()
     cap = {"max_duration": int(options.max_duration)} if options.max_duration else {}
     task = request.task_type

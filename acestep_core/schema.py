@@ -199,11 +199,6 @@ def fields_for(target: str, door: str = "engine") -> tuple[Field, ...]:
     return tuple(f for f in FIELDS if f.target == target and door in f.doors)
 
 
-def defaults_for(door: str, target: str | None = None) -> dict[str, Any]:
-    """{field name: its default at `door`} (e.g. the REST server's, or the engine's)."""
-    return {f.name: f.default_for(door) for f in FIELDS if door in f.doors and (target is None or f.target == target)}
-
-
 def choices_for(name: str, door: str) -> tuple:
     if name == "audio_format" and door == "rest":
         return REST_AUDIO_FORMATS
@@ -256,13 +251,3 @@ def markdown_table() -> str:
         lines.append(f"| `{f.name}` | {rest} | `{f.flag}` | {widget} | {default} | {rest_default} | {rng} | "
                      f"{f.help.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
-
-
-def door_default_table() -> list[tuple[str, Any, Any]]:
-    """(field, engine / CLI default, REST default) for the fields whose defaults differ by door."""
-    rows = []
-    for f in FIELDS:
-        if "rest" in f.door_defaults:
-            rows.append((f.name, f.default_for("cli") if "cli" in f.doors else f.default, f.door_defaults["rest"]))
-    return rows
-

@@ -35,9 +35,6 @@ def schema_range(name: str, **overrides) -> dict:
     return schema.widget_range(name, **overrides)
 
 
-
-
-
 def caption_input(default: str = ""):
     return io.String.Input("caption", multiline=True, default=default,
                            tooltip="Style description: genre, instruments, mood, vocals.")

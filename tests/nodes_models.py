@@ -85,3 +85,21 @@ def shorten_for_tiny(prompt: dict) -> dict:
             if "use_cot_caption" in inputs:
                 inputs["use_cot_caption"] = False
     return prompt
+
+
+def node_env(root: Path, tiny: Path, comfy_tiny: Path, source_name: str = "ace15s_example_song.flac"):
+    """A fake ComfyUI host over a models/ folder from the tiny fixtures, with the source song in input/.
+    Returns (node_map, dirs, source path)."""
+    import nodes_harness as h
+
+    h.install_fake_host()
+    import folder_paths
+
+    models = build_models_dir(root, tiny, comfy_tiny)
+    dirs = {k: root / k for k in ("output", "temp", "input")}
+    for d in dirs.values():
+        d.mkdir()
+    folder_paths.reset(str(models), str(dirs["output"]), str(dirs["temp"]), str(dirs["input"]))
+    source = write_source_audio(dirs["input"] / source_name, tiny)
+    _, node_map = h.load_pack()
+    return node_map, dirs, source

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import nodes_harness as h
-from nodes_models import build_models_dir, write_source_audio
+from nodes_models import node_env
 from server_harness import LiveServer, release, tiny_provider, wait_done
 
 CAPTION = "lofi piano with soft drums"
@@ -37,16 +37,7 @@ DOOR_SPECIFIC = {"src_audio", "reference_audio", "src_latents", "dit_model"}
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
     root = tmp_path_factory.mktemp("doors")
-    h.install_fake_host()
-    import folder_paths
-
-    models = build_models_dir(root, tiny_dir, comfy_tiny_dir)
-    dirs = {k: root / k for k in ("output", "temp", "input")}
-    for d in dirs.values():
-        d.mkdir()
-    folder_paths.reset(str(models), str(dirs["output"]), str(dirs["temp"]), str(dirs["input"]))
-    source = write_source_audio(dirs["input"] / "source.flac", tiny_dir)
-    _, node_map = h.load_pack()
+    node_map, dirs, source = node_env(root, tiny_dir, comfy_tiny_dir, "source.flac")
     return {"node_map": node_map, "dirs": dirs, "source": source, "root": root}
 
 

@@ -10,7 +10,7 @@ import av
 import pytest
 
 import nodes_harness as h
-from nodes_models import SHORTENED_SECONDS, build_models_dir, shorten_for_tiny, write_source_audio
+from nodes_models import SHORTENED_SECONDS, node_env, shorten_for_tiny
 
 WORKFLOWS = sorted(p for p in (h.REPO_ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
 NAMES = [p.stem for p in WORKFLOWS]
@@ -25,17 +25,7 @@ FREE_RUNNING_LM_CALLS = ("format_input", "create_sample", "understand")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
-    root = tmp_path_factory.mktemp("comfy")
-    h.install_fake_host()
-    import folder_paths
-
-    models = build_models_dir(root, tiny_dir, comfy_tiny_dir)
-    dirs = {k: root / k for k in ("output", "temp", "input")}
-    for d in dirs.values():
-        d.mkdir()
-    folder_paths.reset(str(models), str(dirs["output"]), str(dirs["temp"]), str(dirs["input"]))
-    write_source_audio(dirs["input"] / "ace15s_example_song.flac", tiny_dir)
-    _, node_map = h.load_pack()
+    node_map, dirs, _ = node_env(tmp_path_factory.mktemp("comfy"), tiny_dir, comfy_tiny_dir)
     return node_map, dirs
 
 

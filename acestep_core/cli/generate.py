@@ -117,7 +117,7 @@ def plan_options(args):
     return options
 
 
-def _check_lm_request(options, request, args) -> None:
+def _check_lm_request(request, args) -> None:
     from ..lm.planner import validate_user_fields
 
     validate_user_fields(request.bpm, request.key_scale or None, request.time_signature or None,
@@ -141,7 +141,7 @@ def run(args) -> int:
     options = plan_options(args)
     needs_lm = options.wants_lm(request.task_type)
     if needs_lm:
-        _check_lm_request(options, request, args)
+        _check_lm_request(request, args)
     # One decision (loading.decide_load, shared with serve and the Load node), shown and applied before
     # the weights load; a missing LM is reported before the DiT loads.
     plan = plan_from_args(args, want_lm=needs_lm)

@@ -21,6 +21,8 @@ from .params import RELEASE_FIELDS, ReleaseRequest
 # REST name -> schema name for the fields the engine's request takes.
 _REQUEST_FIELDS = {f.name: f.engine_name for f in RELEASE_FIELDS
                    if f.engine_name and schema.spec(f.engine_name).target == "request"}
+_PLAN_FIELDS = {f.name: f.engine_name for f in RELEASE_FIELDS
+                if f.engine_name and schema.spec(f.engine_name).target == "plan"}
 
 
 def optional_planner(provider: ModelProvider):
@@ -35,8 +37,7 @@ def optional_planner(provider: ModelProvider):
 
 def plan_options(req: ReleaseRequest) -> PlanOptions:
     """The REST request's LM settings; thinking=false still lets the server's LM fill missing metas."""
-    values = {f.engine_name: req.values[f.name] for f in RELEASE_FIELDS if f.engine_name in
-              {p.name for p in schema.fields_for("plan", "rest")}}
+    values = {engine: req.values[rest] for rest, engine in _PLAN_FIELDS.items()}
     return PlanOptions.from_values(values, "rest", fill_missing_metas=True, max_duration=req.max_duration_s)
 
 
