@@ -74,7 +74,11 @@ class PlanOptions:
                           negative_prompt=self.lm_negative_prompt, seed=self.lm_seed)
 
     def validate(self) -> None:
-        """The LM's sampling values, checked before any model loads (raises InputError)."""
+        """The LM's sampling values and the simple-mode text, checked before any model loads (InputError)."""
+        from .values import check_text
+
+        self.sample_query = check_text("sample_query", self.sample_query)
+        check_text("lm_negative_prompt", self.lm_negative_prompt)
         self.sampling().validate()
 
     def wants_lm(self, task_type: str) -> bool:

@@ -174,3 +174,10 @@ def test_planning_skips_the_lm_for_source_tasks_and_fills_metas_only_when_an_lm_
     request, report = plan_request(GenerationRequest(), options, optional_planner=lambda: lm)
     assert report.stages[0][0] == "metas" and lm.calls[0][1]["generate_codes"] is False
     assert request.key_scale == "B minor" and request.audio_code_string == ""
+
+
+def test_plan_options_refuse_bad_text_before_any_model_loads():
+    with pytest.raises(InputError, match="sample_query contains a NUL character"):
+        PlanOptions(sample_query="a song\0").validate()
+    with pytest.raises(InputError, match="lm cfg scale must be >= 1.0"):
+        PlanOptions(lm_cfg_scale=-3).validate()
