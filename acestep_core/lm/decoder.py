@@ -8,7 +8,8 @@ therefore
   `x @ W.T` of `F.linear` reads it about twice for 2 rows, see `_project`);
 - in eager mode attends only over the filled part of the cache, with the padding bias of the CFG
   batch computed once per prompt;
-- projects onto the 64 000 audio-code rows of the tied embedding only (of 217 204) while decoding codes.
+- projects onto the 64 000 audio-code rows of the tied embedding only (of 217 204) while decoding codes;
+- on CPU runs its one-token steps on the thread count measured fastest (`decode_threads.py`).
 
 `step_static` is the same one-token step with fixed shapes (position as a device tensor, attention
 over the whole cache under a mask): that is the form `torch.compile` / CUDA graphs can capture.
@@ -27,20 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
+from .decode_threads import DecodeThreads, requested_threads
 
 _FEW_ROWS = 8  # up to this many activation rows the CPU path uses `W @ x.T`
 STATIC_CAPACITY = 4096  # the reference's max_model_len: one cache shape, so one compiled graph
-
-
-def decode_threads_default() -> int:
-    """CPU threads for the one-token steps (`ACESTEP_LM_DECODE_THREADS`, default 1).
-
-    A decode step streams every weight once for two activation rows: one core already draws most
-    of the memory bandwidth, and MKL's multi-threaded small GEMM stalls on its barriers (10x and
-    worse) as soon as another process shares the cores. The prefill keeps all threads.
-    """
-    value = os.environ.get("ACESTEP_LM_DECODE_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -95,7 +86,7 @@ class StaticCacheDecoder:
         self.key_valid: Optional[torch.Tensor] = None  # [B, capacity] bool: False on left padding
         self.key_bias: Optional[torch.Tensor] = None   # [B, 1, 1, capacity] additive, or None
         self.has_padding = False
-        self.decode_threads = decode_threads_default()
+        self.threads = DecodeThreads(requested_threads()) if self.device.type == "cpu" else None
         self.use_static = compile_requested(compile)
         self._step = None
         if self.use_static:
@@ -106,16 +97,16 @@ class StaticCacheDecoder:
 
     @contextmanager
     def decoding(self):
-        """Scope of a one-token-at-a-time loop: on CPU, runs with `decode_threads` threads."""
-        if self.device.type != "cpu" or self.decode_threads == torch.get_num_threads():
+        """Scope of a one-token-at-a-time loop: on CPU its steps pick their thread count
+        (`decode_threads.py`); the caller's count is restored at the end."""
+        if self.threads is None:
             yield
             return
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.decode_threads)
+        previous = self.threads.begin()
         try:
             yield
         finally:
-            torch.set_num_threads(previous)
+            self.threads.end(previous)
 
     # ---- cache ---------------------------------------------------------------------------------
     def reset(self, batch: int, length: int) -> None:
@@ -257,6 +248,11 @@ class StaticCacheDecoder:
 
     def decode(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
         """Final hidden state [B, H] of one new token per row at position `pos`."""
+        if self.threads is not None:
+            return self.threads.run(lambda: self._decode(tokens, pos))
+        return self._decode(tokens, pos)
+
+    def _decode(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
         if self._step is None:
             return self.forward(tokens, pos)[:, -1]
         if hasattr(torch.compiler, "cudagraph_mark_step_begin"):
