@@ -154,7 +154,9 @@ async def _serve(app, host: str, port: int, config, provider, runtime) -> None:
         log.info("%s received: taking no new jobs, stopping the running one (grace %.1f s)",
                  received[0] if received else "stop", config.shutdown_grace_s)
         summary = await runtime.shutdown(config.shutdown_grace_s)
-        if summary["running"]:
+        if summary["running_finished"]:
+            log.info("job %s finished during the grace period; its results are kept", summary["running"])
+        elif summary["running"]:
             how = "at its next step" if summary["stopped_in_time"] else "by exiting (no cancel point in time)"
             log.info("job %s stopped %s; it answers status 2 after a restart", summary["running"], how)
         log.info("%d queued job(s) kept on record (they answer status 2 after a restart, their uploads "

@@ -33,7 +33,7 @@ from .config import ServerConfig
 from .files import is_within, remove_quietly
 from .generation import run_job
 from .job_db import JobDB
-from .jobs import QUEUED, RESTART_RUNNING_ERROR, Job, JobStore
+from .jobs import QUEUED, RESTART_RUNNING_ERROR, SUCCEEDED, Job, JobStore
 from .lora_state import AdapterState
 from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
@@ -207,7 +207,9 @@ class Runtime:
         """Stop taking jobs, cancel the running one, keep the queued ones on record; returns a summary."""
         self.accepting = False
         self._stopping.set()
-        summary = {"queued": 0, "running": None, "stopped_in_time": True}
+        # running_finished: the running job got past its last cancel point and finished in the grace
+        # period (its results are kept) rather than being stopped.
+        summary = {"queued": 0, "running": None, "running_finished": False, "stopped_in_time": True}
         if self._queue is None:
             return summary
         running = self._current
@@ -224,6 +226,7 @@ class Runtime:
                     running.error_status = 503
                     self.store.mark_failed(running, RESTART_RUNNING_ERROR)
                     self._remove_job_files(running)
+            summary["running_finished"] = running.status == SUCCEEDED
         queued = self.store.jobs(QUEUED)
         summary["queued"] = len(queued)
         for job in queued:
