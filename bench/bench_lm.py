@@ -46,6 +46,14 @@ CONFIGS = {
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests/fixtures/acestep-tiny/acestep-5Hz-lm-tiny"
 
 
+def cfg_prompt_pair(tok: LMTokenizer) -> list[list[int]]:
+    """Token ids of the codes-phase CFG pair (cond, uncond) every LM bench decodes: 30 s, all metas."""
+    caption, lyrics = "upbeat electronic dance track with punchy drums", "[Verse]\nla la la\n[Chorus]\noh oh"
+    cot = prompts.format_metadata_as_cot({"bpm": 120, "caption": caption, "duration": 30, "keyscale": "C major",
+                                          "language": "en", "timesignature": "4"})
+    return [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
+
+
 def random_model(size: str, device: str):
     from transformers import Qwen3Config, Qwen3ForCausalLM
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
@@ -152,10 +160,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = LMTokenizer(TOKENIZER)
-    caption, lyrics = "upbeat electronic dance track with punchy drums", "[Verse]\nla la la\n[Chorus]\noh oh"
-    cot = prompts.format_metadata_as_cot({"bpm": 120, "caption": caption, "duration": 30, "keyscale": "C major",
-                                          "language": "en", "timesignature": "4"})
-    rows = [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
+    rows = cfg_prompt_pair(tok)
     sampling = LMSampling(temperature=0.85, cfg_scale=2.0, top_p=0.9)
     greedy = LMSampling(temperature=0.0, cfg_scale=2.0, top_p=1.0)
     print(f"device={args.device} threads={torch.get_num_threads()} cpus={os.cpu_count()} dtype=float32 batch=1 "

@@ -25,22 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_lm import TOKENIZER, random_model  # noqa: E402
+from bench_lm import TOKENIZER, cfg_prompt_pair, random_model  # noqa: E402
 
-from acestep_core.lm import LMSampling, prompts  # noqa: E402
+from acestep_core.lm import LMSampling  # noqa: E402
 from acestep_core.lm.decoder import StaticCacheDecoder  # noqa: E402
 from acestep_core.lm.generation import decode_codes, left_pad  # noqa: E402
 from acestep_core.lm.tokenizer import LMTokenizer  # noqa: E402
 
 SECONDS, CFG, TEMPERATURE, TOP_P = 30, 2.0, 0.85, 0.9
-
-
-def prompt_pair() -> list[list[int]]:
-    tok = LMTokenizer(TOKENIZER)
-    caption, lyrics = "upbeat electronic dance track with punchy drums", "[Verse]\nla la la\n[Chorus]\noh oh"
-    cot = prompts.format_metadata_as_cot({"bpm": 120, "caption": caption, "duration": SECONDS, "keyscale": "C major",
-                                          "language": "en", "timesignature": "4"})
-    return [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
 
 
 def official_runner(source: Path, model, rows):
@@ -97,7 +89,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = random_model("0.6B", "cpu")
-    rows = prompt_pair()
+    rows = cfg_prompt_pair(LMTokenizer(TOKENIZER))
     runners = {"official": official_runner(args.official.expanduser().resolve(), model, rows),
                "ours": ours_runner(model, rows)}
     print(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} torch={torch.__version__} "

@@ -184,7 +184,7 @@ def bench_vae(dtype, device, args, timer):
 
 
 def bench_lm(dtype, device, args, timer):
-    from acestep_core.lm import LMSampling, prompts
+    from acestep_core.lm import LMSampling
     from acestep_core.lm.decoder import StaticCacheDecoder
     from acestep_core.lm.generation import decode_codes
     from acestep_core.lm.tokenizer import LMTokenizer
@@ -195,11 +195,7 @@ def bench_lm(dtype, device, args, timer):
         bench_lm.CONFIGS["0.6B"] = dict(bench_lm.CONFIGS["0.6B"], num_hidden_layers=args.layers)
     model = random_model("0.6B", str(device)).to(dtype)
     decoder = StaticCacheDecoder(model)
-    tok = LMTokenizer(TOKENIZER)
-    caption, lyrics = "upbeat electronic dance track with punchy drums", "[Verse]\nla la la\n[Chorus]\noh oh"
-    cot = prompts.format_metadata_as_cot({"bpm": 120, "caption": caption, "duration": 30, "keyscale": "C major",
-                                          "language": "en", "timesignature": "4"})
-    rows = [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
+    rows = bench_lm.cfg_prompt_pair(LMTokenizer(TOKENIZER))
     out = []
     for cfg in (1.0, 2.0):
         sampling = LMSampling(temperature=0.85, cfg_scale=cfg, top_p=0.9)
