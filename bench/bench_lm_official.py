@@ -1,7 +1,8 @@
 """The LM codes phase with CFG: the official ACE-Step 1.5 PyTorch loop against ours, on this machine.
 
-Both run the same random-weight model object at the real 0.6B size (float32, the official CPU
-dtype), the same prompt pair (cond + uncond, left-padded), 150 audio codes (30 s), CFG 2.0,
+Both run the same random weights at the real 0.6B size: the official code in float32 (its CPU dtype),
+ours in what `--dtype auto` picks on this machine (bfloat16 on a CPU with native bf16, else float32;
+`--ours-dtype float32` for the like-for-like figure). The same prompt pair (cond + uncond, left-padded), 150 audio codes (30 s), CFG 2.0,
 temperature 0.85, top-p 0.9, constrained decoding. Official: `LLMHandler._generate_with_cfg_custom`
 with its `MetadataConstrainedLogitsProcessor` in the codes phase (what its `pt` backend runs on a
 CPU, where vllm is unavailable). Ours: `decode_codes`. Wall time, prefill included, runs alternate.
@@ -11,11 +12,13 @@ https://github.com/ace-step/ACE-Step-1.5 (it needs `loguru` and `pyyaml` importa
 
     python bench/bench_lm_official.py --official ~/src/ACE-Step-1.5 --threads 1
     python bench/bench_lm_official.py --official ~/src/ACE-Step-1.5          # torch's default threads
+    python bench/bench_lm_official.py --official ~/src/ACE-Step-1.5 --ours-dtype float32
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lm import TOKENIZER, cfg_prompt_pair, random_model  # noqa: E402
 
 from acestep_core.lm import LMSampling  # noqa: E402
+from acestep_core.memory.dtypes import resolve_dtype  # noqa: E402
 from acestep_core.lm.decoder import StaticCacheDecoder  # noqa: E402
 from acestep_core.lm.generation import decode_codes, left_pad  # noqa: E402
 from acestep_core.lm.tokenizer import LMTokenizer  # noqa: E402
@@ -85,14 +89,20 @@ def main(argv=None) -> int:
     parser.add_argument("--official", type=Path, required=True, help="an ACE-Step-1.5 checkout")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
+    parser.add_argument("--ours-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="our LM's dtype (auto: what --dtype auto picks here); the official runs float32")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = random_model("0.6B", "cpu")
+    ours_dtype = resolve_dtype(args.ours_dtype, "cpu", lm=True)
+    # The same weights, rounded to our dtype (what loading a checkpoint with that dtype gives).
+    ours_model = model if ours_dtype == torch.float32 else copy.deepcopy(model).to(ours_dtype)
     rows = cfg_prompt_pair(LMTokenizer(TOKENIZER))
     runners = {"official": official_runner(args.official.expanduser().resolve(), model, rows),
-               "ours": ours_runner(model, rows)}
-    print(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} torch={torch.__version__} "
+               "ours": ours_runner(ours_model, rows)}
+    print(f"official float32, ours {str(ours_dtype).removeprefix('torch.')}; "
+          f"threads={torch.get_num_threads()} cpus={os.cpu_count()} torch={torch.__version__} "
           f"ACESTEP_LM_DECODE_THREADS={os.environ.get('ACESTEP_LM_DECODE_THREADS', 'auto')}", flush=True)
     best: dict[str, float] = {}
     for _ in range(args.rounds):

@@ -4,8 +4,9 @@ Decoding a 5 Hz LM at batch 1 is memory-bound: every token streams all weights o
 therefore
 - keeps K/V in preallocated tensors and prefills the prompt in one pass;
 - runs the cond + uncond rows of CFG as one batch-2 forward (one weight stream for both);
-- on CPU multiplies few-row activations as `W @ x.T` (MKL streams the weight once that way; the
-  `x @ W.T` of `F.linear` reads it about twice for 2 rows, see `_project`);
+- on CPU multiplies few-row float32 activations as `W @ x.T` (MKL streams the weight once that way;
+  the `x @ W.T` of `F.linear` reads it about twice for 2 rows, see `_project`), and in bfloat16 runs
+  long loops on a copy of the weights in oneDNN's blocked layout (`packed_weights.py`);
 - in eager mode attends only over the filled part of the cache, with the padding bias of the CFG
   batch computed once per prompt;
 - projects onto the 64 000 audio-code rows of the tied embedding only (of 217 204) while decoding codes;
@@ -29,19 +30,22 @@ from torch import nn
 
 from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
 from .decode_threads import DecodeThreads, requested_threads
+from .packed_weights import MAX_ROWS, PackedWeights, eligible
 
-_FEW_ROWS = 8  # up to this many activation rows the CPU path uses `W @ x.T`
+_FEW_ROWS = 8  # up to this many activation rows the CPU float32 path uses `W @ x.T`
 STATIC_CAPACITY = 4096  # the reference's max_model_len: one cache shape, so one compiled graph
 
 
 def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`x @ weight.T` for x [..., in]; weight [out, in]."""
     rows = x.numel() // x.shape[-1]
-    if x.device.type == "cpu" and rows <= _FEW_ROWS:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and rows <= _FEW_ROWS:
         # MKL is fast for `W @ B` only when B = x.T is a transposed row-major x (a contiguous
         # [in, rows] B takes a path ~6x slower), hence the `contiguous()` on both sides.
         flat = x.reshape(rows, x.shape[-1]).contiguous()
         return torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+    # Not for bfloat16: there `W @ x.T` misses oneDNN and takes a generic kernel about 2x slower
+    # than `F.linear` (0.6B LM shapes, 2 rows, AVX512-BF16).
     return F.linear(x, weight)
 
 
@@ -87,6 +91,7 @@ class StaticCacheDecoder:
         self.key_bias: Optional[torch.Tensor] = None   # [B, 1, 1, capacity] additive, or None
         self.has_padding = False
         self.threads = DecodeThreads(requested_threads()) if self.device.type == "cpu" else None
+        self.packed: Optional[PackedWeights] = None  # set for the length of a `session` that packed
         self.use_static = compile_requested(compile)
         self._step = None
         if self.use_static:
@@ -96,17 +101,50 @@ class StaticCacheDecoder:
             self._step = torch.compile(self.step_static, mode=mode, fullgraph=True, dynamic=False)
 
     @contextmanager
-    def decoding(self):
-        """Scope of a one-token-at-a-time loop: on CPU its steps pick their thread count
-        (`decode_threads.py`); the caller's count is restored at the end."""
-        if self.threads is None:
-            yield
-            return
-        previous = self.threads.begin()
+    def session(self, steps: int = 0):
+        """Scope of one or more decoding loops (`steps` one-token steps expected in all).
+
+        Where that is long enough and the CPU and free RAM allow (`packed_weights.py`), the weights
+        are packed on entry and dropped when the outermost session that packed them ends."""
+        packed_here = False
+        if self.packed is None and eligible(self.embed.weight, steps):
+            self.packed = PackedWeights.build(self._step_weights())
+            packed_here = self.packed is not None
         try:
             yield
         finally:
-            self.threads.end(previous)
+            if packed_here:
+                self.packed = None
+
+    @contextmanager
+    def decoding(self, steps: int = 0):
+        """Scope of a one-token-at-a-time loop of about `steps` steps: a `session`, and on CPU its
+        steps pick their thread count (`decode_threads.py`); the caller's count is restored at the end."""
+        with self.session(steps):
+            if self.threads is None:
+                yield
+                return
+            previous = self.threads.begin()
+            try:
+                yield
+            finally:
+                self.threads.end(previous)
+
+    def _step_weights(self) -> list[torch.Tensor]:
+        """Every weight a one-token step multiplies by (the code head included)."""
+        weights = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            weights += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight,
+                        mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+        return weights + [self.code_rows]
+
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
+            out = self.packed.linear(x, weight)
+            if out is not None:
+                return out
+        return _project(x, weight)
 
     # ---- cache ---------------------------------------------------------------------------------
     def reset(self, batch: int, length: int) -> None:
@@ -152,9 +190,9 @@ class StaticCacheDecoder:
     def _qkv(self, layer, x, cos, sin):
         bsz, length, _ = x.shape
         attn = layer.self_attn
-        q = _project(x, attn.q_proj.weight).view(bsz, length, self.n_heads, self.head_dim)
-        k = _project(x, attn.k_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
-        v = _project(x, attn.v_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
+        q = self._project(x, attn.q_proj.weight).view(bsz, length, self.n_heads, self.head_dim)
+        k = self._project(x, attn.k_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
+        v = self._project(x, attn.v_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
         q = attn.q_norm(q).transpose(1, 2)
         k = attn.k_norm(k).transpose(1, 2)
         q = q * cos + self._rotate_half(q) * sin
@@ -179,11 +217,11 @@ class StaticCacheDecoder:
 
     def _finish_layer(self, layer, h, out):
         bsz, length = h.shape[:2]
-        h = h + _project(out.transpose(1, 2).reshape(bsz, length, -1), layer.self_attn.o_proj.weight)
+        h = h + self._project(out.transpose(1, 2).reshape(bsz, length, -1), layer.self_attn.o_proj.weight)
         mlp = layer.mlp
         x = layer.post_attention_layernorm(h)
-        x = mlp.act_fn(_project(x, mlp.gate_proj.weight)) * _project(x, mlp.up_proj.weight)
-        return h + _project(x, mlp.down_proj.weight)
+        x = mlp.act_fn(self._project(x, mlp.gate_proj.weight)) * self._project(x, mlp.up_proj.weight)
+        return h + self._project(x, mlp.down_proj.weight)
 
     # ---- eager forward (prefill and CPU decode) --------------------------------------------------
     def forward(self, input_ids: torch.Tensor, start: int, attention_mask: Optional[torch.Tensor] = None,
@@ -266,7 +304,7 @@ class StaticCacheDecoder:
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over codes 0..63999 only (while EOS is blocked)."""
-        return _project(hidden, self.code_rows).float()
+        return self._project(hidden, self.code_rows).float()
 
     def codes_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over [code 0..63999, EOS]."""

@@ -152,7 +152,7 @@ def decode_codes(
         seen = torch.zeros(NUM_VALID_CODES, dtype=torch.bool, device=device)
         seen[prompt[(prompt >= AUDIO_CODE_BASE) & (prompt < AUDIO_CODE_BASE + NUM_VALID_CODES)] - AUDIO_CODE_BASE] = True
     token = torch.empty((batch, 1), dtype=torch.long, device=device)  # fed back without leaving the device
-    with decoder.decoding():
+    with decoder.decoding(steps=target_codes):
         for step in range(target_codes):
             _check(cancel)
             scores = _cfg(decoder.code_logits(hidden), cfg_scale)

@@ -128,33 +128,49 @@ class LMPlanner:
         progress=None, cancel=None, record_margins: bool = False, cot_max_new_tokens: Optional[int] = None,
     ) -> TwoPhaseOutput:
         vocab = self.vocabulary(max_duration)
+        # Both phases in one decoder session: where the code count is known up front, the CoT
+        # phase runs on the packed weights the codes phase needs anyway.
+        known_codes = int(target_duration * CODES_PER_SECOND) if target_duration and infer_type != "dit" else 0
+        with self.decoder.session(steps=known_codes):
+            metadata, phases, cot_text = self._cot_phase(
+                caption, lyrics, vocab, sampling, user_metadata, use_cot_metas, use_cot_caption, use_cot_language,
+                constrained_decoding, generator, progress, cancel, record_margins, cot_max_new_tokens)
+            if infer_type == "dit":
+                return TwoPhaseOutput(metadata, [], phases, cot_text)
+            phase = self._codes_phase(caption, lyrics, vocab, sampling, metadata, target_duration,
+                                      constrained_decoding, generator, progress, cancel, record_margins)
+        phases.append(phase)
+        _, codes = prompts.parse_lm_output(phase.text)
+        return TwoPhaseOutput(metadata, codes, phases, cot_text)
+
+    def _cot_phase(self, caption, lyrics, vocab, sampling, user_metadata, use_cot_metas, use_cot_caption,
+                   use_cot_language, constrained_decoding, generator, progress, cancel, record_margins,
+                   cot_max_new_tokens) -> tuple[dict, list[PhaseOutput], str]:
+        """Phase 1: the metadata the user did not set, as CoT (metadata, [its phase] or [], CoT text)."""
         user_metadata = {k: v for k, v in (user_metadata or {}).items() if v is not None}
         has_all = all(k in user_metadata for k in ("bpm", "keyscale", "timesignature", "duration"))
-        phases: list[PhaseOutput] = []
-        cot_text = ""
-        if not has_all and use_cot_metas:
-            fsm = MetadataFSM(
-                vocab, phase="cot", user_metadata=user_metadata, stop_at_reasoning=True,
-                skip_caption=not use_cot_caption, skip_language=not use_cot_language, skip_genres=True,
-                enabled=constrained_decoding,
-            )
-            prompt = self.tokenizer.encode(prompts.cot_prompt(caption, lyrics))
-            # CFG is off for the CoT: it distorts captions (the current reference forces 1.0 here).
-            result = decode_with_fsm(
-                self.decoder, [prompt], fsm, sampling, cot_max_new_tokens or vocab.max_duration * CODES_PER_SECOND + 500,
-                generator, 1.0, progress, cancel, record_margins,
-            )
-            cot_text = self.tokenizer.decode(result.generated_ids)
-            phases.append(PhaseOutput(result.prompt_ids, result.generated_ids, cot_text, result.margins))
-            metadata, _ = prompts.parse_lm_output(cot_text)
-        else:
-            metadata = dict(user_metadata)
-        if infer_type == "dit":
-            return TwoPhaseOutput(metadata, [], phases, cot_text)
+        if has_all or not use_cot_metas:
+            return dict(user_metadata), [], ""
+        fsm = MetadataFSM(
+            vocab, phase="cot", user_metadata=user_metadata, stop_at_reasoning=True,
+            skip_caption=not use_cot_caption, skip_language=not use_cot_language, skip_genres=True,
+            enabled=constrained_decoding,
+        )
+        prompt = self.tokenizer.encode(prompts.cot_prompt(caption, lyrics))
+        # CFG is off for the CoT: it distorts captions (the current reference forces 1.0 here).
+        result = decode_with_fsm(
+            self.decoder, [prompt], fsm, sampling, cot_max_new_tokens or vocab.max_duration * CODES_PER_SECOND + 500,
+            generator, 1.0, progress, cancel, record_margins,
+        )
+        cot_text = self.tokenizer.decode(result.generated_ids)
+        metadata, _ = prompts.parse_lm_output(cot_text)
+        return metadata, [PhaseOutput(result.prompt_ids, result.generated_ids, cot_text, result.margins)], cot_text
 
+    def _codes_phase(self, caption, lyrics, vocab, sampling, metadata, target_duration, constrained_decoding,
+                     generator, progress, cancel, record_margins) -> PhaseOutput:
+        """Phase 2: the audio codes, conditioned on the metadata as CoT (with CFG: a second, uncond row)."""
         cot = prompts.format_metadata_as_cot(metadata)
-        cond_text = prompts.codes_prompt(caption, lyrics, cot)
-        rows = [self.tokenizer.encode(cond_text)]
+        rows = [self.tokenizer.encode(prompts.codes_prompt(caption, lyrics, cot))]
         cfg_scale = sampling.cfg_scale if sampling.cfg_scale and sampling.cfg_scale > 1.0 else 1.0
         if cfg_scale > 1.0:
             rows.append(self.tokenizer.encode(prompts.codes_uncond_prompt(caption, lyrics, sampling.negative_prompt)))
@@ -174,13 +190,11 @@ class LMPlanner:
             max_new = (target_codes if target_codes is not None else vocab.max_duration * CODES_PER_SECOND) + 10
             result = decode_with_fsm(self.decoder, rows, fsm, sampling, max_new, generator, cfg_scale,
                                      progress, cancel, record_margins)
-        text = self.tokenizer.decode(result.generated_ids)
-        phase = PhaseOutput(result.prompt_ids, result.generated_ids, text, result.margins)
+        phase = PhaseOutput(result.prompt_ids, result.generated_ids, self.tokenizer.decode(result.generated_ids),
+                            result.margins)
         if len(rows) > 1:
             phase.uncond_prompt_ids = rows[1]
-        phases.append(phase)
-        _, codes = prompts.parse_lm_output(text)
-        return TwoPhaseOutput(metadata, codes, phases, cot_text)
+        return phase
 
     def run_understand_phase(self, prompt_text: str, sampling: LMSampling, *, user_metadata=None,
                              skip_language=False, constrained_decoding=True, max_duration=DURATION_MAX,

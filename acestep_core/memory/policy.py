@@ -223,7 +223,7 @@ def memory_from_comfy(model_management: Any) -> DeviceMemory:
     return memory_from_values(device_type, total, free, name=f"{device} (ComfyUI)", bf16_supported=bf16)
 
 
-def _system_ram() -> tuple[int, int]:
+def system_ram() -> tuple[int, int]:
     """(total, available) system RAM in bytes."""
     try:
         fields: dict[str, int] = {}
@@ -289,13 +289,13 @@ def _measure(device_type: str, index: int) -> DeviceMemory:
         try:
             total = int(torch.mps.recommended_max_memory())
         except Exception:
-            total = int(_system_ram()[0] * 0.75)
+            total = int(system_ram()[0] * 0.75)
         try:
             used = int(torch.mps.driver_allocated_memory())
         except Exception:
             used = 0
         return DeviceMemory("mps", "Apple MPS", total, max(0, total - used))
-    total, free = _system_ram()
+    total, free = system_ram()
     return DeviceMemory("cpu", "CPU (system RAM)", total, free, False, cpu_has_native_bf16())
 
 
