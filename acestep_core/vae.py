@@ -25,6 +25,7 @@ from . import checkpoints
 from .checkpoints import safetensors_keys, sidecar_config
 from .errors import CheckpointError, InputError
 from .vae_layout import channels_last_convs
+from .vae_snake import in_place_snakes
 
 from .constants import HOP as HOP_LENGTH, LATENT_CHANNELS, SAMPLE_RATE  # noqa: F401  (re-exported)
 
@@ -87,10 +88,18 @@ def load_vae(
     model.load_state_dict(converted, strict=True, assign=True)
     model.to(device=device)  # tensors already carry `dtype`
     _refresh_weight_norm(model)
-    if dtype != torch.float32:  # float32 keeps the official kernels bit for bit (vae_layout.py)
-        channels_last_convs(model)
+    prepare_for_inference(model, dtype)
     model.eval().requires_grad_(False)
     return model
+
+
+def prepare_for_inference(model, dtype: torch.dtype) -> None:
+    """The faster inference forms of a loaded Oobleck VAE: Snakes in place (bit-identical, every
+    dtype, `vae_snake.py`) and, in half precision, channels-last convolutions (`vae_layout.py`;
+    float32 keeps the official kernels bit for bit)."""
+    in_place_snakes(model)
+    if dtype != torch.float32:
+        channels_last_convs(model)
 
 
 def _refresh_weight_norm(model) -> None:

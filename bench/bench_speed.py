@@ -40,8 +40,7 @@ from memory import free_memory, peak_rss, reset_peak_rss, rss  # noqa: E402
 
 from acestep_core.dit import PUBLISHED_DIT_DEFAULTS, _build_modules  # noqa: E402
 from acestep_core.dit_speed import cross_kv_cached  # noqa: E402
-from acestep_core.vae import PUBLISHED_VAE_CONFIG, vae_decode  # noqa: E402
-from acestep_core.vae_layout import channels_last_convs  # noqa: E402
+from acestep_core.vae import PUBLISHED_VAE_CONFIG, prepare_for_inference, vae_decode  # noqa: E402
 
 GB = 1024**3
 
@@ -174,8 +173,7 @@ def bench_vae(dtype, device, args, timer):
     with torch.device("meta"):
         vae = AutoencoderOobleck(**PUBLISHED_VAE_CONFIG)
     vae = randomize(vae, device, dtype)
-    if dtype != torch.float32:  # as load_vae prepares it
-        channels_last_convs(vae)
+    prepare_for_inference(vae, dtype)  # as load_vae does
     frames = int(args.vae_seconds * 25)
     latents = torch.randn(1, frames, 64) * 0.5
     vae_decode(vae, latents[:, :8])

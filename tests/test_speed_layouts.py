@@ -1,15 +1,19 @@
 """The speed-ups change no number (docs/performance.md): the DiT's contiguous residual stream,
-the condition's projections computed once per denoising loop, the VAE's channels-last convolutions."""
+the condition's projections computed once per denoising loop, the VAE's channels-last convolutions
+and in-place Snakes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from diffusers.models.autoencoders.autoencoder_oobleck import Snake1d
 from torch import nn
 
 from acestep_core.dit import load_dit
 from acestep_core.dit_speed import cross_kv_cached
 from acestep_core.vae import load_vae, vae_decode
 from acestep_core.vae_layout import ChannelsLastConv1d, channels_last_convs
+from acestep_core.vae_snake import InPlaceSnake1d, in_place_snakes
 
 
 def tiny_inputs(dit, frames=13, tokens=9, seed=0):
@@ -85,3 +89,49 @@ def test_channels_last_vae_decodes_and_encodes_the_same_audio(tiny_dir):
         torch.testing.assert_close(fast.encode(audio).latent_dist.mean, plain.encode(audio).latent_dist.mean,
                                    atol=1e-5, rtol=0)
     assert any(isinstance(m, ChannelsLastConv1d) for m in load_vae(tiny_dir / "vae-tiny", dtype=torch.bfloat16).modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("logscale", [True, False])
+def test_in_place_snake_is_bit_for_bit_diffusers(dtype, channels_last, logscale):
+    gen = torch.Generator().manual_seed(5)
+    snake = Snake1d(6, logscale=logscale)
+    with torch.no_grad():
+        snake.alpha.copy_(torch.randn(1, 6, 1, generator=gen) * 0.5 + (0 if logscale else 1))
+        snake.beta.copy_(torch.randn(1, 6, 1, generator=gen) * 0.5 + (0 if logscale else 1))
+    snake = snake.to(dtype)
+    x = torch.randn(2, 37, 6, generator=gen).to(dtype).transpose(1, 2) if channels_last \
+        else torch.randn(2, 6, 37, generator=gen).to(dtype)
+    with torch.inference_mode():
+        ref = snake(x)
+        assert in_place_snakes(snake) == 1 and isinstance(snake, InPlaceSnake1d)
+        got = snake(x)
+    assert torch.equal(got, ref) and got.stride() == ref.stride()
+    x_before = x.clone()
+    with torch.inference_mode():
+        snake(x)
+    assert torch.equal(x, x_before)  # the input is left alone
+
+
+def test_in_place_snake_keeps_autograd_working():
+    snake = Snake1d(4)
+    in_place_snakes(snake)
+    x = torch.randn(1, 4, 9, requires_grad=True)
+    snake(x).sum().backward()  # in-place ops on a tensor autograd saved would raise here
+    ref = Snake1d(4)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref(x2).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+
+
+def test_loaded_vae_has_only_in_place_snakes_and_decodes_the_official_numbers(tiny_dir):
+    vae = load_vae(tiny_dir / "vae-tiny")
+    kinds = [type(m) for m in vae.modules() if isinstance(m, Snake1d)]
+    assert kinds and all(kind is InPlaceSnake1d for kind in kinds)
+    latents = torch.randn(1, 21, 64, generator=torch.Generator().manual_seed(3)) * 0.5
+    got = vae_decode(vae, latents)
+    for module in vae.modules():
+        if isinstance(module, InPlaceSnake1d):
+            module.__class__ = Snake1d
+    assert torch.equal(got, vae_decode(vae, latents))  # float32: the same bits as diffusers' Snakes
