@@ -1,5 +1,6 @@
 """The static-KV-cache decoder against the transformers model it runs on (tiny LM, float32 CPU)."""
 
+import copy
 import os
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from acestep_core.lm import LMPlanner, LMSampling
 from acestep_core.lm.constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
+from acestep_core.lm import decoder as decoder_module
 from acestep_core.lm.decoder import StaticCacheDecoder, _project
 from acestep_core.lm.generation import decode_codes, left_pad
 from acestep_core.lm.model import build_model
@@ -36,8 +38,11 @@ def hf_last_hidden(model, row):
     return out.last_hidden_state[0]
 
 
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("rows", [4, 2, 1, 9])
-def test_cpu_projection_matches_linear_in_every_layout(rows):
+def test_cpu_projection_matches_linear_in_every_layout(rows, transposed, monkeypatch):
+    """Both few-row float32 formulations (the one this CPU's vendor gets, and the other)."""
+    monkeypatch.setattr(decoder_module, "few_rows_transposed", lambda: transposed)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(48, 32, generator=gen)
     x = torch.randn(rows, 1, 32, generator=gen)
@@ -61,6 +66,39 @@ def test_prefill_and_decode_match_transformers_on_a_padded_cfg_batch(which, requ
         assert torch.allclose(hidden[b, -1], ref[-1], atol=1e-4)
         ref_next = hf_last_hidden(model, row + [AUDIO_CODE_BASE + 7])[-1]
         assert torch.allclose(stepped[b], ref_next, atol=1e-4)
+
+
+@pytest.mark.parametrize("vendor, transposed", [("GenuineIntel", False), ("AuthenticAMD", True), ("", True)])
+def test_few_row_formulation_follows_the_cpu_vendor(vendor, transposed, monkeypatch):
+    monkeypatch.setattr(decoder_module, "cpu_vendor", lambda: vendor)
+    decoder_module.few_rows_transposed.cache_clear()
+    try:
+        assert decoder_module.few_rows_transposed() is transposed
+    finally:
+        decoder_module.few_rows_transposed.cache_clear()
+
+
+def test_bfloat16_one_token_step_matches_transformers_and_hides_the_padding(gqa_model):
+    """The half-precision CPU step attends through SDPA over the cache slice in place: it agrees with
+    transformers' own bfloat16 forward, and keys in the left padding have no effect at all."""
+    model = copy.deepcopy(gqa_model).to(torch.bfloat16)
+    decoder = StaticCacheDecoder(model)
+    ids, mask = left_pad(ROWS)
+    nxt = torch.tensor([[AUDIO_CODE_BASE + 7], [AUDIO_CODE_BASE + 7]])
+    decoder.reset(2, 32)
+    with torch.inference_mode():
+        decoder.forward(ids, 0, mask)
+        stepped = decoder.decode(nxt, ids.shape[1])
+        for b, row in enumerate(ROWS):
+            ref = hf_last_hidden(model, row + [AUDIO_CODE_BASE + 7])[-1].float()
+            err = (stepped[b].float() - ref).norm() / ref.norm()
+            assert err < 0.03, f"row {b}: relative error {err:.4f} against transformers in bfloat16"
+        pad = int((mask[1] == 0).sum())
+        assert pad > 0
+        decoder.cache.k[:, 1, :, :pad] = 1e4  # poison the padded keys and values of row 1
+        decoder.cache.v[:, 1, :, :pad] = -1e4
+        again = decoder.decode(nxt, ids.shape[1])
+    assert torch.equal(again, stepped)
 
 
 @pytest.mark.parametrize("which", ["model", "gqa_model"])
