@@ -45,7 +45,8 @@ def available_ram_gb() -> float:
 
 def randomize(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
     """Materialise a meta-built module with random weights (fast, no real init), straight in `dtype`."""
-    module = module.to(dtype).to_empty(device=device)
+    # nn.Module.to: diffusers' override warns about fp32-kept modules, which these models have none of
+    module = torch.nn.Module.to(module, dtype).to_empty(device=device)
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0, 0.02)
