@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import checkpoints
 from .checkpoints import safetensors_keys, sidecar_config
 from .errors import CheckpointError, InputError
+from .vae_compile import compile_decoder, compile_requested
 from .vae_layout import channels_last_convs
 from .vae_snake import in_place_snakes
 
@@ -95,11 +96,14 @@ def load_vae(
 
 def prepare_for_inference(model, dtype: torch.dtype) -> None:
     """The faster inference forms of a loaded Oobleck VAE: Snakes in place (bit-identical, every
-    dtype, `vae_snake.py`) and, in half precision, channels-last convolutions (`vae_layout.py`;
-    float32 keeps the official kernels bit for bit)."""
+    dtype, `vae_snake.py`), in half precision channels-last convolutions (`vae_layout.py`; float32
+    keeps the official kernels bit for bit) and, with `ACESTEP_VAE_COMPILE=1`, the decoder under
+    `torch.compile` (`vae_compile.py`)."""
     in_place_snakes(model)
     if dtype != torch.float32:
         channels_last_convs(model)
+    if compile_requested():
+        compile_decoder(model)
 
 
 def _refresh_weight_norm(model) -> None:

@@ -8,7 +8,7 @@ in the checkpoint layout by the engine's own loaders (`build_dit`, `load_vae(sta
 codes per second and, on CUDA, each stage's `max_memory_allocated`.
 
     python bench/bench_song.py --device cuda                 # 240 s, 1.7B LM, bfloat16
-    python bench/bench_song.py --device cuda --compile       # + the LM step and the DiT under torch.compile
+    python bench/bench_song.py --device cuda --compile       # + the LM step, the DiT and the VAE under torch.compile
     python bench/bench_song.py --seconds 60 --lm 0.6B        # on a CPU (dtype: what `auto` picks)
     python bench/bench_song.py --quick                       # 2 layers per model, 10 s: checks the script
 """
@@ -31,6 +31,7 @@ from acestep_core.dit import PUBLISHED_DIT_DEFAULTS, _build_modules, build_dit, 
 from acestep_core.lm.planner import LMPlanner  # noqa: E402
 from acestep_core.lm.tokenizer import LMTokenizer  # noqa: E402
 from acestep_core.memory.dtypes import resolve_dtype  # noqa: E402
+from acestep_core.memory.policy import detect_device_memory, vae_chunk_frames_for  # noqa: E402
 from acestep_core.pipeline import ACEStepPipeline  # noqa: E402
 from acestep_core.planning import PlanOptions, plan_request  # noqa: E402
 from acestep_core.request import GenerationRequest  # noqa: E402
@@ -57,6 +58,10 @@ def random_like(shapes: dict[str, torch.Size], device, dtype, gen) -> dict[str, 
 
 
 def build_models(args, device, dtype):
+    # The VAE tile the memory decision gives this machine, from the memory free before loading, as
+    # `load_engine` decides it.
+    memory = detect_device_memory(device)
+    vae_chunk = vae_chunk_frames_for(memory.device_type, memory.free_bytes, memory.total_bytes)
     gen = torch.Generator(device=device).manual_seed(0)
     layers = 2 if args.quick else 0
     config = dict(PUBLISHED_DIT_DEFAULTS, layer_types=["sliding_attention", "full_attention"] * 12,
@@ -92,7 +97,7 @@ def build_models(args, device, dtype):
     lm = LMPlanner(random_model(args.lm, str(device)).to(lm_dtype), LMTokenizer(TOKENIZER))
     if args.compile and device.type == "cuda":
         dit.transformer.compile()
-    return ACEStepPipeline(dit, vae, text_encoder, device=device, dtype=dtype), lm
+    return ACEStepPipeline(dit, vae, text_encoder, device=device, dtype=dtype, vae_chunk_frames=vae_chunk), lm
 
 
 class StagePeaks:
@@ -120,7 +125,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--lm", default="1.7B", choices=sorted(CONFIGS))
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the LM step and the DiT (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the LM step, the DiT (CUDA) and the VAE decoder")
     parser.add_argument("--quick", action="store_true", help="2 layers per model, 10 s: checks the script")
     args = parser.parse_args()
     if args.quick:
@@ -129,6 +134,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.compile:
         os.environ["ACESTEP_LM_COMPILE"] = "1"
+        os.environ["ACESTEP_VAE_COMPILE"] = "1"
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     peaks = StagePeaks(device)
@@ -137,6 +143,7 @@ def main() -> None:
     pipeline, lm = build_models(args, device, dtype)
     print(f"device={device} dtype={dtype} lm={args.lm} ({lm.decoder.dtype}) song={args.seconds:g} s "
           f"threads={torch.get_num_threads()} compile={args.compile} quick={args.quick} "
+          f"vae_tile={pipeline.vae_chunk_frames} frames "
           f"torch={torch.__version__}; models built in {time.perf_counter() - t0:.1f} s (random weights)")
 
     request = GenerationRequest(caption=CAPTION, lyrics=LYRICS, bpm=124, key_scale="A minor", time_signature="4",

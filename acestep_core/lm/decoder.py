@@ -35,7 +35,7 @@ from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
 from .decode_threads import DecodeThreads, requested_threads
 from .packed_weights import MAX_ROWS, PackedWeights, eligible
 
-_FEW_ROWS = 8  # up to this many activation rows the CPU float32 path uses `W @ x.T`
+_FEW_ROWS = 8  # up to this many activation rows the CPU float32 path may use `W @ x.T`
 STATIC_CAPACITY = 4096  # the reference's max_model_len: one cache shape, so one compiled graph
 
 
@@ -279,7 +279,7 @@ class StaticCacheDecoder:
             k_pos = self._key_pos[:end]
             mask = (k_pos[None, :] <= q_pos[:, None])[None] & self.key_valid[:, None, :end]
             mask |= (k_pos[None, :] == q_pos[:, None])[None]  # padded queries see themselves: no NaN
-            mask = mask[:, None]
+            mask, valid = mask[:, None], None
         else:  # one new token: every filled key is causal; only padding needs hiding
             mask = self.key_bias[..., :end] if self.has_padding else None
             valid = self.key_valid[:, None, None, :end] if self.has_padding else None
