@@ -17,6 +17,7 @@ import os
 import torch
 
 from .errors import CancelledError, InputError
+from .memory.dtypes import _FALSE, _TRUE  # the yes / no words of the other ACESTEP_* flags
 
 logger = logging.getLogger("acestep_core.vae")
 
@@ -26,9 +27,9 @@ ENV = "ACESTEP_VAE_COMPILE"
 def compile_requested() -> bool:
     """`ACESTEP_VAE_COMPILE`: `1` compiles the decoder, unset / `0` keeps it eager."""
     value = os.environ.get(ENV, "").strip().lower()
-    if value in ("1", "on", "true", "yes"):
+    if value in _TRUE:
         return True
-    if value in ("", "0", "off", "false", "no"):
+    if value in _FALSE or not value:
         return False
     raise InputError(f"{ENV}={value!r} is not understood: set 1 to decode through torch.compile, "
                      "or 0 (or leave it unset) to decode eagerly")
@@ -38,17 +39,17 @@ def compile_decoder(vae) -> None:
     """Route `vae.decoder`'s forward through `torch.compile` (dynamic shapes: one graph for every
     tile length), falling back to the eager forward for good if compiling or the compiled call fails."""
     eager = vae.decoder.forward
-    state = {"compiled": torch.compile(eager, dynamic=True)}
+    compiled = torch.compile(eager, dynamic=True)
 
     def forward(*args, **kwargs):
-        compiled = state["compiled"]
+        nonlocal compiled
         if compiled is not None:
             try:
                 return compiled(*args, **kwargs)
             except (torch.OutOfMemoryError, CancelledError, KeyboardInterrupt):
                 raise  # the decode's own fallbacks and cancel handle these
             except Exception as exc:  # no compiler, an op inductor cannot lower, ...
-                state["compiled"] = None
+                compiled = None
                 logger.warning("VAE decoder: torch.compile failed (%s: %s); decoding eagerly from now on",
                                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return eager(*args, **kwargs)

@@ -54,12 +54,14 @@ def cfg_prompt_pair(tok: LMTokenizer) -> list[list[int]]:
     return [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
 
 
-def random_model(size: str, device: str):
+def random_model(size: str, device: str, layers: int = 0):
+    """Random weights at the real `size` (`layers`: fewer layers, for a quick check)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
+    sizes = dict(CONFIGS[size], **({"num_hidden_layers": layers} if layers else {}))
     cfg = Qwen3Config(vocab_size=217204, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
-                      tie_word_embeddings=True, eos_token_id=IM_END_ID, **CONFIGS[size])
+                      tie_word_embeddings=True, eos_token_id=IM_END_ID, **sizes)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(cfg)
     model.to_empty(device=device)

@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lm import CONFIGS, TOKENIZER, random_model  # noqa: E402
+from bench_speed import dit_config, text_encoder_config  # noqa: E402
 
-from acestep_core.dit import PUBLISHED_DIT_DEFAULTS, _build_modules, build_dit, diffusers_to_official_key  # noqa: E402
+from acestep_core.dit import _build_modules, build_dit, diffusers_to_official_key  # noqa: E402
 from acestep_core.lm.planner import LMPlanner  # noqa: E402
 from acestep_core.lm.tokenizer import LMTokenizer  # noqa: E402
 from acestep_core.memory.dtypes import resolve_dtype  # noqa: E402
@@ -64,11 +65,7 @@ def build_models(args, device, dtype):
     vae_chunk = vae_chunk_frames_for(memory.device_type, memory.free_bytes, memory.total_bytes)
     gen = torch.Generator(device=device).manual_seed(0)
     layers = 2 if args.quick else 0
-    config = dict(PUBLISHED_DIT_DEFAULTS, layer_types=["sliding_attention", "full_attention"] * 12,
-                  is_turbo=True, model_version="turbo")
-    if layers:
-        config.update(num_hidden_layers=layers, layer_types=config["layer_types"][:layers],
-                      num_lyric_encoder_hidden_layers=layers, num_timbre_encoder_hidden_layers=layers)
+    config = dict(dit_config(layers), is_turbo=True, model_version="turbo")
     shapes = {}
     for component, module in _build_modules(config).items():
         shapes.update({diffusers_to_official_key(component, k): v.shape for k, v in module.state_dict().items()
@@ -81,20 +78,16 @@ def build_models(args, device, dtype):
         vae_shapes = {k: v.shape for k, v in AutoencoderOobleck(**PUBLISHED_VAE_CONFIG).state_dict().items()}
     vae = load_vae(None, device=device, dtype=dtype, state_dict=random_like(vae_shapes, device, dtype, gen))
 
-    from transformers import Qwen3Config, Qwen3Model
-    te_config = Qwen3Config(vocab_size=151669, hidden_size=1024, intermediate_size=3072,
-                            num_hidden_layers=layers or 28, num_attention_heads=16, num_key_value_heads=8,
-                            head_dim=128, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True)
+    from transformers import Qwen3Model
+    te_config = text_encoder_config(layers)
     with torch.device("meta"):
         te_shapes = {k: v.shape for k, v in Qwen3Model(te_config).state_dict().items()}
     text_encoder = _make(build_qwen3_model(te_config, random_like(te_shapes, device, dtype, gen), "random", dtype),
                          load_tokenizer(TEXT_TOKENIZER), "random 0.6B text encoder")
     text_encoder.model.to(device)
 
-    if layers:
-        CONFIGS[args.lm] = dict(CONFIGS[args.lm], num_hidden_layers=layers)
     lm_dtype = resolve_dtype("auto", device, lm=True) if args.dtype == "auto" else dtype
-    lm = LMPlanner(random_model(args.lm, str(device)).to(lm_dtype), LMTokenizer(TOKENIZER))
+    lm = LMPlanner(random_model(args.lm, str(device), layers).to(lm_dtype), LMTokenizer(TOKENIZER))
     if args.compile and device.type == "cuda":
         dit.transformer.compile()
     return ACEStepPipeline(dit, vae, text_encoder, device=device, dtype=dtype, vae_chunk_frames=vae_chunk), lm

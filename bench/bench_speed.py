@@ -65,12 +65,26 @@ class Timer:
         return (time.perf_counter() - start) / repeats
 
 
-def dit_modules(dtype, device, layers: int | None):
+def dit_config(layers: int | None) -> dict:
+    """The published 2B turbo config, with `layers` layers per transformer when given."""
     config = dict(PUBLISHED_DIT_DEFAULTS, layer_types=["sliding_attention", "full_attention"] * 12)
     if layers:
         config.update(num_hidden_layers=layers, layer_types=config["layer_types"][:layers],
                       num_lyric_encoder_hidden_layers=min(layers, 8), num_timbre_encoder_hidden_layers=min(layers, 4))
-    modules = _build_modules(config)
+    return config
+
+
+def text_encoder_config(layers: int | None):
+    """Qwen3-Embedding-0.6B, with `layers` layers when given."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=151669, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=layers or 28, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=True)
+
+
+def dit_modules(dtype, device, layers: int | None):
+    modules = _build_modules(dit_config(layers))
     return (randomize(modules["condition_encoder"], device, dtype), randomize(modules["transformer"], device, dtype))
 
 
@@ -118,13 +132,10 @@ def bench_condition(dtype, device, args, timer):
 
 
 def bench_text_encoder(dtype, device, args, timer):
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Model
 
-    config = Qwen3Config(vocab_size=151669, hidden_size=1024, intermediate_size=3072,
-                         num_hidden_layers=args.layers or 28, num_attention_heads=16, num_key_value_heads=8,
-                         head_dim=128, max_position_embeddings=32768, rope_theta=1_000_000.0, tie_word_embeddings=True)
     with torch.device("meta"):
-        model = Qwen3Model(config)
+        model = Qwen3Model(text_encoder_config(args.layers))
     model = randomize(model, device, dtype)
     ids = torch.randint(0, 151643, (1, 64), device=device)
     with torch.inference_mode():
@@ -194,9 +205,7 @@ def bench_lm(dtype, device, args, timer):
 
     import bench_lm
 
-    if args.layers:
-        bench_lm.CONFIGS["0.6B"] = dict(bench_lm.CONFIGS["0.6B"], num_hidden_layers=args.layers)
-    model = random_model("0.6B", str(device)).to(dtype)
+    model = random_model("0.6B", str(device), args.layers).to(dtype)
     decoder = StaticCacheDecoder(model)
     rows = bench_lm.cfg_prompt_pair(LMTokenizer(TOKENIZER))
     out = []

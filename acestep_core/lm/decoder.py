@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 from contextlib import contextmanager
 from typing import Optional
 
@@ -31,25 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory.dtypes import cpu_vendor
 from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
 from .decode_threads import DecodeThreads, requested_threads
 from .packed_weights import MAX_ROWS, PackedWeights, eligible
 
 _FEW_ROWS = 8  # up to this many activation rows the CPU float32 path may use `W @ x.T`
 STATIC_CAPACITY = 4096  # the reference's max_model_len: one cache shape, so one compiled graph
-
-
-def cpu_vendor() -> str:
-    """The x86 vendor string of this CPU ("GenuineIntel", "AuthenticAMD", ...), or "" if unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    # Windows: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel"
-    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
 
 
 @functools.lru_cache(maxsize=1)
@@ -238,6 +225,8 @@ class StaticCacheDecoder:
         bsz = q.shape[0]
         group = self.n_heads // self.n_kv
         q = q.reshape(bsz, self.n_kv, group, self.head_dim).contiguous()
+        # `step_static` passes an additive bias over the whole cache and no `valid`: it keeps the
+        # matmul form below, the one its captured graph was built for.
         if q.device.type == "cpu" and q.dtype != torch.float32 and (bias is None or valid is not None):
             # oneDNN's half-precision bmm copies a cache slice whose batches are not dense (every
             # [:end] slice of the cache) before multiplying; SDPA's CPU kernel reads it in place:

@@ -49,15 +49,29 @@ def cpu_has_native_bf16() -> bool:
             return True
     except Exception:  # a private torch API: treat a failure as "unknown" and read the flags
         pass
+    flags = set(_cpuinfo_field("flags").split())
+    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The value of the first `name` line of /proc/cpuinfo (Linux), or "" where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return False
+    return ""
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor string of this CPU ("GenuineIntel", "AuthenticAMD", ...), or "" if unknown."""
+    vendor = _cpuinfo_field("vendor_id")
+    if vendor:
+        return vendor
+    # Windows: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel"
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
 
 
 def cpu_bf16_override(env: Mapping[str, str] | None = None) -> bool | None:
