@@ -101,6 +101,23 @@ def test_bfloat16_one_token_step_matches_transformers_and_hides_the_padding(gqa_
     assert torch.equal(again, stepped)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_token_steps_without_padding_match_transformers(gqa_model, dtype):
+    """A single unpadded row: the CPU steps attend with no mask at all, in either query layout."""
+    model = copy.deepcopy(gqa_model).to(dtype)
+    decoder = StaticCacheDecoder(model)
+    row = ROWS[0]
+    decoder.reset(1, 32)
+    with torch.inference_mode():
+        decoder.forward(torch.tensor([row]), 0)
+        assert not decoder.has_padding
+        states = [decoder.decode(torch.tensor([[AUDIO_CODE_BASE + t]]), len(row) + i)[0] for i, t in enumerate((7, 3))]
+    for i, state in enumerate(states):
+        ref = hf_last_hidden(model, row + [AUDIO_CODE_BASE + 7, AUDIO_CODE_BASE + 3][: i + 1])[-1].float()
+        err = (state.float() - ref).norm() / ref.norm()
+        assert err < (1e-5 if dtype == torch.float32 else 0.03), f"step {i}: relative error {err:.2e}"
+
+
 @pytest.mark.parametrize("which", ["model", "gqa_model"])
 def test_last_only_prefill_keeps_the_last_state_and_the_whole_cache(which, request):
     """A prefill that runs its last layer for the last query alone changes nothing downstream."""

@@ -7,9 +7,9 @@ therefore
 - on CPU multiplies few-row float32 activations in whichever of `W @ x.T` / `F.linear` MKL streams
   the weight once with on this CPU's vendor (`few_rows_transposed`), and in bfloat16 runs long
   loops on a copy of the weights in oneDNN's blocked layout (`packed_weights.py`);
-- in eager mode attends only over the filled part of the cache, with the padding bias of the CFG
-  batch computed once per prompt (in half precision on CPU through SDPA, which reads that slice of
-  the cache in place);
+- in eager mode attends only over the filled part of the cache, with the padding mask of the CFG
+  batch computed once per prompt (on CPU through SDPA's flash kernel, which reads that slice of the
+  cache in place);
 - projects onto the 64 000 audio-code rows of the tied embedding only (of 217 204) while decoding codes;
 - on CPU runs its one-token steps on the thread count measured fastest (`decode_threads.py`).
 
@@ -217,20 +217,24 @@ class StaticCacheDecoder:
     def _attend_one(self, q, keys, values, bias, valid=None):
         """Attention of one query per row [B, H, 1, D] over keys / values [B, KV, S, D].
 
-        The query heads sharing a KV head are folded into that head's query rows, so grouped-query
-        attention reads the cache as it is (SDPA's CPU fallback for GQA copies K/V every step).
-        `bias` [B, 1, 1, S] is additive (or None); `valid` the same mask as booleans, for the
-        half-precision CPU path.
+        `bias` [B, 1, 1, S] is additive (or None); `valid` the same mask as booleans (or None where
+        nothing is hidden). On CPU the eager steps go through SDPA's flash kernel, which reads the
+        `[:end]` slice of the cache in place (oneDNN's half-precision bmm copies such a slice first),
+        in the query layout measured fastest for the dtype (one thread, AMX Xeon, 2 x 8 KV heads):
+        - half precision: the 16 one-query heads with `enable_gqa` (the kernel maps them onto their KV
+          head without copying K/V): 1.2-1.5x faster than the folded layout over 300-1300 keys;
+        - float32: the query heads sharing a KV head folded into that head's query rows (`enable_gqa`
+          is no faster there), 1.2-1.3x faster than the two matmuls below.
+        `step_static` passes an additive bias over the whole cache and no `valid`: it keeps the
+        matmul form, the one its captured graph was built for.
         """
         bsz = q.shape[0]
         group = self.n_heads // self.n_kv
+        eager_cpu = q.device.type == "cpu" and (bias is None or valid is not None)
+        if eager_cpu and q.dtype != torch.float32:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=valid, enable_gqa=group > 1)
         q = q.reshape(bsz, self.n_kv, group, self.head_dim).contiguous()
-        # `step_static` passes an additive bias over the whole cache and no `valid`: it keeps the
-        # matmul form below, the one its captured graph was built for.
-        if q.device.type == "cpu" and q.dtype != torch.float32 and (bias is None or valid is not None):
-            # oneDNN's half-precision bmm copies a cache slice whose batches are not dense (every
-            # [:end] slice of the cache) before multiplying; SDPA's CPU kernel reads it in place:
-            # 1.7-2.6x faster over 181-1300 cached positions (bfloat16, AMX Xeon, one thread).
+        if eager_cpu:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=valid)
             return out.reshape(bsz, self.n_heads, 1, self.head_dim)
         # K @ q.T rather than q @ K.T: the same numbers, in the layout MKL streams K fastest.
