@@ -9,7 +9,6 @@ Accepts the official folder layout (`config.json`, `model.safetensors` or a shar
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path

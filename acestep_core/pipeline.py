@@ -7,7 +7,6 @@ AutoencoderOobleck) and transformers (Qwen3); the orchestration follows the offi
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -16,10 +15,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import audio_io
 from .adapters import decoder_adapters
 from .codes import codes_per_item, codes_to_hints, latents_to_codes, latents_to_hints
-from .conditioning import Condition, encode_caption_only, encode_condition, encode_texts, timbre_inputs
+from .conditioning import encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CancelledError, CheckpointError, InputError
 from .latent_mask import frame_mask
@@ -27,6 +25,7 @@ from .memory.dtypes import resolve_dtype  # the one `auto` rule (docs/memory.md#
 from .memory.offload import OffloadManager
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
+from .switches import env_flag
 from .checkpoints import read_safetensors, safetensors_keys
 from .sources import source_waveform
 from .sampling import SamplerSettings, denoise, prepare_noise
@@ -353,7 +352,8 @@ class ACEStepPipeline:
         lengths = task_inputs.valid_frames
         enabled = self.mask_padded_frames
         if enabled is None:
-            enabled = os.environ.get("ACESTEP_MASK_PADDED_FRAMES", "").strip().lower() in ("1", "true", "yes", "on")
+            enabled = env_flag("ACESTEP_MASK_PADDED_FRAMES", False, "set 1 to hide padded latent frames from "
+                               "the DiT, or 0 (or leave it unset) for the official behaviour")
         if lengths is None or not enabled:
             return None
         if len(lengths) == 1:

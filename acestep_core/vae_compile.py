@@ -12,12 +12,11 @@ the process.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
-from .errors import CancelledError, InputError
-from .memory.dtypes import _FALSE, _TRUE  # the yes / no words of the other ACESTEP_* flags
+from .errors import CancelledError
+from .switches import env_flag
 
 logger = logging.getLogger("acestep_core.vae")
 
@@ -26,13 +25,7 @@ ENV = "ACESTEP_VAE_COMPILE"
 
 def compile_requested() -> bool:
     """`ACESTEP_VAE_COMPILE`: `1` compiles the decoder, unset / `0` keeps it eager."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE or not value:
-        return False
-    raise InputError(f"{ENV}={value!r} is not understood: set 1 to decode through torch.compile, "
-                     "or 0 (or leave it unset) to decode eagerly")
+    return env_flag(ENV, False, "set 1 to decode through torch.compile, or 0 (or leave it unset) to decode eagerly")
 
 
 def compile_decoder(vae) -> None:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from acestep_core.cli import main
 from acestep_core.memory.inventory import available_lm_sizes, scan_checkpoint_dir, scan_comfy_models

@@ -11,7 +11,6 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 

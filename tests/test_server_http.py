@@ -4,7 +4,6 @@ fixtures, and a real HTTP client walking the documented flows."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 import urllib.parse

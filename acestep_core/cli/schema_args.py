@@ -12,6 +12,7 @@ import argparse
 from typing import Any, Iterable, Optional
 
 from .. import schema
+from ..switches import parse_switch
 
 # Switches: present = on (the LM stages a user asks for).
 SWITCHES = ("thinking", "sample_mode", "use_format")
@@ -21,12 +22,10 @@ _TYPES = {"int": int, "float": float}
 
 
 def parse_bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    parsed = parse_switch(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return parsed
 
 
 def _help(spec: schema.Field, default: Any) -> str:

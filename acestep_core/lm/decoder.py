@@ -22,7 +22,6 @@ default; it needs a working `torch.compile`, is meant for CUDA, and costs a comp
 from __future__ import annotations
 
 import functools
-import os
 from contextlib import contextmanager
 from typing import Optional
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..memory.dtypes import cpu_vendor
+from ..switches import env_flag
 from .constants import AUDIO_CODE_BASE, IM_END_ID, NUM_VALID_CODES
 from .decode_threads import DecodeThreads, requested_threads
 from .packed_weights import MAX_ROWS, PackedWeights, eligible
@@ -67,7 +67,8 @@ def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def compile_requested(flag: Optional[bool]) -> bool:
     if flag is not None:
         return bool(flag)
-    return os.environ.get("ACESTEP_LM_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag("ACESTEP_LM_COMPILE", False, "set 1 to decode through torch.compile, or 0 (or leave it "
+                    "unset) to decode eagerly")
 
 
 class KVCache(nn.Module):

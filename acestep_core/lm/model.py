@@ -6,7 +6,6 @@ normal model); decoding runs through `decoder.StaticCacheDecoder` on the same mo
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Optional

@@ -19,13 +19,12 @@ runs. `ACESTEP_LM_PACKED_WEIGHTS=0` turns it off.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Iterable, Optional
 
 import torch
 
-from ..errors import InputError
+from ..switches import env_flag
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +40,8 @@ _layouts_differ = False
 
 def packing_enabled() -> bool:
     """`ACESTEP_LM_PACKED_WEIGHTS`: unset / `auto` / `1` pack where it fits, `0` never."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in ("", "auto", "1", "on", "true", "yes"):
-        return True
-    if value in ("0", "off", "false", "no"):
-        return False
-    raise InputError(f"{ENV}={value!r} is not understood: set 0 to turn the packed LM weights off, "
-                     "or 'auto' (or leave it unset) to pack them where the CPU and the free RAM allow")
+    return env_flag(ENV, True, "set 0 to turn the packed LM weights off, or 'auto' (or leave it unset) to "
+                    "pack them where the CPU and the free RAM allow")
 
 
 def _reorder(weight: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from .constants import (
     VALID_LANGUAGES, VALID_TIME_SIGNATURES,
 )
 from .constraints import MetadataFSM, Vocabulary
-from .generation import DecodeResult, decode_codes, decode_with_fsm
+from .generation import decode_codes, decode_with_fsm
 from .model import StaticCacheDecoder, load_lm
 from .sampling import LMSampling
 from .tokenizer import LMTokenizer

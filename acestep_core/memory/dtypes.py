@@ -18,6 +18,8 @@ import os
 import platform
 from typing import Mapping
 
+from ..switches import parse_switch
+
 logger = logging.getLogger("acestep_core.memory")
 
 ENV_CPU_BF16 = "ACESTEP_CPU_BF16"
@@ -27,9 +29,6 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 
 # /proc/cpuinfo flags of x86 CPUs that multiply bfloat16 in hardware.
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,10 +77,9 @@ def cpu_bf16_override(env: Mapping[str, str] | None = None) -> bool | None:
     """`ACESTEP_CPU_BF16` as True / False, or None when unset, `auto` or not a yes/no value."""
     env = os.environ if env is None else env
     raw = (env.get(ENV_CPU_BF16) or "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
+    parsed = parse_switch(raw)
+    if parsed is not None:
+        return parsed
     if raw and raw != "auto":
         logger.warning("ignoring %s=%r: use 1/0 or auto", ENV_CPU_BF16, raw)
     return None

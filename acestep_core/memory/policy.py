@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .dtypes import auto_dtypes, cpu_has_native_bf16
+from ..switches import parse_switch
 
 logger = logging.getLogger("acestep_core.memory")
 
@@ -37,9 +38,6 @@ ENV_OFFLOAD_DIT_TO_CPU = "ACESTEP_OFFLOAD_DIT_TO_CPU"
 ENV_VAE_CHUNK = "ACESTEP_VAE_DECODE_CHUNK_SIZE"
 ENV_ALLOW_XL = "ACESTEP_ALLOW_XL"
 SIMULATE_ENV = {"cuda": "MAX_CUDA_VRAM", "mps": "MAX_MPS_VRAM", "xpu": "MAX_XPU_VRAM"}
-
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,11 +479,9 @@ def _env_bool(env: Mapping[str, str], name: str, reasons: list[str]) -> bool | N
     raw = env.get(name)
     if raw is None or not raw.strip() or raw.strip().lower() == "auto":
         return None
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    parsed = parse_switch(raw)
+    if parsed is not None:
+        return parsed
     reasons.append(f"{name}={raw!r} is not a yes/no value (use 1/0, true/false or auto); ignored.")
     return None
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from ..switches import env_flag
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
 
@@ -34,17 +36,6 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
-
-
-def _env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw or raw == "auto":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r} is not on/off")
 
 
 @dataclass
@@ -106,7 +97,7 @@ class ServerConfig:
             max_json_body_bytes=int(_env_float(env, "ACESTEP_MAX_BODY_MB", 1.0) * 1024 * 1024),
             state_dir=Path(env["ACESTEP_STATE_DIR"]) if (env.get("ACESTEP_STATE_DIR") or "").strip() else None,
             shutdown_grace_s=_env_float(env, "ACESTEP_SHUTDOWN_GRACE", 5.0),
-            memory_limits=_env_switch(env, "ACESTEP_MEMORY_LIMITS", True),
+            memory_limits=env_flag("ACESTEP_MEMORY_LIMITS", True, "set 0 to turn the memory limits off, or 1", env),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)

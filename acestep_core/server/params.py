@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import schema
-from ..schema import INFER_METHODS, REPAINT_MODES, TIME_SIGNATURES
+from ..schema import TIME_SIGNATURES
+from ..switches import parse_switch
 
 AUDIO_FORMATS = schema.REST_AUDIO_FORMATS
 # Official task names (and the spelling the skill and older clients use) -> engine task_type.
@@ -44,8 +45,6 @@ OFFICIAL_UNUSED = ("use_tiled_decode", "lm_model_path", "lm_backend", "allow_lm_
                    "use_erg_lyric", "use_erg_diffusion")
 # Envelope fields: consumed by the routes, not by the request table.
 ENVELOPE_FIELDS = ("ai_token", "param_obj") + META_CONTAINERS
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
 
 
 class FieldError(ValueError):
@@ -71,12 +70,10 @@ def to_bool(value: Any) -> bool:
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+    parsed = parse_switch(value)
+    if parsed is None:
+        raise ValueError(f"expected true or false, got {value!r}")
+    return parsed
 
 
 def to_int(value: Any) -> int:
