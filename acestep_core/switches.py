@@ -22,7 +22,7 @@ def parse_switch(value: Any) -> Optional[bool]:
     return None
 
 
-def env_flag(name: str, default: bool, hint: str, env: Optional[Mapping[str, str]] = None) -> bool:
+def env_flag(name: str, default: Optional[bool], hint: str, env: Optional[Mapping[str, str]] = None) -> Optional[bool]:
     """Environment flag `name`: `default` when unset, empty or `auto`, else its yes / no word.
 
     Any other value is an InputError ending in `hint` (what to set instead), so a typo never turns

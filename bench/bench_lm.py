@@ -46,12 +46,19 @@ CONFIGS = {
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests/fixtures/acestep-tiny/acestep-5Hz-lm-tiny"
 
 
-def cfg_prompt_pair(tok: LMTokenizer) -> list[list[int]]:
-    """Token ids of the codes-phase CFG pair (cond, uncond) every LM bench decodes: 30 s, all metas."""
+def cfg_prompt_pair(tok: LMTokenizer, min_tokens: int = 0) -> list[list[int]]:
+    """Token ids of the codes-phase CFG pair (cond, uncond) every LM bench decodes: 30 s, all metas.
+
+    `min_tokens`: lengthen the lyrics with verses until the cond prompt has at least that many tokens,
+    so the steps attend over a long cache (the late steps of a long song)."""
     caption, lyrics = "upbeat electronic dance track with punchy drums", "[Verse]\nla la la\n[Chorus]\noh oh"
     cot = prompts.format_metadata_as_cot({"bpm": 120, "caption": caption, "duration": 30, "keyscale": "C major",
                                           "language": "en", "timesignature": "4"})
-    return [tok.encode(prompts.codes_prompt(caption, lyrics, cot)), tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
+    while True:
+        cond = tok.encode(prompts.codes_prompt(caption, lyrics, cot))
+        if len(cond) >= min_tokens:
+            return [cond, tok.encode(prompts.codes_uncond_prompt(caption, lyrics))]
+        lyrics += "\n[Verse]\nla la la dancing in the night we are shining bright"
 
 
 def random_model(size: str, device: str, layers: int = 0):

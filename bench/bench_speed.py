@@ -18,6 +18,7 @@ picks on this machine unless `--fast-dtype` says otherwise.
     python bench/bench_speed.py                   # full run on the CPU
     python bench/bench_speed.py --quick           # 2 layers per model, short inputs: checks the script
     python bench/bench_speed.py --device cuda     # the same on a GPU (synchronised timings, bfloat16)
+    python bench/bench_speed.py --stages lm --lm-context 1000   # LM steps over a long cache (a long song's end)
     python bench/bench_speed.py --device cuda --compile   # the fast path's DiT and VAE decoder under torch.compile
 """
 
@@ -207,7 +208,8 @@ def bench_lm(dtype, device, args, timer):
 
     model = random_model("0.6B", str(device), args.layers).to(dtype)
     decoder = StaticCacheDecoder(model)
-    rows = bench_lm.cfg_prompt_pair(LMTokenizer(TOKENIZER))
+    rows = bench_lm.cfg_prompt_pair(LMTokenizer(TOKENIZER), args.lm_context)
+    context = f", {len(rows[0])}-token prompt" if args.lm_context else ""
     out = []
     for cfg in (1.0, 2.0):
         sampling = LMSampling(temperature=0.85, cfg_scale=cfg, top_p=0.9)
@@ -220,8 +222,8 @@ def bench_lm(dtype, device, args, timer):
         run(3)  # warm-up
         seconds = timer(run)
         label = "no CFG" if cfg == 1 else "CFG 2.0"
-        out.append((f"LM 0.6B, {args.codes} codes, {label}, constrained (wall)", seconds, "s"))
-        out.append((f"LM 0.6B, {label}: codes per second", args.codes / seconds, "tok/s"))
+        out.append((f"LM 0.6B, {args.codes} codes, {label}, constrained{context} (wall)", seconds, "s"))
+        out.append((f"LM 0.6B, {label}{context}: codes per second", args.codes / seconds, "tok/s"))
     return out
 
 
@@ -239,6 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-seconds", type=float, nargs="+", default=[30.0, 60.0])
     parser.add_argument("--vae-seconds", type=float, default=10.0)
     parser.add_argument("--codes", type=int, default=150)
+    parser.add_argument("--lm-context", type=int, default=0,
+                        help="LM prompt of at least this many tokens (1000: the late steps of a long song; 0: the short one)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--layers", type=int, default=0, help="layers per transformer (0: the real count)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's DiT and VAE decoder (GPU; on a CPU the VAE gains, the DiT not)")

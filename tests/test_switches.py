@@ -1,6 +1,7 @@
 """One set of yes / no words for every boolean the engine reads (environment, CLI, REST)."""
 
 import argparse
+import logging
 
 import pytest
 
@@ -14,22 +15,14 @@ from acestep_core.switches import FALSE_WORDS, TRUE_WORDS, env_flag, parse_switc
 from acestep_core.vae_compile import compile_requested as vae_compile_requested
 
 
-@pytest.mark.parametrize("word", sorted(TRUE_WORDS) + [" YES ", "On"])
-def test_every_front_end_reads_a_yes_word_as_true(word):
-    assert parse_switch(word) is True
-    assert to_bool(word) is True
-    assert parse_bool(word) is True
-    assert env_flag("X", False, "", {"X": word}) is True
-    assert cpu_bf16_override({"ACESTEP_CPU_BF16": word}) is True
-
-
-@pytest.mark.parametrize("word", sorted(FALSE_WORDS) + [" No", "OFF"])
-def test_every_front_end_reads_a_no_word_as_false(word):
-    assert parse_switch(word) is False
-    assert to_bool(word) is False
-    assert parse_bool(word) is False
-    assert env_flag("X", True, "", {"X": word}) is False
-    assert cpu_bf16_override({"ACESTEP_CPU_BF16": word}) is False
+@pytest.mark.parametrize("word, expected", [(w, True) for w in sorted(TRUE_WORDS) + [" YES ", "On"]]
+                         + [(w, False) for w in sorted(FALSE_WORDS) + [" No", "OFF"]])
+def test_every_front_end_reads_the_same_yes_and_no_words(word, expected):
+    assert parse_switch(word) is expected
+    assert to_bool(word) is expected
+    assert parse_bool(word) is expected
+    assert env_flag("X", not expected, "", {"X": word}) is expected
+    assert cpu_bf16_override({"ACESTEP_CPU_BF16": word}) is expected
 
 
 @pytest.mark.parametrize("raw", [None, "", "  ", "auto", "AUTO"])
@@ -40,8 +33,11 @@ def test_an_unset_or_auto_flag_keeps_its_default(raw, default):
 
 
 @pytest.mark.parametrize("word", ["maybe", "2", "tru", "yes please"])
-def test_other_words_are_errors_that_say_what_to_set(word):
+def test_other_words_are_errors_that_say_what_to_set(word, caplog):
     assert parse_switch(word) is None
+    with caplog.at_level(logging.WARNING, logger="acestep_core.memory"):
+        assert cpu_bf16_override({"ACESTEP_CPU_BF16": word}) is None  # the dtype decision warns and goes on
+    assert f"ignoring ACESTEP_CPU_BF16='{word}'" in caplog.text
     with pytest.raises(InputError, match=rf"X='{word.strip()}' is not understood: set 1 or 0"):
         env_flag("X", False, "set 1 or 0", {"X": f" {word} "})
     with pytest.raises(ValueError, match="expected true or false"):

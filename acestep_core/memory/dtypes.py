@@ -18,7 +18,8 @@ import os
 import platform
 from typing import Mapping
 
-from ..switches import parse_switch
+from ..errors import InputError
+from ..switches import env_flag
 
 logger = logging.getLogger("acestep_core.memory")
 
@@ -75,14 +76,12 @@ def cpu_vendor() -> str:
 
 def cpu_bf16_override(env: Mapping[str, str] | None = None) -> bool | None:
     """`ACESTEP_CPU_BF16` as True / False, or None when unset, `auto` or not a yes/no value."""
-    env = os.environ if env is None else env
-    raw = (env.get(ENV_CPU_BF16) or "").strip().lower()
-    parsed = parse_switch(raw)
-    if parsed is not None:
-        return parsed
-    if raw and raw != "auto":
+    try:
+        return env_flag(ENV_CPU_BF16, None, "", env)
+    except InputError:
+        raw = ((os.environ if env is None else env).get(ENV_CPU_BF16) or "").strip().lower()
         logger.warning("ignoring %s=%r: use 1/0 or auto", ENV_CPU_BF16, raw)
-    return None
+        return None
 
 
 def auto_dtypes(device_type: str, bf16_supported: bool, env: Mapping[str, str] | None = None
@@ -137,7 +136,5 @@ def resolve_dtype(dtype, device, lm: bool = False, env: Mapping[str, str] | None
     else:
         name = DTYPE_NAMES.get(str(dtype).lower())
         if name is None:
-            from ..errors import InputError
-
             raise InputError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     return getattr(torch, name)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .dtypes import auto_dtypes, cpu_has_native_bf16
-from ..switches import parse_switch
+from ..errors import InputError
+from ..switches import env_flag
 
 logger = logging.getLogger("acestep_core.memory")
 
@@ -347,8 +348,6 @@ def _simulated(device_type: str, gb: float, source: str, index: int = 0) -> Devi
 def simulated_memory(gb: float, device_type: str = "cuda") -> DeviceMemory:
     """A simulated card of `gb` GB (the doctor's `--simulate-vram`)."""
     if gb <= 0:
-        from ..errors import InputError
-
         raise InputError(f"--simulate-vram must be a positive number of GB, got {gb:g}")
     return _simulated(device_type, gb, "--simulate-vram")
 
@@ -476,14 +475,11 @@ def lm_size_from_name(name: str | None) -> str | None:
 
 
 def _env_bool(env: Mapping[str, str], name: str, reasons: list[str]) -> bool | None:
-    raw = env.get(name)
-    if raw is None or not raw.strip() or raw.strip().lower() == "auto":
+    try:
+        return env_flag(name, None, "", env)
+    except InputError:
+        reasons.append(f"{name}={env.get(name)!r} is not a yes/no value (use 1/0, true/false or auto); ignored.")
         return None
-    parsed = parse_switch(raw)
-    if parsed is not None:
-        return parsed
-    reasons.append(f"{name}={raw!r} is not a yes/no value (use 1/0, true/false or auto); ignored.")
-    return None
 
 
 def vae_chunk_frames_for(device_type: str, free_bytes: int, total_bytes: int | None = None) -> int:

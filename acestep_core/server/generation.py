@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from .. import schema
 from ..planning import METAS, PlanOptions, plan_request
+from ..request import LM_METAS_ONLY_TASKS, LM_SKIPPED_TASKS  # noqa: F401 (re-exported)
 from .files import audio_url
 from .models import LMUnavailableError, ModelProvider
 from .params import RELEASE_FIELDS, ReleaseRequest
