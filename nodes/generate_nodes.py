@@ -9,7 +9,8 @@ from . import audio_wire
 from .host import io
 from .running import run_engine
 from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, caption_input, dit_inputs, lyrics_input,
-                      meta_inputs, opt_bpm, opt_choice, opt_duration, schema_range)
+                      meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue, range_issue,
+                      schema_range)
 
 REPAINT_MIN_SECONDS = 0.5
 log = logging.getLogger(__name__)
@@ -83,8 +84,13 @@ class Text2Music(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, duration, bpm):
+        return meta_issue("Text2Music", duration, bpm) or True
+
+    @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, seed, steps, shift,
                 guidance, batch_size, plan=None) -> io.NodeOutput:
+        raise_issue(meta_issue("Text2Music", duration, bpm))
         fields = dict(caption=caption, lyrics=lyrics, bpm=opt_bpm(bpm), key_scale=opt_choice(keyscale) or "",
                       time_signature=opt_choice(timesignature) or "",
                       vocal_language=opt_choice(language) or "unknown", audio_duration=opt_duration(duration),
@@ -126,6 +132,10 @@ class Continue(io.ComfyNode):
         clip, src_seconds = _source(audio)
         if seconds <= 0:
             raise InputError("seconds to add must be > 0")
+        if float(overlap) >= src_seconds:
+            # A window from the very start is the engine's "unset" (= from the end): refuse, don't ignore it.
+            raise InputError(f"Continue: overlap ({float(overlap):g}s) must be shorter than the source audio "
+                             f"({src_seconds:.2f}s); to regenerate all of it use Repaint or Cover")
         # The engine's continuation: regenerate from `overlap` before the end, add `seconds` after it.
         request = _request(caption=caption, lyrics=lyrics, task_type="continuation", src_audio=clip,
                            repainting_start=max(0.0, src_seconds - float(overlap)),
@@ -152,14 +162,13 @@ class Repaint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start, end, **kwargs):
-        if float(end) - float(start) < REPAINT_MIN_SECONDS:
-            return f"Repaint: end ({end}s) must be at least {REPAINT_MIN_SECONDS}s after start ({start}s)"
-        return True
+    def validate_inputs(cls, start, end):
+        return _window_issue(start, end) or True
 
     @classmethod
     def execute(cls, model, audio, start, end, caption, lyrics, seed, steps, shift, guidance,
                 strength) -> io.NodeOutput:
+        raise_issue(_window_issue(start, end))
         clip, src_seconds = _source(audio)
         if start >= src_seconds:
             raise InputError(f"Repaint start {start:.2f}s is past the end of the audio ({src_seconds:.2f}s); "
@@ -169,6 +178,16 @@ class Repaint(io.ComfyNode):
                            repaint_mode="balanced", repaint_strength=float(strength),
                            **_dit_fields(seed, steps, shift, guidance))
         return generate_audio(model, request)
+
+
+def _window_issue(start, end):
+    issue = range_issue("Repaint", "start", start, 0.0, MAX_DURATION) or range_issue("Repaint", "end", end, 0.0,
+                                                                                       MAX_DURATION)
+    if issue or start is None or end is None:
+        return issue
+    if float(end) - float(start) < REPAINT_MIN_SECONDS:
+        return f"Repaint: end ({end:g}s) must be at least {REPAINT_MIN_SECONDS}s after start ({start:g}s)"
+    return None
 
 
 class Cover(io.ComfyNode):

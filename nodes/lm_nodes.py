@@ -8,7 +8,7 @@ from ..acestep_core.errors import InputError
 from .host import io
 from .running import run_engine
 from .widgets import (AUTO, CATEGORY, LANGUAGES, MODEL, PLAN, caption_input, lm_sampling, lm_sampling_inputs,
-                      lyrics_input, meta_inputs, opt_bpm, opt_choice, opt_duration)
+                      lyrics_input, meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue)
 
 
 def plan_outputs() -> list:
@@ -90,10 +90,15 @@ class LMThinking(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, duration, bpm):
+        return meta_issue("LM Thinking", duration, bpm) or True
+
+    @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, lm_temperature,
                 lm_cfg_scale, lm_top_k, lm_top_p, lm_negative_prompt, lm_seed, use_cot_caption,
                 generate_codes) -> io.NodeOutput:
         kw = dict(locals())
+        raise_issue(meta_issue("LM Thinking", duration, bpm))
         planner = require_planner(model)
         sampling = lm_sampling(kw)
         _check_texts(caption=caption, lyrics=lyrics, lm_negative_prompt=lm_negative_prompt)
@@ -119,9 +124,14 @@ class FormatInput(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, duration, bpm):
+        return meta_issue("Format Input", duration, bpm) or True
+
+    @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, lm_temperature,
                 lm_cfg_scale, lm_top_k, lm_top_p, lm_negative_prompt, lm_seed) -> io.NodeOutput:
         kw = dict(locals())
+        raise_issue(meta_issue("Format Input", duration, bpm))
         planner = require_planner(model)
         sampling = lm_sampling(kw)
         _check_texts(caption=caption, lyrics=lyrics, lm_negative_prompt=lm_negative_prompt)

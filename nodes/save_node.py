@@ -56,9 +56,10 @@ def song_tags(info: dict, container: str, batch_index: int) -> dict:
         return {}
     params = info.get("params", {}) or {}
     plan = info.get("plan") or {}
-    caption = plan.get("caption") or params.get("caption") or ""
-    bpm = plan.get("bpm") or params.get("bpm")
-    key = plan.get("keyscale") or params.get("key_scale") or params.get("keyscale")
+    # What the song was made with (the node's own values win over a plan's); the plan fills what is unset.
+    caption = params.get("caption") or plan.get("caption") or ""
+    bpm = params.get("bpm") or plan.get("bpm")
+    key = params.get("key_scale") or params.get("keyscale") or plan.get("keyscale")
     seeds = info.get("seeds") or []
     seed = seeds[batch_index] if batch_index < len(seeds) else params.get("seed")
     tags = {}
@@ -89,14 +90,16 @@ class SaveAudio(io.ComfyNode):
             inputs=[io.Audio.Input("audio"),
                     io.String.Input("filename_prefix", default="audio/ACE-Step",
                                     tooltip="Relative to the output folder; '/' makes subfolders. %date tokens work."),
-                    io.Combo.Input("format", options=list(FORMATS), default="mp3 320k")],
+                    io.Combo.Input("format", options=list(FORMATS), default="mp3 320k",
+                                   tooltip="File format: mp3 (V0 = variable bitrate), lossless flac or wav, or "
+                                           "opus. mp3, flac and opus files carry the workflow and tags.")],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None, format=None, **kwargs):
+    def validate_inputs(cls, filename_prefix):
         if filename_prefix is not None:
             try:
                 _check_prefix(filename_prefix)

@@ -6,7 +6,7 @@ from ..acestep_core.errors import InputError
 from ..acestep_core.prompts import TRACK_NAMES
 from .generate_nodes import _dit_fields, _request, _source, generate_audio
 from .host import io
-from .widgets import CATEGORY, MAX_DURATION, MODEL, caption_input, dit_inputs, lyrics_input
+from .widgets import CATEGORY, MAX_DURATION, MODEL, caption_input, dit_inputs, lyrics_input, raise_issue, range_issue
 
 BASE_STEPS = 32  # the base model's usual step count (turbo's 8 is too few for it)
 BASE_NOTE = " Needs the base model (acestep_v1.5_base.safetensors); turbo and SFT were not trained for it."
@@ -64,14 +64,13 @@ class AddTrack(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start, end, **kwargs):
-        if float(end) > 0 and float(end) <= float(start):
-            return f"Add Track: end ({end}s) must be after start ({start}s), or 0 for the end of the song"
-        return True
+    def validate_inputs(cls, start, end):
+        return _window_issue(start, end) or True
 
     @classmethod
     def execute(cls, model, audio, track, start, end, caption, lyrics, seed, steps, shift,
                 guidance) -> io.NodeOutput:
+        raise_issue(_window_issue(start, end))
         clip, src_seconds = _source(audio)
         if float(start) >= src_seconds:
             raise InputError(f"Add Track: start {start:.2f}s is past the end of the song ({src_seconds:.2f}s)")
@@ -80,6 +79,17 @@ class AddTrack(io.ComfyNode):
                            repainting_end=min(float(end), src_seconds) if float(end) > 0 else None,
                            **_dit_fields(seed, steps, shift, guidance))
         return generate_audio(model, request)
+
+
+def _window_issue(start, end):
+    """Add Track's window (see widgets.py on why validate_inputs checks the ranges itself)."""
+    issue = range_issue("Add Track", "start", start, 0.0, MAX_DURATION) or range_issue("Add Track", "end", end, 0.0,
+                                                                                         MAX_DURATION)
+    if issue or start is None or end is None:
+        return issue
+    if float(end) > 0 and float(end) <= float(start):
+        return f"Add Track: end ({end:g}s) must be after start ({start:g}s), or 0 for the end of the song"
+    return None
 
 
 class CompleteTrack(io.ComfyNode):
@@ -101,7 +111,9 @@ class CompleteTrack(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tracks, **kwargs):
+    def validate_inputs(cls, tracks):
+        if tracks is None:  # from a link: checked when it runs
+            return True
         try:
             _parse_tracks(tracks)
         except InputError as exc:

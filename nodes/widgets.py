@@ -79,12 +79,44 @@ def dit_inputs(steps: int = 8) -> list:
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the initial noise (batch item i uses seed + i)."),
         io.Int.Input("steps", default=steps, **schema_range("inference_steps"),
-                     tooltip="Diffusion steps. Turbo: 8. Base / SFT: 30-50."),
+                     tooltip="Diffusion steps of base / SFT models (30-50). Turbo models always run "
+                             "their fixed 8-step schedule and ignore this."),
         io.Float.Input("shift", default=schema.spec("shift").default, **schema_range("shift"), step=0.1,
-                       tooltip="Timestep shift. Turbo: 3. Base / SFT: 1-3."),
+                       tooltip="Timestep shift. Base / SFT: 1-3. Turbo: 3 (turbo rounds it to 1, 2 or 3)."),
         io.Float.Input("guidance", default=schema.spec("guidance_scale").default, **schema_range("guidance_scale"), step=0.1,
                        tooltip="Guidance scale (APG). Ignored by turbo models."),
     ]
+
+
+# ------------------------------------------------------------------ validation
+# ComfyUI skips its own min / max / list checks for every input a node's validate_inputs names (all of
+# them with **kwargs), and passes None for an input fed by a link. So validate_inputs names only the
+# inputs it needs, checks their ranges itself, leaves linked ones (None) to execute, and execute runs
+# the same check on the values it receives.
+
+def range_issue(node: str, name: str, value, low: float, high: float) -> Optional[str]:
+    if value is not None and not low <= float(value) <= high:
+        return f"{node}: {name} must be from {low:g} to {high:g}, got {value:g}"
+    return None
+
+
+def meta_issue(node: str, duration, bpm) -> Optional[str]:
+    """The duration and bpm widgets: 0 = auto, otherwise what the engine accepts."""
+    if duration is not None and float(duration) != 0 and not schema.MIN_DURATION <= float(duration) <= MAX_DURATION:
+        return (f"{node}: duration must be 0 (auto) or from {schema.MIN_DURATION:g} to {MAX_DURATION:g} seconds, "
+                f"got {float(duration):g}")
+    bpm_range = schema.spec("bpm")
+    if bpm is not None and int(bpm) != 0 and not bpm_range.low <= int(bpm) <= bpm_range.high:
+        return f"{node}: bpm must be 0 (auto) or from {bpm_range.low} to {bpm_range.high}, got {int(bpm)}"
+    return None
+
+
+def raise_issue(issue: Optional[str]) -> None:
+    """execute's half of a validate_inputs check (values that came over a link were not checked)."""
+    if issue:
+        from ..acestep_core.errors import InputError
+
+        raise InputError(issue)
 
 
 # ------------------------------------------------------------------ value conversion

@@ -149,7 +149,28 @@ class _CoreSaveAudioMP3:
         return (), {"audio": out}
 
 
-CORE_STANDINS = {c.node_id: c for c in (_CoreLoadAudio, _CorePreviewAudio, _CoreSaveAudioMP3)}
+def _core_primitive(node_id: str, kind: str):
+    """ComfyUI PrimitiveFloat / PrimitiveInt / PrimitiveString: a widget value on a wire."""
+
+    class _Primitive:
+        @staticmethod
+        def schema():
+            from comfy_api.latest import io
+            value_type = getattr(io, kind)
+            return io.Schema(node_id=node_id, inputs=[value_type.Input("value")], outputs=[value_type.Output()])
+
+        @staticmethod
+        def run(value):
+            return (value,), {}
+
+    _Primitive.node_id = node_id
+    return _Primitive
+
+
+CORE_STANDINS = {c.node_id: c for c in (_CoreLoadAudio, _CorePreviewAudio, _CoreSaveAudioMP3,
+                                        _core_primitive("PrimitiveFloat", "Float"),
+                                        _core_primitive("PrimitiveInt", "Int"),
+                                        _core_primitive("PrimitiveString", "String"))}
 
 
 # ------------------------------------------------------------------ executor
@@ -202,7 +223,11 @@ def _validate_node(nid, node, prompt, node_map) -> list:
     errors = []
     cls = node_map.get(node["class_type"])
     custom = getattr(cls, "validate_inputs", None) if cls else None
-    custom_names = set(inspect.signature(custom).parameters) if custom else set()
+    params = inspect.signature(custom).parameters.values() if custom else ()
+    custom_names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+    # As ComfyUI: **kwargs turns its own checks off for every input, a named input skips them, and an
+    # input fed by a link reaches validate_inputs as None.
+    custom_takes_all = any(p.kind is p.VAR_KEYWORD for p in params)
     checked = {}
     for inp in schema.inputs:
         if inp.id not in values:
@@ -221,6 +246,7 @@ def _validate_node(nid, node, prompt, node_map) -> list:
                     and "*" not in (src_type, inp.io_type):
                 errors.append(_err("return_type_mismatch", "Return type mismatch between linked nodes",
                                    f"{inp.id}, received_type({src_type}) mismatch input_type({inp.io_type})", inp.id))
+            checked[inp.id] = None
             continue
         try:
             value = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}.get(inp.io_type, lambda v: v)(value)
@@ -229,7 +255,7 @@ def _validate_node(nid, node, prompt, node_map) -> list:
                                f"{inp.id}, {value}", inp.id))
             continue
         checked[inp.id] = value
-        if inp.id in custom_names:
+        if inp.id in custom_names or custom_takes_all:
             continue
         opts = inp.options
         if opts.get("min") is not None and value < opts["min"]:
@@ -241,7 +267,7 @@ def _validate_node(nid, node, prompt, node_map) -> list:
         if inp.io_type == "COMBO" and opts.get("options") is not None and value not in opts["options"]:
             errors.append(_err("value_not_in_list", "Value not in list", f"{inp.id}: '{value}' not in list", inp.id))
     if custom and not errors:
-        args = {k: v for k, v in checked.items() if k in custom_names}
+        args = {k: v for k, v in checked.items() if k in custom_names or custom_takes_all}
         result = custom(**args)
         if result is not True:
             errors.append(_err("custom_validation_failed", "Custom validation failed for node",

@@ -135,12 +135,12 @@ def test_pack_nodes_registered(server):
     assert (lora[1].get("options") or lora[0]) == ["ace15s_example_lora", "ace15s_example_lora_b.safetensors"]
 
 
-WORKFLOWS = sorted(p.name[: -len(".api.json")] for p in (REPO_ROOT / "workflows").glob("*.api.json"))
+WORKFLOWS = sorted(p.name[: -len(".api.json")] for p in (REPO_ROOT / "workflows" / "api").glob("*.api.json"))
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_runs_over_http(server, name):
-    prompt = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / f"{name}.api.json").read_text()))
+    prompt = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / "api" / f"{name}.api.json").read_text()))
     workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
     client = Client()
     try:
@@ -178,7 +178,7 @@ def test_cancel_mid_run_then_keeps_serving(server):
     """Cancel while the LM is writing: the tiny LM free-runs thousands of tokens in Format Input, so
     the interrupt sent at its first progress event always lands mid-loop (the turbo DiT's 8 steps
     on the tiny model are too quick to aim at)."""
-    prompt = json.loads((REPO_ROOT / "workflows" / "format_input_text2music.api.json").read_text())
+    prompt = json.loads((REPO_ROOT / "workflows" / "api" / "format_input_text2music.api.json").read_text())
     lm_node = next(nid for nid, n in prompt.items() if n["class_type"] == "ACE15S_FormatInput")
     client = Client()
     sent, progress = [], []
@@ -210,7 +210,7 @@ def test_cancel_mid_run_then_keeps_serving(server):
             time.sleep(0.5)
     assert history[prompt_id]["status"]["status_str"] == "error"
     # the server still serves: a small run succeeds
-    small = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / "repaint.api.json").read_text()))
+    small = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
     client = Client()
     try:
         status, raw = client.submit(small)
@@ -222,7 +222,7 @@ def test_cancel_mid_run_then_keeps_serving(server):
 
 
 def test_bad_prompt_is_400_with_our_message(server):
-    prompt = json.loads((REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    prompt = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
     prompt["3"]["inputs"]["end"] = prompt["3"]["inputs"]["start"]
     status, raw = _http("POST", "/prompt", {"prompt": prompt})
     assert status == 400
@@ -230,7 +230,7 @@ def test_bad_prompt_is_400_with_our_message(server):
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     errors = body["node_errors"]["3"]["errors"]
     assert errors[0]["type"] == "custom_validation_failed" and "must be at least" in errors[0]["details"]
-    prompt = json.loads((REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    prompt = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
     prompt["4"]["inputs"]["filename_prefix"] = "../../etc/x"
     status, raw = _http("POST", "/prompt", {"prompt": prompt})
     assert status == 400

@@ -499,7 +499,7 @@ def test_nodes_surface_engine_errors_before_the_device(comfy, monkeypatch):
 def test_nodes_harness_reports_a_bad_repaint_window_as_the_node_error(comfy):
     h, node_map, dirs, _ = comfy
     before = _digest(dirs["input"])
-    prompt = json.loads((h.REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    prompt = json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
     prompt["2"]["inputs"]["audio"] = "song.flac"
     prompt["3"]["inputs"].update(start=7.0, end=9.0, steps=1)
     with pytest.raises(Exception) as err:

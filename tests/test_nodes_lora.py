@@ -14,7 +14,7 @@ import torch
 import nodes_harness as h
 from nodes_models import build_models_dir, shorten_for_tiny
 
-WORKFLOW = json.loads((h.REPO_ROOT / "workflows" / "lora.api.json").read_text())
+WORKFLOW = json.loads((h.REPO_ROOT / "workflows" / "api" / "lora.api.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -143,6 +143,22 @@ def test_save_mp3_tags_graph_and_counter(pack, host_dirs):
     assert again.args[0]["waveform"].shape == (1, 2, 48000)
 
 
+def test_save_tags_what_the_song_was_made_with(pack, host_dirs):
+    """A node's own bpm / key / caption override a plan's: the file's tags say what was used."""
+    _, node_map = pack
+    song = _song(batch=1)
+    song["acestep"]["params"].update(caption="dark techno", bpm=75, key_scale="A minor")
+    _save(node_map, song)
+    with av.open(str(host_dirs["output"] / "audio" / "test_00001.mp3")) as f:
+        tags = f.metadata
+    assert (tags["title"], tags["TBPM"], tags["TKEY"]) == ("dark techno", "75", "A minor")
+    song["acestep"]["params"] = {"seed": 3}  # nothing set on the node: the plan's values
+    _save(node_map, song)
+    with av.open(str(host_dirs["output"] / "audio" / "test_00002.mp3")) as f:
+        tags = f.metadata
+    assert (tags["title"], tags["TBPM"], tags["TKEY"]) == ("warm lo-fi beat", "84", "F# minor")
+
+
 @pytest.mark.parametrize("fmt,codec,bits", [("wav 24-bit", "pcm_s24le", 24), ("flac", "flac", None),
                                             ("opus 128k", "opus", None)])
 def test_save_other_formats_decode(pack, host_dirs, fmt, codec, bits):

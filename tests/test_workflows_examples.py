@@ -12,7 +12,7 @@ import pytest
 import nodes_harness as h
 from nodes_models import SHORTENED_SECONDS, node_env, shorten_for_tiny
 
-WORKFLOWS = sorted(p for p in (h.REPO_ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+WORKFLOWS = sorted((h.REPO_ROOT / "workflows").glob("*.json"))
 NAMES = [p.stem for p in WORKFLOWS]
 CORE_WIDGET_COUNTS = {"LoadAudio": 3, "PreviewAudio": 0, "SaveAudioMP3": 2}
 # Format Input and Simple Mode let the LM write free text (lyrics, caption) after its CoT. The random
@@ -34,7 +34,10 @@ def test_all_use_cases_shipped():
                           "cover", "mix_native_nodes", "extract_and_complete", "add_track",
                           "describe_and_rerender", "lora"}
     for p in WORKFLOWS:
-        assert p.with_suffix(".api.json").is_file()
+        assert (p.parent / "api" / f"{p.stem}.api.json").is_file()
+    # ComfyUI offers every workflows/*.json as a template to open in the editor: graphs only there.
+    for p in WORKFLOWS:
+        assert "nodes" in json.loads(p.read_text()), p.name
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -65,7 +68,7 @@ def test_api_form_matches_ui_form(env, name):
     """API prompt = the UI graph converted by the frontend's rules (widgets → literals, links → [id, slot])."""
     node_map, _ = env
     wf = json.loads((h.REPO_ROOT / "workflows" / f"{name}.json").read_text())
-    api = json.loads((h.REPO_ROOT / "workflows" / f"{name}.api.json").read_text())
+    api = json.loads((h.REPO_ROOT / "workflows" / "api" / f"{name}.api.json").read_text())
     assert set(api) == {str(n["id"]) for n in wf["nodes"]}
     links = {link[0]: link for link in wf["links"]}
     for node in wf["nodes"]:
@@ -100,7 +103,7 @@ def short_lm_budget(monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 def test_api_workflow_executes_on_tiny_models(env, short_lm_budget, name):
     node_map, dirs = env
-    api = json.loads((h.REPO_ROOT / "workflows" / f"{name}.api.json").read_text())
+    api = json.loads((h.REPO_ROOT / "workflows" / "api" / f"{name}.api.json").read_text())
     prompt = shorten_for_tiny(api)
     result = h.execute_prompt(prompt, node_map, extra_pnginfo={"workflow": {"name": name}})
     saved = [f for ui in result["outputs"].values() for f in ui.get("audio", [])]
@@ -140,7 +143,7 @@ def test_api_workflow_executes_on_tiny_models(env, short_lm_budget, name):
 
 def test_bad_prompt_rejected_like_comfyui(env):
     node_map, _ = env
-    api = json.loads((h.REPO_ROOT / "workflows" / "repaint.api.json").read_text())
+    api = json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
     api["3"]["inputs"]["end"] = api["3"]["inputs"]["start"]
     with pytest.raises(h.PromptError) as info:
         h.validate_prompt(api, node_map)
@@ -156,7 +159,7 @@ def test_track_nodes_refuse_turbo_and_unknown_tracks(env):
     """The track workflows with the turbo file picked: a clear error naming the fix; a bad track list
     is caught by validation before anything runs."""
     node_map, _ = env
-    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "extract_and_complete.api.json").read_text()))
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "extract_and_complete.api.json").read_text()))
     api["1"]["inputs"]["dit"] = "acestep_v1.5_turbo.safetensors"
     input_error = importlib.import_module(f"{h.PACK_MODULE_NAME}.acestep_core.errors").InputError
     with pytest.raises(input_error, match="needs the ACE-Step 1.5 base model.*acestep_v1.5_base.safetensors"):
@@ -170,8 +173,103 @@ def test_track_nodes_refuse_turbo_and_unknown_tracks(env):
 def test_cover_prompts_saved_before_noise_strength_still_run(env):
     """noise_strength was appended to Cover as an optional input: API prompts without it validate and run."""
     node_map, _ = env
-    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "cover.api.json").read_text()))
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "cover.api.json").read_text()))
     cover = next(n for n in api.values() if n["class_type"] == "ACE15S_Cover")
     assert cover["inputs"].pop("noise_strength") == 0.0
     result = h.execute_prompt(api, node_map)
     assert result["outputs"]
+
+
+def _errors(api, node_map, nid):
+    with pytest.raises(h.PromptError) as info:
+        h.validate_prompt(api, node_map)
+    return [(e["type"], e["details"]) for e in info.value.node_errors[nid]["errors"]]
+
+
+def test_pack_validation_keeps_comfyuis_own_checks(env):
+    """A node's validate_inputs turns ComfyUI's range and list checks off for the inputs it names (for all
+    of them with **kwargs): the other inputs keep them, and the named ones are checked by the node."""
+    node_map, _ = env
+    repaint = json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
+    for name, value, kind in (("steps", 0, "value_smaller_than_min"), ("strength", 5.0, "value_bigger_than_max")):
+        api = json.loads(json.dumps(repaint))
+        api["3"]["inputs"][name] = value
+        assert [k for k, _ in _errors(api, node_map, "3")] == [kind]
+    api = json.loads(json.dumps(repaint))
+    api["4"]["inputs"]["format"] = "wav"
+    assert [k for k, _ in _errors(api, node_map, "4")] == ["value_not_in_list"]
+    api = json.loads(json.dumps(repaint))
+    api["3"]["inputs"]["start"] = -2.0
+    (kind, details), = _errors(api, node_map, "3")
+    assert kind == "custom_validation_failed" and "start must be from 0 to 600, got -2" in details
+    t2m = json.loads((h.REPO_ROOT / "workflows" / "api" / "text2music_thinking.api.json").read_text())
+    for name, value, message in (("bpm", 10, "bpm must be 0 (auto) or from 30 to 300, got 10"),
+                                 ("duration", 0.5, "duration must be 0 (auto) or from 1 to 600 seconds, got 0.5")):
+        for nid in ("2", "3"):  # LM Thinking and Text2Music
+            api = json.loads(json.dumps(t2m))
+            api[nid]["inputs"][name] = value
+            (kind, details), = _errors(api, node_map, nid)
+            assert kind == "custom_validation_failed" and message in details
+
+
+def test_no_pack_node_validates_with_kwargs(env):
+    """**kwargs in validate_inputs would switch ComfyUI's checks off for every input; linked inputs
+    arrive as None and must pass (the node checks them when it runs)."""
+    node_map, _ = env
+    import inspect
+
+    checked = 0
+    for node_id, cls in node_map.items():
+        if "validate_inputs" not in vars(cls):
+            continue
+        params = inspect.signature(cls.validate_inputs).parameters.values()
+        assert all(p.kind is not p.VAR_KEYWORD for p in params), node_id
+        assert cls.validate_inputs(**{p.name: None for p in params}) is True, node_id
+        checked += 1
+    assert checked >= 6
+
+
+def _primitive(api, nid, kind, value):
+    api[nid] = {"class_type": f"Primitive{kind}", "inputs": {"value": value}}
+    return [nid, 0]
+
+
+def test_linked_widgets_validate_and_run(env):
+    """start / end / tracks driven by another node (a widget converted to an input): validation lets them
+    through, and the node checks the values it receives."""
+    node_map, _ = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
+    api["3"]["inputs"]["start"] = _primitive(api, "90", "Float", 1.0)
+    api["3"]["inputs"]["end"] = _primitive(api, "91", "Float", 3.0)
+    result = h.execute_prompt(api, node_map)
+    (audio,) = result["results"]["3"]
+    assert abs(audio["waveform"].shape[-1] / 48000 - 249600 / 48000) < 0.01
+    input_error = importlib.import_module(f"{h.PACK_MODULE_NAME}.acestep_core.errors").InputError
+    api["90"]["inputs"]["value"] = -2.0
+    with pytest.raises(input_error, match="Repaint: start must be from 0 to 600, got -2"):
+        h.execute_prompt(api, node_map)
+    api["90"]["inputs"]["value"], api["91"]["inputs"]["value"] = 2.0, 2.2
+    with pytest.raises(input_error, match=r"end \(2.2s\) must be at least 0.5s after start \(2s\)"):
+        h.execute_prompt(api, node_map)
+
+    tracks = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "extract_and_complete.api.json").read_text()))
+    tracks["5"]["inputs"]["tracks"] = _primitive(tracks, "90", "String", "drums, cowbell")
+    h.validate_prompt(tracks, node_map)
+    with pytest.raises(input_error, match="unknown track 'cowbell'"):
+        h.execute_prompt(tracks, node_map)
+    add = json.loads((h.REPO_ROOT / "workflows" / "api" / "add_track.api.json").read_text())
+    add["3"]["inputs"]["end"] = _primitive(add, "90", "Float", 0.5)
+    h.validate_prompt(add, node_map)
+    with pytest.raises(input_error, match=r"Add Track: end \(0.5s\) must be after start \(1s\)"):
+        h.execute_prompt(add, node_map)
+
+
+def test_continue_refuses_an_overlap_as_long_as_the_source(env):
+    """overlap >= the source would put the window at 0, which the engine reads as 'from the end': the
+    node says so instead of silently regenerating nothing."""
+    node_map, _ = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "continue.api.json").read_text()))
+    input_error = importlib.import_module(f"{h.PACK_MODULE_NAME}.acestep_core.errors").InputError
+    api["3"]["inputs"]["overlap"] = 5.2
+    with pytest.raises(input_error, match=r"overlap \(5.2s\) must be shorter than the source audio \(5.20s\)"):
+        h.execute_prompt(api, node_map)

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+API_DIR = HERE / "api"
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import nodes_harness  # noqa: E402
@@ -21,14 +22,15 @@ import nodes_harness  # noqa: E402
 PACK_PROPS = {"cnr_id": "comfyui-acestep15-studio", "ver": "0.1.0"}
 CORE_PROPS = {"cnr_id": "comfy-core", "ver": "0.27.0"}
 HF = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files/resolve/main/split_files"
+LM_MODEL = {"name": "qwen_1.7b_ace15.safetensors", "url": f"{HF}/text_encoders/qwen_1.7b_ace15.safetensors",
+            "directory": "text_encoders"}
 LOADER_MODELS = [
     {"name": "acestep_v1.5_turbo.safetensors", "url": f"{HF}/diffusion_models/acestep_v1.5_turbo.safetensors",
      "directory": "diffusion_models"},
     {"name": "ace_1.5_vae.safetensors", "url": f"{HF}/vae/ace_1.5_vae.safetensors", "directory": "vae"},
     {"name": "qwen_0.6b_ace15.safetensors", "url": f"{HF}/text_encoders/qwen_0.6b_ace15.safetensors",
      "directory": "text_encoders"},
-    {"name": "qwen_1.7b_ace15.safetensors", "url": f"{HF}/text_encoders/qwen_1.7b_ace15.safetensors",
-     "directory": "text_encoders"},
+    LM_MODEL,
 ]
 # Core nodes used by the examples: socket inputs, outputs, widget names, extra UI-only widget values.
 CORE = {
@@ -109,8 +111,9 @@ def build(name, title, description, nodes, links, schemas):
         props = dict(CORE_PROPS if node_type in CORE else PACK_PROPS)
         props["Node name for S&R"] = node_type
         if node_type == "ACE15S_LoadModel":
-            props["models"] = [BASE_MODEL, *LOADER_MODELS[1:]] if values.get("dit") == BASE_MODEL["name"] \
-                else LOADER_MODELS
+            models = [BASE_MODEL, *LOADER_MODELS[1:]] if values.get("dit") == BASE_MODEL["name"] else LOADER_MODELS
+            # The LM file only where the graph uses one (ComfyUI asks the user to fetch every listed model).
+            props["models"] = [m for m in models if m is not LM_MODEL or values.get("lm") != "none"]
         height = 60 + 26 * (len(sockets) + len(widgets)) + (160 if node_type.endswith(("Thinking", "Music")) else 0)
         ui_nodes.append({"id": nid, "type": node_type, "pos": list(pos), "size": [360, height], "flags": {},
                          "order": order, "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs, "title": node_title,
@@ -125,7 +128,10 @@ def build(name, title, description, nodes, links, schemas):
         "version": 0.4,
     }
     (HERE / f"{name}.json").write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
-    (HERE / f"{name}.api.json").write_text(json.dumps(api, indent=2, ensure_ascii=False) + "\n")
+    # The API twins live one folder down: ComfyUI offers every workflows/*.json as a template to open in
+    # the editor, and an API prompt is not a graph it can open.
+    API_DIR.mkdir(exist_ok=True)
+    (API_DIR / f"{name}.api.json").write_text(json.dumps(api, indent=2, ensure_ascii=False) + "\n")
 
 
 def main():
