@@ -6,13 +6,34 @@ manager sees it, can evict other models to make room for it, and can evict it in
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
 from . import host
+
+
+# One ACE-Step stage at a time in this process: graph runs and /acestep REST jobs (nodes/rest_routes.py)
+# share the weights and ComfyUI's memory manager, so a stage that finds another running waits for it.
+# Re-entrant: a stage may run another inside it on the same thread.
+_STAGE_LOCK = threading.RLock()
+STAGE_WAIT_POLL_S = 0.25
+
+
+@contextlib.contextmanager
+def one_stage_at_a_time(interruptible: bool = True):
+    """Hold the stage lock; a graph run waiting for it still answers Cancel (`interruptible`)."""
+    while not _STAGE_LOCK.acquire(timeout=STAGE_WAIT_POLL_S):
+        if interruptible:
+            host.raise_if_interrupted()
+    try:
+        yield
+    finally:
+        _STAGE_LOCK.release()
 
 
 @dataclass
@@ -78,25 +99,29 @@ class ACEStepModel:
 
     # -- running stages under ComfyUI's memory manager --------------------------------------
 
-    def run_pipeline(self, fn: Callable[[], Any]) -> Any:
-        """Load the DiT / text encoder / VAE patchers (evicting others as needed), run, release."""
-        host.load_models(self.patchers.values())
-        _point_at_device(self.pipeline, self.load_device)
-        try:
-            return fn()
-        finally:
-            self._after_stage(self.patchers.values())
+    def run_pipeline(self, fn: Callable[[], Any], interruptible: bool = True) -> Any:
+        """Load the DiT / text encoder / VAE patchers (evicting others as needed), run, release.
+        `interruptible`: ComfyUI's Cancel ends the wait for another stage (off for REST jobs, which
+        have their own cancel and must not take the graph's Cancel)."""
+        with one_stage_at_a_time(interruptible):
+            host.load_models(self.patchers.values())
+            _point_at_device(self.pipeline, self.load_device)
+            try:
+                return fn()
+            finally:
+                self._after_stage(self.patchers.values())
 
-    def run_planner(self, fn: Callable[[], Any]) -> Any:
+    def run_planner(self, fn: Callable[[], Any], interruptible: bool = True) -> Any:
         if self.planner is None:
             raise RuntimeError("no LM loaded")
-        if self.lm_patcher is not None:
-            host.load_models([self.lm_patcher])
-        _point_at_device(self.planner, self.load_device)
-        try:
-            return fn()
-        finally:
-            self._after_stage([self.lm_patcher] if self.lm_patcher is not None else [])
+        with one_stage_at_a_time(interruptible):
+            if self.lm_patcher is not None:
+                host.load_models([self.lm_patcher])
+            _point_at_device(self.planner, self.load_device)
+            try:
+                return fn()
+            finally:
+                self._after_stage([self.lm_patcher] if self.lm_patcher is not None else [])
 
     def _after_stage(self, patchers) -> None:
         if self.decision.offload:

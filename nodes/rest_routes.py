@@ -6,8 +6,9 @@ Same routes and runtime as the headless server; what differs is where things com
   Load ACE-Step defaults ("auto" everything) are loaded once;
 - results: <ComfyUI output>/acestep_api/<task_id>/; JSON requests may name files in ComfyUI's input
   folder as src_audio_path;
-- scheduling: the API worker waits until ComfyUI's prompt queue is idle before each job, so graph
-  runs and API jobs take turns on the models;
+- scheduling: the API worker waits until ComfyUI's prompt queue is idle before each job, and every
+  stage (LM, pipeline) of either holds the pack's stage lock (nodes/model.py), so a graph queued
+  during a job waits for the job's stage to end: graph runs and API jobs take turns on the models;
 - access: without ACESTEP_API_KEY only loopback clients may use these routes (ComfyUI may be
   listening on every interface).
 """
@@ -131,7 +132,7 @@ class ComfyModelProvider:
 
     def pipeline(self, model: Optional[str] = None):
         loaded = self._model()
-        return _Staged(loaded.pipeline, loaded.run_pipeline), self._name(loaded)
+        return _Staged(loaded.pipeline, lambda fn: loaded.run_pipeline(fn, interruptible=False)), self._name(loaded)
 
     def planner(self):
         loaded = self._model()
@@ -140,7 +141,7 @@ class ComfyModelProvider:
                 "this request needs the 5 Hz LM (thinking, use_format, sample_mode or sample_query), but the "
                 "ACE-Step model loaded in ComfyUI has none: set 'lm' on Load ACE-Step (and install an LM), "
                 "or send thinking=false, use_format=false and no sample_query")
-        return _Staged(loaded.planner, loaded.run_planner)
+        return _Staged(loaded.planner, lambda fn: loaded.run_planner(fn, interruptible=False))
 
 
 def comfy_idle_gate(prompt_server) -> Callable[[], Any]:
