@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..acestep_core.errors import ACEStepError
 from ..acestep_core.server import LMUnavailableError, ModelInfo, Runtime, ServerConfig, add_routes
 from . import model_cache
 
@@ -126,9 +127,18 @@ class ComfyModelProvider:
         return None if getattr(model, "planner", None) is None or lm == "none" else f"acestep-5Hz-lm-{lm}"
 
     def decision(self):
-        """The loaded model's memory decision (None until a model is loaded)."""
-        engine = getattr(self._current(), "engine", None)
-        return engine.decision if engine is not None else None
+        """The memory decision requests are held to: the loaded model's, or before any is loaded the one
+        the defaults would get (decided, nothing loaded); None when there are no model files."""
+        model = self._current()
+        if model is not None:
+            engine = getattr(model, "engine", None)
+            return engine.decision if engine is not None else None
+        try:
+            from .loader_node import plan_for
+
+            return plan_for(*default_components(), "auto", "auto", "auto")[2].decision
+        except ACEStepError:  # no models yet: the job itself will say so
+            return None
 
     def pipeline(self, model: Optional[str] = None):
         loaded = self._model()
@@ -157,12 +167,15 @@ def build_runtime(prompt_server) -> Runtime:
     import folder_paths
 
     result_dir = Path(folder_paths.get_output_directory()) / RESULT_SUBFOLDER
-    # Adapters for /acestep/v1/lora/load come from ComfyUI's loras folder unless ACESTEP_LORA_DIR says otherwise.
+    # Adapters for /acestep/v1/lora/load come from every 'loras' folder ComfyUI knows (extra_model_paths
+    # included, as the LoRA node lists them) unless ACESTEP_LORA_DIR says otherwise.
     loras = folder_paths.get_folder_paths("loras") if "loras" in folder_paths.folder_names_and_paths else []
-    lora_dir = Path(loras[0]) if loras and not os.environ.get("ACESTEP_LORA_DIR") else None
+    lora_dirs = tuple(Path(d) for d in loras) if not os.environ.get("ACESTEP_LORA_DIR") else None
     config = ServerConfig.from_env(result_dir, input_dirs=(Path(folder_paths.get_input_directory()),),
-                                   loopback_only=True, lora_dir=lora_dir)
-    return Runtime(ComfyModelProvider(), config, idle_gate=comfy_idle_gate(prompt_server))
+                                   loopback_only=True, lora_dirs=lora_dirs or None)
+    provider = ComfyModelProvider()
+    # Duration and batch are held to the same memory decision as the Load node's (as for `serve`).
+    return Runtime(provider, config, idle_gate=comfy_idle_gate(prompt_server), memory_decision=provider.decision)
 
 
 def register_routes(prompt_server) -> Runtime:

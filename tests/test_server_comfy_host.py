@@ -126,3 +126,32 @@ def test_remote_clients_need_a_key_in_comfyui(comfy_pack, monkeypatch):
     assert info.value.status == 403 and "ACESTEP_API_KEY" in str(info.value)
     runtime.config.api_key = "k"
     authorise(runtime, SimpleNamespace(remote="192.168.1.20", headers={"Authorization": "Bearer k"}))
+
+
+def test_rest_in_comfyui_holds_the_load_nodes_decision_and_reads_every_lora_folder(comfy_pack, tmp_path, tiny_dir):
+    """Jobs are held to the same memory decision as the graph's model (before one is loaded, the one the
+    defaults would get), and /v1/lora/load finds adapters in every 'loras' folder the LoRA node lists."""
+    import shutil
+
+    import folder_paths
+
+    from acestep_core.server import limits
+
+    extra = tmp_path / "extra_loras"
+    extra.mkdir()
+    shutil.copy(tiny_dir / "loras" / "lora_b.comfyui.safetensors", extra / "mine.safetensors")
+    folder_paths.add_model_folder_path("loras", str(extra))
+    rest = import_module(h.PACK_MODULE_NAME + ".nodes.rest_routes")
+    loader = import_module(h.PACK_MODULE_NAME + ".nodes.loader_node")
+    runtime = rest.build_runtime(SimpleNamespace(prompt_queue=FakePromptQueue()))
+
+    assert runtime.adapters.resolve("mine.safetensors") == (extra / "mine.safetensors").resolve()
+    assert runtime.adapters.resolve(str(extra / "mine.safetensors")) == (extra / "mine.safetensors").resolve()
+    with pytest.raises(PermissionError, match="outside the LoRA folders"):
+        runtime.adapters.resolve("../elsewhere.safetensors")
+
+    before = runtime.memory_decision
+    assert before is not None and limits.describe(runtime.config, before)["memory_limits"] == "on"
+    graph_model = loader.load_model("acestep_v1.5_turbo.safetensors", "ace_1.5_vae.safetensors",
+                                    "qwen_0.6b_ace15.safetensors", "none", "off", "auto")
+    assert runtime.memory_decision is graph_model.engine.decision

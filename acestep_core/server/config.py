@@ -73,8 +73,8 @@ class ServerConfig:
     # Refuse non-loopback clients unless an API key is set (for routes on a host server such as
     # ComfyUI's, which may listen on every interface).
     loopback_only: bool = False
-    # /v1/lora/load reads adapters from this folder only (ACESTEP_LORA_DIR); None refuses every load.
-    lora_dir: Optional[Path] = None
+    # /v1/lora/load reads adapters from these folders only (ACESTEP_LORA_DIR); none refuses every load.
+    lora_dirs: tuple = ()
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -92,7 +92,7 @@ class ServerConfig:
             cleanup_interval_s=_env_float(env, "ACESTEP_CLEANUP_INTERVAL", 300.0),
             max_upload_bytes=int(_env_float(env, "ACESTEP_MAX_UPLOAD_MB", 50.0) * 1024 * 1024),
             generation_timeout_s=_env_float(env, "ACESTEP_GENERATION_TIMEOUT", 600.0),
-            lora_dir=Path(env["ACESTEP_LORA_DIR"]) if (env.get("ACESTEP_LORA_DIR") or "").strip() else None,
+            lora_dirs=(Path(env["ACESTEP_LORA_DIR"]),) if (env.get("ACESTEP_LORA_DIR") or "").strip() else (),
             max_source_seconds=_env_float(env, "ACESTEP_MAX_SOURCE_SECONDS", 0.0) or None,
             max_json_body_bytes=int(_env_float(env, "ACESTEP_MAX_BODY_MB", 1.0) * 1024 * 1024),
             state_dir=Path(env["ACESTEP_STATE_DIR"]) if (env.get("ACESTEP_STATE_DIR") or "").strip() else None,

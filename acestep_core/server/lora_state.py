@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..adapters import Adapter, ScaledAdapter
 from ..errors import AdapterError
@@ -15,8 +15,9 @@ from .files import is_within
 
 
 class AdapterState:
-    def __init__(self, lora_dir: Optional[Path]):
-        self.lora_dir = Path(lora_dir).expanduser().resolve() if lora_dir else None
+    def __init__(self, lora_dirs: Sequence[Path] = ()):
+        # Where /v1/lora/load may read (ACESTEP_LORA_DIR; inside ComfyUI every 'loras' folder it knows).
+        self.lora_dirs = tuple(Path(d).expanduser().resolve() for d in lora_dirs)
         self._lock = threading.Lock()
         self._adapters: dict[str, Adapter] = {}
         self._scales: dict[str, float] = {}
@@ -26,15 +27,23 @@ class AdapterState:
         self.adapter_type: Optional[str] = None
 
     def resolve(self, raw: str) -> Path:
-        """`raw` (relative to the LoRA folder, or absolute) inside the LoRA folder; PermissionError otherwise."""
-        if self.lora_dir is None:
+        """`raw` (relative to a LoRA folder, or absolute) inside a LoRA folder; PermissionError otherwise.
+        A relative name is looked up in each folder in turn (the first folder when none holds it)."""
+        if not self.lora_dirs:
             raise PermissionError("loading adapters is off on this server: start it with ACESTEP_LORA_DIR set "
                                   "to the folder holding the adapters")
         candidate = Path(raw).expanduser()
-        target = (candidate if candidate.is_absolute() else self.lora_dir / candidate).resolve()
-        if not is_within(target, self.lora_dir):
-            raise PermissionError(f"{raw} is outside the LoRA folder {self.lora_dir}")
-        return target
+        if candidate.is_absolute():
+            target = candidate.resolve()
+            if any(is_within(target, folder) for folder in self.lora_dirs):
+                return target
+        else:
+            targets = [(folder / candidate).resolve() for folder in self.lora_dirs]
+            inside = [t for t, folder in zip(targets, self.lora_dirs) if is_within(t, folder)]
+            if len(inside) == len(targets):
+                return next((t for t in inside if t.exists()), inside[0])
+        folders = ", ".join(str(folder) for folder in self.lora_dirs)
+        raise PermissionError(f"{raw} is outside the LoRA folder{'s' if len(self.lora_dirs) > 1 else ''} {folders}")
 
     def add(self, name: str, adapter: Adapter) -> None:
         with self._lock:

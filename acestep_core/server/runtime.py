@@ -123,8 +123,9 @@ class Runtime:
         self.idle_gate = idle_gate
         self.job_runner = job_runner
         # The memory decision (acestep_core.memory.policy.MemoryDecision) whose duration and batch
-        # limits requests are clamped to; None = only the request table's own limits.
-        self.memory_decision = memory_decision
+        # limits requests are clamped to; None = only the request table's own limits. A callable is
+        # asked at each request (inside ComfyUI: the decision of the model loaded now).
+        self._memory_decision = memory_decision
         self.store = JobStore(config.avg_job_seconds, config.avg_window)
         self.result_root = Path(config.result_dir).resolve()
         self.upload_dir = self.result_root / ".uploads"
@@ -144,7 +145,12 @@ class Runtime:
         self._tasks: list[asyncio.Task] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         # Adapters set through /v1/lora/*; each queued job takes a copy of them.
-        self.adapters = AdapterState(config.lora_dir)
+        self.adapters = AdapterState(config.lora_dirs)
+
+    @property
+    def memory_decision(self) -> Any:
+        decision = self._memory_decision
+        return decision() if callable(decision) else decision
 
     # ------------------------------------------------------------------ lifecycle
 
