@@ -18,6 +18,12 @@ def started(config) -> Runtime:
     return runtime
 
 
+def stopped(runtime: Runtime) -> None:
+    """What close() does to the records once the loop is gone: the store and the state folder let go."""
+    runtime.store.detach()
+    runtime.state_lock.release()
+
+
 def test_records_survive_restart_and_expire_with_their_files(tmp_path):
     config = ServerConfig.from_env(tmp_path / "res", env={}, result_max_age_s=60.0)
     first = started(config)
@@ -29,7 +35,7 @@ def test_records_survive_restart_and_expire_with_their_files(tmp_path):
     (folder / f"{done.task_id}_1.wav").write_bytes(b"RIFF")
     first.store.mark_succeeded(done, {"audio_urls": ["/v1/audio?path=x"], "notices": ["clamped"]})
     waiting = first.store.create(ReleaseRequest(values={"prompt": "never ran"}))
-    first.store.detach()
+    stopped(first)
 
     second = started(config)
     again = second.store.get(done.task_id)
@@ -40,7 +46,7 @@ def test_records_survive_restart_and_expire_with_their_files(tmp_path):
     assert lost.status == "failed" and lost.error == RESTART_ERROR
     assert second.cleanup_once(now=time.time() + 120) == 2  # both finished records are old now
     assert second.store.get(done.task_id) is None and not folder.exists()
-    second.store.detach()
+    stopped(second)
     rows = sqlite3.connect(tmp_path / "res" / ".state" / "jobs.sqlite3").execute("SELECT COUNT(*) FROM jobs")
     assert rows.fetchone()[0] == 0  # records and files went together
 
@@ -53,4 +59,4 @@ def test_an_unreadable_request_record_still_answers(tmp_path):
     runtime = started(config)
     job = runtime.store.get("11111111-1111-1111-1111-111111111111")
     assert job is not None and job.status == "succeeded" and job.request is None
-    runtime.store.detach()
+    stopped(runtime)

@@ -11,15 +11,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 log = logging.getLogger("acestep_core.serve")
 # Open HTTP connections get this long to finish once the server stops.
 CONNECTION_CLOSE_S = 1.0
+
+
+class StartupError(Exception):
+    """A start-up problem the user can fix; `serve` prints it as one line and exits non-zero."""
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0-65535 (0 picks a free one)")
+    return port
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +47,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--host", default=os.environ.get("ACESTEP_API_HOST", "127.0.0.1"),
                    help="interface to bind (default 127.0.0.1; use 0.0.0.0 only behind an API key)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("ACESTEP_API_PORT", "8001")),
+    # The default stays text so argparse checks ACESTEP_API_PORT with the same rule as --port.
+    p.add_argument("--port", type=port_number, default=os.environ.get("ACESTEP_API_PORT", "8001"),
                    help="port (default 8001; 0 picks a free one and prints it)")
     p.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR"),
                    help="official checkpoints/ root (acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/, acestep-5Hz-lm-*/)")
@@ -102,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        check_folders(config)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         # The decision is made here, before the first request: a bad --device, missing weights or an XL
         # model this card cannot hold are start-up errors, not failed jobs.
         provider = provider_from_args(args)
@@ -117,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
                         "run jobs and download results", args.host)
     runtime = Runtime(provider, config, memory_decision=decision)
     try:
-        asyncio.run(_serve(create_app(runtime), args.host, args.port, config, provider, runtime))
+        asyncio.run(_serve(create_app(runtime, start_runtime=False), args.host, args.port, config, provider,
+                           runtime))
     except KeyboardInterrupt:
         pass
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if runtime.abandoned_work:
         # The model thread is inside a step with no cancel point; its record already says the job
         # was stopped. Leave without tearing down the native thread pools under it.
@@ -130,15 +156,57 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_folders(config) -> None:
+    """The output and state folders exist (or are made) before anything loads."""
+    for flag, folder in (("--output-dir", config.result_dir), ("ACESTEP_STATE_DIR", config.state_dir)):
+        if folder is None:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StartupError(f"{flag} {folder}: a file (not a folder) has this name, or one of its parent "
+                               "folders; give a folder path") from None
+        except OSError as exc:
+            raise StartupError(f"{flag} {folder}: cannot create this folder ({exc.strerror or exc}); "
+                               "give a folder you can write to") from None
+
+
+def bind_error(exc: OSError, host: str, port: int) -> StartupError:
+    """A one-line reason why host:port cannot be bound, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"{host}:{port} is already in use (another server?); stop it or give another "
+                            "--port (0 picks a free one)")
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return StartupError(f"--host {host} is not an address of this machine; use 127.0.0.1 (this machine "
+                            "only), 0.0.0.0 (every interface) or one of this machine's own addresses")
+    if exc.errno == errno.EACCES:
+        return StartupError(f"{host}:{port}: not allowed to bind this port (ports below 1024 need "
+                            "privileges); give a --port of 1024 or more")
+    return StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 async def _serve(app, host: str, port: int, config, provider, runtime) -> None:
-    """Bind, print the real address (so --port 0 is usable), serve until SIGINT / SIGTERM."""
+    """Bind, start the runtime (only once the port is ours), print the real address (so --port 0 is
+    usable), serve until SIGINT / SIGTERM."""
     from aiohttp import web
+
+    from ..server.state_lock import StateFolderInUseError
 
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=CONNECTION_CLOSE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise bind_error(exc, host, port) from None
+        # No await between the bind and this start: no request is served before the runtime runs.
+        try:
+            await runtime.start()
+        except StateFolderInUseError as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"cannot use the state folder {runtime.state_dir}: {exc.strerror or exc}") from None
         bound_host, bound_port = runner.addresses[0][:2]
         print(f"ACE-Step API on http://{bound_host}:{bound_port}  (results in {config.result_dir.resolve()}, "
               f"LM: {provider.lm_name() or 'none'})", flush=True)

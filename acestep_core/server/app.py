@@ -17,7 +17,9 @@ def max_body_bytes(runtime: Runtime) -> int:
     return max(MAX_BODY_BYTES, 2 * (runtime.config.max_upload_bytes * 4 // 3 + 4) + 1024 * 1024)
 
 
-def create_app(runtime: Runtime, prefix: str = "") -> web.Application:
+def create_app(runtime: Runtime, prefix: str = "", start_runtime: bool = True) -> web.Application:
+    """start_runtime=False: the caller starts the runtime itself (`serve` binds the port first, so a
+    busy port fails before any job record is touched)."""
     app = web.Application(client_max_size=max_body_bytes(runtime))
     app[RUNTIME_KEY] = runtime
     add_routes(app, prefix=prefix, runtime=runtime)
@@ -28,6 +30,7 @@ def create_app(runtime: Runtime, prefix: str = "") -> web.Application:
     async def stop(_app: web.Application) -> None:
         await runtime.close()
 
-    app.on_startup.append(start)
+    if start_runtime:
+        app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app

@@ -34,6 +34,7 @@ from .models import LMUnavailableError
 from .params import FieldError, ignored_fields, parse_fields, parse_json_object, parse_release_request, to_bool
 from .responses import fail, ok, wrap
 from .runtime import QueueFullError, Runtime, ShuttingDownError
+from .state_lock import StateFolderInUseError
 
 log = logging.getLogger(__name__)
 
@@ -569,6 +570,8 @@ def guarded(runtime: Runtime, handler: Handler) -> Handler:
             return fail(413, str(exc))
         except web.HTTPRequestEntityTooLarge as exc:
             return fail(413, f"body: request larger than the server accepts ({exc.reason})")
+        except StateFolderInUseError as exc:
+            return fail(503, exc.public)
         except LMUnavailableError as exc:
             return fail(503, str(exc))
         except InputError as exc:

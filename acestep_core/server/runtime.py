@@ -37,6 +37,7 @@ from .jobs import QUEUED, RESTART_RUNNING_ERROR, SUCCEEDED, Job, JobStore
 from .lora_state import AdapterState
 from .models import LMUnavailableError, ModelProvider
 from .params import ReleaseRequest
+from .state_lock import StateLock
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Runtime:
         self.result_root = Path(config.result_dir).resolve()
         self.upload_dir = self.result_root / ".uploads"
         self.state_dir = Path(config.state_dir).resolve() if config.state_dir else self.result_root / ".state"
+        self.state_lock = StateLock(self.state_dir)
         self.accepting = True
         # True once shutdown() gave up waiting for the model thread (the process must not wait for it).
         self.abandoned_work = False
@@ -162,6 +164,9 @@ class Runtime:
         if self.started:
             return
         self.result_root.mkdir(parents=True, exist_ok=True)
+        # Before anything is restored or deleted: a second server on this folder would fail the first
+        # one's live jobs and remove its uploads (StateFolderInUseError, nothing touched).
+        self.state_lock.acquire()
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(maxsize=self.config.queue_maxsize)
         self._stopping.clear()
@@ -255,6 +260,7 @@ class Runtime:
             self._executor = None
         self._queue = None
         self.store.detach()
+        self.state_lock.release()
 
     # ------------------------------------------------------------------ jobs
 
