@@ -237,3 +237,27 @@ def test_bad_prompt_is_400_with_our_message(server):
     errors = json.loads(raw)["node_errors"]["4"]["errors"]
     assert errors[0]["type"] == "custom_validation_failed"
     assert "must be a relative name inside the output folder" in errors[0]["details"]
+
+
+def test_validation_follows_comfyuis_rules_for_named_and_linked_inputs(server):
+    """ComfyUI's own range checks stay on for the inputs a node's validate_inputs does not name, the named
+    ones are checked by the node, and a widget fed by a link (PrimitiveFloat) validates and runs."""
+    base = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
+    for name, value, kind in (("steps", 0, "value_smaller_than_min"), ("start", -2.0, "custom_validation_failed")):
+        prompt = json.loads(json.dumps(base))
+        prompt["3"]["inputs"][name] = value
+        status, raw = _http("POST", "/prompt", {"prompt": prompt})
+        assert status == 400
+        errors = json.loads(raw)["node_errors"]["3"]["errors"]
+        assert [e["type"] for e in errors] == [kind] * len(errors), errors
+    linked = shorten_for_tiny(json.loads(json.dumps(base)))
+    linked["90"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 1.5}}
+    linked["3"]["inputs"]["start"] = ["90", 0]
+    client = Client()
+    try:
+        status, raw = client.submit(linked)
+        assert status == 200, raw
+        events = client.wait(json.loads(raw)["prompt_id"])
+    finally:
+        client.close()
+    assert any(e["type"] == "execution_success" for e in events), [e["type"] for e in events][-5:]
