@@ -111,8 +111,8 @@ def post_form(fields: dict, files: tuple = ()):
     return lambda base: http("POST", base + "/release_task", data=form(fields, files))
 
 
-def post_bytes(body: bytes, content_type: str):
-    return lambda base: http("POST", base + "/release_task", data=body, headers={"Content-Type": content_type})
+def post_bytes(body: bytes, content_type: str, path: str = "/release_task"):
+    return lambda base: http("POST", base + path, data=body, headers={"Content-Type": content_type})
 
 
 def queued_request(server, body: dict):
@@ -137,6 +137,14 @@ def expect_ignored(ignored: list, suggestions: dict):
 
 
 JSON_BODY = json.dumps(dict(GOOD, audio_duration=12)).encode()
+BIG = "1" + "0" * 400  # an integer literal past float range
+HUGE = "1" + "0" * 5000  # past Python's 4300-digit int conversion limit
+
+
+def big_json(name: str, literal: str, path: str = "/release_task", base: Optional[dict] = None):
+    """A JSON body whose `name` is a raw number literal (json.dumps cannot write a 5000-digit int)."""
+    body = json.dumps(dict(GOOD if base is None else base, **{name: "@@"})).replace('"@@"', literal)
+    return post_bytes(body.encode(), "application/json", path)
 SHORT = wav_bytes(3, rate=48000, width=2)
 
 CASES = [
@@ -192,6 +200,25 @@ CASES = [
          "key_scale 'H major' is not a key"),
     Case("schema-choices", post_json(dict(GOOD, chunk_mask_mode="sideways")), 400,
          "chunk_mask_mode: must be one of auto, explicit, got 'sideways'"),
+    # ---- numbers no float or int conversion takes
+    *[Case(f"{name}-beyond-float-range", big_json(name, BIG), 400, f"{name}: expected a finite number, got inf")
+      for name in ("guidance_scale", "shift", "audio_duration", "repainting_start", "lm_temperature")],
+    Case("timesteps-beyond-float-range", big_json("timesteps", f"[{BIG}, 0]"), 400,
+         "timesteps: expected a finite number, got inf"),
+    Case("batch-5000-digits", big_json("batch_size", HUGE), 400,
+         "batch_size: expected an integer of sensible size, got inf"),
+    Case("param_obj-5000-digits", post_json(dict(GOOD, batch_size=None, param_obj='{"batch_size": %s}' % HUGE)), 400,
+         "batch_size: expected an integer of sensible size"),
+    Case("form-5000-digits", post_form(dict(GOOD, batch_size=HUGE)), 400,
+         "batch_size: expected an integer of sensible size, got '100000000000000000000000000000000000..."),
+    Case("json-nested-too-deep", post_bytes(b"[" * 200000 + b"]" * 200000, "application/json"), 400,
+         "body: JSON nested too deeply"),
+    Case("chat-temperature-beyond-float-range",
+         big_json("temperature", BIG, "/v1/chat/completions",
+                  {"messages": [{"role": "user", "content": "<prompt>pop</prompt><lyrics>[inst]</lyrics>"}]}),
+         400, "temperature: expected a finite number, got inf"),
+    Case("lora-scale-beyond-float-range", big_json("scale", BIG, "/v1/lora/scale", {}), 400,
+         "scale: expected a finite number, got inf"),
     # ---- the memory decision (tier1: 360 s, batch 1)
     Case("batch-beyond-decision", post_json(dict(GOOD, batch_size=4)), 200, check=expect(batch_size=1),
          extra_notes=["Batch size 4 is more than this machine's tier1 limit of 1; generating 1 instead."]),

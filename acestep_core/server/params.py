@@ -55,6 +55,27 @@ class FieldError(ValueError):
         self.field = field_name
 
 
+# Integer literals longer than this are read as floats: Python refuses to convert more than 4300
+# digits, and no field takes a number anywhere near 10**100 (their range checks then name the field).
+MAX_JSON_INT_DIGITS = 100
+
+
+def _json_int(text: str) -> int | float:
+    return int(text) if len(text) <= MAX_JSON_INT_DIGITS else float(text)
+
+
+def load_json(text: str | bytes) -> Any:
+    """json.loads for client text: an absurdly long integer becomes a float (inf past 1e308) that
+    the field's own check refuses by name, instead of a ValueError no handler expects."""
+    return json.loads(text, parse_int=_json_int)
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """repr(value), cut short: error messages quote what was sent, not a 5000-digit number."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # ---------------------------------------------------------------------------------------------
 # Converters: raw value -> typed value, raising ValueError with a short reason.
 
@@ -78,35 +99,37 @@ def to_bool(value: Any) -> bool:
 
 def to_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise ValueError(f"expected an integer, got {brief(value)}")
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
-        return int(value)
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
+    number = value
+    if not isinstance(value, float):
+        text = str(value).strip()
         try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}") from None
-        return int(number)
+            return int(text)
+        except ValueError:  # also more than 4300 digits: read as a float below
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {brief(value)}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected an integer of sensible size, got {brief(value)}")
+    if not number.is_integer():
+        raise ValueError(f"expected an integer, got {brief(value)}")
+    return int(number)
 
 
 def to_float(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
+        raise ValueError(f"expected a number, got {brief(value)}")
     try:
         number = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+    except OverflowError:  # an integer beyond float range (JSON allows any number of digits)
+        raise ValueError(f"expected a number of sensible size, got {brief(value)}") from None
     except ValueError:
-        raise ValueError(f"expected a number, got {value!r}") from None
+        raise ValueError(f"expected a number, got {brief(value)}") from None
     if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
+        raise ValueError(f"expected a finite number, got {brief(value)}")
     return number
 
 
@@ -378,8 +401,8 @@ def ignored_fields(raw: dict, consumed: tuple[str, ...] = ()) -> tuple[list[str]
         value = raw.get(container)
         if isinstance(value, str) and value.strip().startswith("{"):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
+                value = load_json(value)
+            except ValueError:
                 continue
         scan(value, container + ".")
     return ignored, suggestions
@@ -399,7 +422,7 @@ def parse_json_object(value: Any, field_name: str) -> dict:
         return value
     if isinstance(value, str):
         try:
-            parsed = json.loads(value)
+            parsed = load_json(value)
         except json.JSONDecodeError as exc:
             raise FieldError(field_name, f"is not valid JSON ({exc.msg})") from None
         if isinstance(parsed, dict):

@@ -31,7 +31,8 @@ from .files import (
     AUDIO_MEDIA_TYPES,
 )
 from .models import LMUnavailableError
-from .params import FieldError, ignored_fields, parse_fields, parse_json_object, parse_release_request, to_bool
+from .params import (FieldError, ignored_fields, load_json, parse_fields, parse_json_object,
+                     parse_release_request, to_bool)
 from .responses import fail, ok, wrap
 from .runtime import QueueFullError, Runtime, ShuttingDownError
 from .state_lock import StateFolderInUseError
@@ -127,11 +128,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 def _parse_json(raw: bytes) -> dict:
     try:
-        body = json.loads(raw.decode("utf-8-sig"))
+        body = load_json(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise HTTPError(400, "body: not UTF-8 text; send JSON encoded as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise HTTPError(400, f"body: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise HTTPError(400, "body: JSON nested too deeply; send a flat object of fields") from None
     if not isinstance(body, dict):
         raise HTTPError(400, f"body: JSON payload must be an object, got {type(body).__name__}")
     return body
@@ -336,7 +339,7 @@ class ApiHandlers:
             raw = [body["task_id"]]
         if isinstance(raw, str):
             try:
-                raw = json.loads(raw) if raw.strip().startswith("[") else [raw]
+                raw = load_json(raw) if raw.strip().startswith("[") else [raw]
             except json.JSONDecodeError:
                 raise FieldError("task_id_list", "is not a valid JSON list") from None
         if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
