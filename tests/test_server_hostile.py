@@ -232,6 +232,12 @@ CASES = [
          "src_audio_path: no such file inside the folders this server reads from"),
     Case("source-path-dotdot", post_json(dict(GOOD, task_type="cover", src_audio_path="../short.wav")), 400,
          "src_audio_path: must not contain '..'"),
+    Case("source-path-name-too-long", post_json(dict(GOOD, task_type="cover", src_audio_path="a" * 300 + ".wav")),
+         400, "src_audio_path: is not a file name this server's file system can read"),
+    Case("source-path-nul", post_json(dict(GOOD, task_type="cover", src_audio_path="short\x00.wav")), 400,
+         "src_audio_path: contains a NUL byte"),
+    Case("reference-path-name-too-long", post_json(dict(GOOD, reference_audio_path="/" + "b" * 300)), 400,
+         "reference_audio_path: is not a file name"),
     Case("source-path-too-long", post_json(dict(GOOD, task_type="cover", src_audio_path="long_400s.wav")), 400,
          "src_audio_path: the audio is 400.0 s long; this server accepts at most 360 s"),
     Case("reference-path-too-long", post_json(dict(GOOD, reference_audio_path="long_700s.wav")), 400,
@@ -293,6 +299,15 @@ def test_hostile_input(live, case):
         for note in case.extra_notes:
             assert note in notices, notices
     assert files_on_disk(live) == before  # nothing written, nothing changed, no upload left behind
+    still_serves(live)
+
+
+@pytest.mark.parametrize("path, status", [("a" * 300 + ".mp3", 404), ("x/" + "b" * 300 + ".wav", 404),
+                                          ("a\x00.mp3", 403)])
+def test_audio_paths_the_file_system_refuses(live, path, status):
+    reply = http("GET", live.url + "/v1/audio", params={"path": path})
+    assert reply.status == status, reply.body
+    assert str(live.runtime.result_root) not in reply.error and "internal error" not in reply.error
     still_serves(live)
 
 

@@ -142,10 +142,16 @@ def test_refusals_leave_the_state_alone(server, lora_dir):
     cases = [({"lora_path": "nope"}, 400, "adapter not found"),
              ({"lora_path": "wide.safetensors"}, 400, "does not fit"),
              ({"lora_path": "broken.safetensors"}, 400, "not a valid safetensors file"),
-             ({}, 400, "lora_path")]
+             ({}, 400, "lora_path"),
+             # names the file system refuses outright: a clear 400, no server folder in the message
+             ({"lora_path": "a" * 300}, 400, "lora_path: is not a name this server's file system can read"),
+             ({"lora_path": str(lora_dir / ("a" * 300))}, 400, "lora_path: is not a name"),
+             ({"lora_path": "lora_a\x00.txt"}, 400, "lora_path: contains a NUL byte")]
     for body, code, message in cases:
         reply = post(server, "/v1/lora/load", body)
         assert reply.status == code and message in reply.error, (body, reply.body)
+        if "a" * 300 in str(body) or "\x00" in str(body):
+            assert str(lora_dir) not in reply.error
     assert not status(server)["lora_loaded"]
     # Soft errors come back as HTTP 200 with code 400, as the official server answers them.
     reply = post(server, "/v1/lora/toggle", {"use_lora": True})

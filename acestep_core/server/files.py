@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import urllib.parse
 import uuid
@@ -59,6 +60,26 @@ def _has_symlink_below(path: Path, root: Path) -> bool:
     return False
 
 
+def unusable(path: Path) -> bool:
+    """True when the file system cannot look this client-given name up at all: a NUL byte, a name
+    too long for it. (Path methods raise then instead of answering False; callers answer 400/404.)"""
+    try:
+        os.lstat(path)
+    except ValueError:
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+    return False
+
+
+def _resolve(path: Path) -> Optional[Path]:
+    """path.resolve(), or None for a symlink loop or a name the file system refuses."""
+    try:
+        return path.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
 def resolve_served_file(raw_path: str, result_root: Path, upload_dir: Path) -> Path:
     """Map a /v1/audio `path` to a file, or raise PermissionError (403) / FileNotFoundError (404)."""
     if not raw_path or "\x00" in raw_path:
@@ -69,10 +90,14 @@ def resolve_served_file(raw_path: str, result_root: Path, upload_dir: Path) -> P
     root = result_root.resolve()
     lexical = candidate if candidate.is_absolute() else root / candidate
     lexical = Path(os.path.normpath(lexical))
-    if not is_within(lexical, root) or _has_symlink_below(lexical, root):
+    if not is_within(lexical, root):
         raise PermissionError("path is outside the result folder")
-    resolved = lexical.resolve()
-    if not is_within(resolved, root) or is_within(resolved, upload_dir.resolve()):
+    if unusable(lexical):
+        raise FileNotFoundError("audio file not found (it may have expired)")
+    if _has_symlink_below(lexical, root):
+        raise PermissionError("path is outside the result folder")
+    resolved = _resolve(lexical)
+    if resolved is None or not is_within(resolved, root) or is_within(resolved, upload_dir.resolve()):
         raise PermissionError("path is outside the result folder")
     if resolved.suffix.lower() not in AUDIO_MEDIA_TYPES:
         raise PermissionError("only audio files are served")
@@ -91,11 +116,17 @@ def resolve_request_audio(field_name: str, raw: str, result_root: Path, input_di
     candidate = Path(text)
     if ".." in candidate.parts:
         raise FieldError(field_name, "must not contain '..'")
+    if "\x00" in text:
+        raise FieldError(field_name, "contains a NUL byte; give the file's name as plain text")
     roots = [result_root.resolve()] + [Path(d).resolve() for d in input_dirs]
     for root in roots:
-        lexical = candidate if candidate.is_absolute() else root / candidate
-        resolved = Path(os.path.normpath(lexical)).resolve()
-        if is_within(resolved, root) and resolved.is_file():
+        lexical = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
+        if unusable(lexical):
+            raise FieldError(field_name, "is not a file name this server's file system can read (a name "
+                                         "too long?); upload the file as multipart field "
+                                         "'src_audio' / 'reference_audio' instead")
+        resolved = _resolve(lexical)
+        if resolved is not None and is_within(resolved, root) and resolved.is_file():
             return resolved
     allowed = ", ".join(str(r) for r in roots)
     raise FieldError(field_name, f"no such file inside the folders this server reads from ({allowed}); "

@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 
 from ..adapters import Adapter, ScaledAdapter
 from ..errors import AdapterError
-from .files import is_within
+from .files import is_within, unusable
+from .params import FieldError
 
 
 class AdapterState:
@@ -32,7 +33,12 @@ class AdapterState:
         if not self.lora_dirs:
             raise PermissionError("loading adapters is off on this server: start it with ACESTEP_LORA_DIR set "
                                   "to the folder holding the adapters")
+        if "\x00" in raw:
+            raise FieldError("lora_path", "contains a NUL byte; give the adapter's name as plain text")
         candidate = Path(raw).expanduser()
+        lexical = [candidate] if candidate.is_absolute() else [folder / candidate for folder in self.lora_dirs]
+        if any(unusable(path) for path in lexical):
+            raise FieldError("lora_path", "is not a name this server's file system can read (a name too long?)")
         if candidate.is_absolute():
             target = candidate.resolve()
             if any(is_within(target, folder) for folder in self.lora_dirs):
