@@ -219,6 +219,10 @@ CASES = [
          400, "temperature: expected a finite number, got inf"),
     Case("lora-scale-beyond-float-range", big_json("scale", BIG, "/v1/lora/scale", {}), 400,
          "scale: expected a finite number, got inf"),
+    Case("codes-as-integer-list", post_json(dict(GOOD, audio_code_string=[1, 2, 3])), 200,
+         check=expect(audio_code_string="1,2,3")),  # three codes, not the one code 123
+    Case("codes-integer-out-of-range", post_json(dict(GOOD, audio_code_string=[1, 70000])), 400,
+         "audio code 70000 is out of range"),
     # ---- the memory decision (tier1: 360 s, batch 1)
     Case("batch-beyond-decision", post_json(dict(GOOD, batch_size=4)), 200, check=expect(batch_size=1),
          extra_notes=["Batch size 4 is more than this machine's tier1 limit of 1; generating 1 instead."]),

@@ -141,3 +141,16 @@ def test_audio_codes_one_string_or_one_per_batch_item():
     assert parse({"audio_code_string": ["<|audio_code_1|>", "<|audio_code_2|>"][:1]}).audio_code_string == "<|audio_code_1|>"
     per_item = parse({"audio_code_string": [one, "<|audio_code_7|>"], "batch_size": 2})
     assert per_item.audio_code_string == [one, "<|audio_code_7|>"]
+
+
+def test_audio_codes_as_a_list_of_integers_are_one_code_each():
+    from acestep_core.codes import codes_per_item
+
+    # Not the one code 123: the engine's own message says a list of integers is valid.
+    for sent in ([1, 2, 3], ["1", "2", "3"], [1.0, 2, "3"]):
+        codes = parse({"audio_code_string": sent}).audio_code_string
+        assert codes_per_item(codes, 2) == [[1, 2, 3], [1, 2, 3]], sent
+    per_item = parse({"audio_code_string": [[1, 2], [3, 4]], "batch_size": 2}).audio_code_string
+    assert codes_per_item(per_item, 2) == [[1, 2], [3, 4]]
+    with pytest.raises(Exception, match="audio code 70000 is out of range"):
+        codes_per_item(parse({"audio_code_string": [5, 70000]}).audio_code_string, 1)

@@ -156,11 +156,25 @@ def to_timesteps(value: Any) -> list[float]:
     return steps
 
 
+def _is_code_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, str):
+        return v.strip().lstrip("-").isdigit()
+    return isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+
+
 def to_code_string(value: Any) -> str | list[str]:
-    """One code string; a list of several `<|audio_code_N|>` strings stays a list: one per batch item."""
+    """One code string; a list of several `<|audio_code_N|>` strings (or of integer lists) stays a
+    list: one per batch item. A list of integers is one code per element, written as the engine's
+    comma form (codes.codes_from_any), so its range checks speak about each code."""
     if isinstance(value, list):
+        if value and all(_is_code_number(v) for v in value):
+            return ",".join(str(int(v)) if isinstance(v, float) else str(v).strip() for v in value)
         if len(value) > 1 and all(isinstance(v, str) and "<|audio_code_" in v for v in value):
             return [to_str(v) for v in value]
+        if len(value) > 1 and all(isinstance(v, list) for v in value):
+            return [to_code_string(v) for v in value]
         return "".join(to_str(v) for v in value)
     return to_str(value)
 
