@@ -35,15 +35,24 @@ def nearest_turbo_shift(shift: float) -> float:
 
 
 def parse_timesteps(value) -> Optional[list[float]]:
-    """`timesteps` as the REST API and CLI take it: a comma string or a list of floats."""
+    """`timesteps` as every door takes it (a comma string or a list of numbers), checked here once:
+    numbers in [0, 1], strictly decreasing (the sampler steps from noise towards 0)."""
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        try:
-            return [float(v) for v in value.replace(" ", "").split(",") if v]
-        except ValueError:
-            raise InputError(f"timesteps must be comma-separated numbers between 0 and 1, got {value!r}") from None
-    return [float(v) for v in value]
+    parts = [v for v in value.replace(" ", "").split(",") if v] if isinstance(value, str) else list(value)
+    try:
+        steps = [float(v) for v in parts]
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"timesteps must be comma-separated numbers between 0 and 1, got {value!r}") from None
+    check_timesteps(steps)
+    return steps
+
+
+def check_timesteps(steps: Sequence[float]) -> None:
+    if any(not 0.0 <= t <= 1.0 for t in steps):  # also NaN
+        raise InputError(f"timesteps must lie in [0, 1], got {list(steps)}")
+    if any(b >= a for a, b in zip(steps, steps[1:])):
+        raise InputError(f"timesteps must be strictly decreasing (e.g. 0.97,0.5,0), got {list(steps)}")
 
 
 def turbo_timesteps(shift: float, custom: Optional[Sequence[float]] = None) -> list[float]:

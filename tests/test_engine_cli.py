@@ -1,6 +1,7 @@
 """`python -m acestep_core generate` for every task on the tiny fixture checkpoints."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -113,12 +114,46 @@ def test_bad_flag_value_is_one_line_error(tmp_path, capsys):
     assert "bpm must be an integer from 30 to 300" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("steps, says", [("0.5,0.9", "timesteps must be strictly decreasing"),
+                                         ("1.5,0", "timesteps must lie in [0, 1]")])
+def test_timesteps_follow_the_rest_rule(tmp_path, capsys, steps, says):
+    code = main(["generate", "--tiny", "--audio-duration", "10", "--timesteps", steps, "--out", str(tmp_path / "o")])
+    assert code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_save_latents_outside_out_is_refused(tmp_path, capsys):
     code = main(["generate", "--tiny", "--audio-duration", "10", "--out", str(tmp_path / "o"),
                  "--save-latents", "../escape.safetensors"])
     assert code == 2
     assert "outputs stay inside" in capsys.readouterr().err
     assert not (tmp_path / "escape.safetensors").exists()
+
+
+@pytest.mark.parametrize("out, reason", [
+    pytest.param("/proc/nope", "No such file or directory",
+                 marks=pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux /proc only")),
+    ("o51/" + "a" * 300, "File name too long")])
+def test_an_output_folder_that_cannot_exist_is_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, out,
+                                                                               reason):
+    import acestep_core.cli.model_setup as model_setup
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was set up before the output folder was checked")
+
+    monkeypatch.setattr(model_setup, "plan_from_args", no_models)
+    monkeypatch.chdir(tmp_path)
+    code = main(["generate", "--tiny", "--audio-duration", "10", "--thinking", "--out", out])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: cannot create the output folder {out} ({reason}): " \
+                                              "choose another --out"
+    assert list(tmp_path.iterdir()) == []  # o51/ is not left behind
+
+
+def test_a_refused_request_leaves_no_empty_output_folder(tmp_path, capsys):
+    code = main(["generate", "--tiny", "--bpm", "999", "--out", str(tmp_path / "new" / "songs")])
+    assert code == 2 and "bpm must be" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_module_entry_point_runs():

@@ -92,6 +92,7 @@ def build_request(args):
     from ..adapters import scaled_adapters
     from ..outputs import load_latents
     from ..request import MAX_DURATION, MIN_REQUEST_DURATION, GenerationRequest
+    from ..schedules import parse_timesteps
     from ..values import optional_duration
     from .schema_args import values_of
 
@@ -105,6 +106,7 @@ def build_request(args):
     values["src_latents"] = load_latents(args.src_latents) if args.src_latents else None
     request = GenerationRequest(**values, adapters=adapters)
     request.validate()
+    parse_timesteps(request.timesteps)  # the pipeline's own check, now rather than after the LM ran
     return request.check_sources()
 
 
@@ -124,15 +126,52 @@ def _check_lm_request(request, args) -> None:
                          request.audio_duration, None, args.lm_max_duration)
 
 
+def make_output_dir(out: Path) -> tuple[Path, list[Path]]:
+    """Create --out now, before any model loads (a folder that cannot exist is an error in seconds,
+    not after the LM ran); returns it and the folders this made, deepest first. On failure nothing
+    this made is left behind."""
+    from ..errors import InputError
+    from ..outputs import check_output_dir
+
+    created: list[Path] = []
+    try:
+        out_dir = check_output_dir(out)
+        for folder in (out_dir, *out_dir.parents):
+            if folder.exists():
+                break
+            created.append(folder)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a name too long, a read-only or virtual file system (/proc), ...
+        remove_empty(created)
+        raise InputError(f"cannot create the output folder {out} ({exc.strerror or exc}): choose another "
+                         "--out") from None
+    return out_dir, created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def run(args) -> int:
+    out_dir, created = make_output_dir(Path(args.out))
+    try:
+        return _generate(args, out_dir)
+    except BaseException:
+        remove_empty(created)  # nothing was written: leave no empty folder behind
+        raise
+
+
+def _generate(args, out_dir: Path) -> int:
     from ..audio_io import check_output_format
-    from ..outputs import check_new_file, check_output_dir, contained_path, next_free_index, safe_stem, save_latents, \
-        write_new_text
+    from ..outputs import check_new_file, contained_path, next_free_index, safe_stem, save_latents, write_new_text
     from .. import audio_io
     from .model_setup import engine_from_args, plan_from_args, tiny_notice
 
     # Everything a user can get wrong is checked before minutes of model loading.
-    out_dir = check_output_dir(Path(args.out))
     latents_path = None
     if args.save_latents:
         latents_path = check_new_file(contained_path(out_dir, args.save_latents), args.overwrite)
@@ -169,7 +208,6 @@ def run(args) -> int:
             print(note, file=sys.stderr)
         engine.release_planner()  # the LM's memory is free again before the DiT runs
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     from .progress import StageProgress
 
     result = pipe.generate(request, progress=StageProgress("diffusion", "steps"),
