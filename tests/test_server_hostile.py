@@ -165,6 +165,9 @@ CASES = [
     Case("json-array", post_bytes(b"[1, 2]", "application/json"), 400,
          "body: JSON payload must be an object, got list"),
     Case("json-not-utf8", post_bytes(b'{"prompt": "\xff\xfe"}', "application/json"), 400, "body: not UTF-8 text"),
+    Case("gzip-header-on-plain-body", post_raw(JSON_BODY, {"Content-Type": "application/json",
+                                                           "Content-Encoding": "gzip"}), 400,
+         "body: could not be read"),
     Case("body-over-limit", post_json(dict(GOOD, padding="x" * (2 * 1024 * 1024))), 413,
          "is more than this endpoint accepts (1048576 bytes)"),
     # ---- unknown fields
@@ -219,6 +222,10 @@ CASES = [
          400, "temperature: expected a finite number, got inf"),
     Case("lora-scale-beyond-float-range", big_json("scale", BIG, "/v1/lora/scale", {}), 400,
          "scale: expected a finite number, got inf"),
+    Case("timesteps-increasing", post_json(dict(GOOD, timesteps="0.5,0.9")), 400,
+         "timesteps: must be strictly decreasing (e.g. 0.97,0.5,0), got [0.5, 0.9]"),
+    Case("timesteps-out-of-range", post_json(dict(GOOD, timesteps=[1.5, 0])), 400,
+         "timesteps: must lie in [0, 1], got [1.5, 0.0]"),
     Case("codes-as-integer-list", post_json(dict(GOOD, audio_code_string=[1, 2, 3])), 200,
          check=expect(audio_code_string="1,2,3")),  # three codes, not the one code 123
     Case("codes-integer-out-of-range", post_json(dict(GOOD, audio_code_string=[1, 70000])), 400,

@@ -146,13 +146,16 @@ def to_seed(value: Any) -> list[int]:
 
 def to_timesteps(value: Any) -> list[float]:
     parts = value if isinstance(value, list) else [p for p in str(value).split(",") if p.strip()]
+    from ..errors import InputError
+    from ..schedules import check_timesteps
+
     steps = [to_float(p) for p in parts]
     if len(steps) < 2:
         raise ValueError("give at least two comma-separated values, e.g. '0.97,0.5,0'")
-    if any(not 0.0 <= t <= 1.0 for t in steps):
-        raise ValueError("every timestep must lie in [0, 1]")
-    if any(b >= a for a, b in zip(steps, steps[1:])):
-        raise ValueError("timesteps must be strictly decreasing")
+    try:
+        check_timesteps(steps)  # the order and range rule of every door
+    except InputError as exc:
+        raise ValueError(str(exc).removeprefix("timesteps ")) from None
     return steps
 
 

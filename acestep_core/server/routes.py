@@ -571,6 +571,10 @@ def guarded(runtime: Runtime, handler: Handler) -> Handler:
             return fail(400, str(exc))
         except UploadTooLarge as exc:
             return fail(413, str(exc))
+        except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+            reason = str(exc).strip().splitlines()[-1].strip()  # aiohttp prefixes "400, message:"
+            return fail(400, f"body: could not be read ({reason}); send it uncompressed, or compressed as its "
+                             "Content-Encoding header says")
         except web.HTTPRequestEntityTooLarge as exc:
             return fail(413, f"body: request larger than the server accepts ({exc.reason})")
         except StateFolderInUseError as exc:
