@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 
 from ..checkpoints import find_lm  # noqa: F401  (re-exported: the one LM finder lives there)
+from ..codes import MAX_CODES
 from ..errors import CheckpointError, InputError
 from ..plan import Plan
 from . import prompts
@@ -188,6 +189,8 @@ class LMPlanner:
             if THINK_END_ID in rows[0]:
                 fsm.start_in_codes()
             max_new = (target_codes if target_codes is not None else vocab.max_duration * CODES_PER_SECOND) + 10
+            # Never more codes than generation takes (600 s): without a duration the +10 slack made 3010.
+            max_new = min(max_new, MAX_CODES)
             result = decode_with_fsm(self.decoder, rows, fsm, sampling, max_new, generator, cfg_scale,
                                      progress, cancel, record_margins)
         phase = PhaseOutput(result.prompt_ids, result.generated_ids, self.tokenizer.decode(result.generated_ids),
