@@ -170,6 +170,8 @@ def test_cover_of_input_audio_and_streaming(server, tmp_path):
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "task_type": "cover"},
      "messages: task_type=cover needs source audio"),
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "stream": "maybe"}, "stream: expected"),
+    ({"messages": [{"role": "user", "content": "a song"}], "sample_mode": "maybe"},
+     "sample_mode: expected true or false, got 'maybe'"),
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "task_type": "extract",
       "track_name": "vocals"}, "messages: task_type=extract needs source audio"),
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "task_type": "lego",
@@ -180,6 +182,16 @@ def test_bad_requests_are_400_naming_the_field(server, body, starts):
     assert reply.status == 400, reply.body
     assert reply.json()["detail"].startswith(starts), reply.json()["detail"]  # the skill prints .detail
     assert not any(server.runtime.upload_dir.glob("*"))
+
+
+@pytest.mark.parametrize("word, on", [("true", True), ("yes", True), ("1", True), ("off", False), (0, False)])
+def test_sample_mode_takes_the_yes_no_words_of_release_task(word, on):
+    from acestep_core.server.completions import release_fields
+
+    fields, chat = release_fields({"messages": [{"role": "user", "content": "<prompt>a song</prompt>"}],
+                                   "sample_mode": word})
+    assert fields["sample_mode"] is on
+    assert (fields["sample_query"], fields["prompt"]) == (("a song", "") if on else ("", "a song"))
 
 
 def test_track_task_routes_the_input_audio_as_source(server):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .params import FieldError, ReleaseRequest, parse_release_request
+from .params import FieldError, ReleaseRequest, parse_release_request, to_bool
 
 MODEL_PREFIX = "acestep"
 AUDIO_MIME = {"mp3": "audio/mpeg", "wav": "audio/wav", "wav32": "audio/wav", "flac": "audio/flac",
@@ -157,9 +157,10 @@ def release_fields(body: dict) -> tuple[dict, ChatInput]:
     if not isinstance(body.get("model", ""), str):
         raise FieldError("model", "must be a string such as 'acestep/acestep-v15-turbo'")
     chat, tagged = parse_messages(body.get("messages"))
-    sample_mode = body.get("sample_mode", False)
-    if not isinstance(sample_mode, bool):
-        raise FieldError("sample_mode", f"expected true or false, got {sample_mode!r}")
+    try:  # the yes / no words /release_task takes (switches.py), not only JSON true / false
+        sample_mode = to_bool(body.get("sample_mode", False) or False)
+    except ValueError as exc:
+        raise FieldError("sample_mode", str(exc)) from None
     explicit_lyrics = body.get("lyrics")
     if explicit_lyrics is not None and not isinstance(explicit_lyrics, str):
         raise FieldError("lyrics", "must be a string")
