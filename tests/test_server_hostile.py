@@ -137,6 +137,16 @@ def expect_ignored(ignored: list, suggestions: dict):
 
 
 JSON_BODY = json.dumps(dict(GOOD, audio_duration=12)).encode()
+
+
+def nan_wav(seconds: float = 3, rate: int = 48000) -> bytes:
+    """A mono 32-bit float WAV whose samples are all NaN (the wave module writes PCM only)."""
+    import struct
+
+    data = struct.pack("<f", float("nan")) * int(seconds * rate)
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " +
+            struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
 BIG = "1" + "0" * 400  # an integer literal past float range
 HUGE = "1" + "0" * 5000  # past Python's 4300-digit int conversion limit
 
@@ -267,6 +277,8 @@ CASES = [
          "src_audio: the uploaded file is empty"),
     Case("upload-not-audio", post_form(dict(GOOD, task_type="cover"), (("src_audio", b"\x00junk" * 64, "a.wav"),)),
          400, "src_audio: could not be decoded as audio"),
+    Case("upload-nan-samples", post_form(dict(GOOD, task_type="cover"), (("src_audio", nan_wav(), "a.wav"),)),
+         400, "src_audio contains 144000 NaN or infinite sample(s)"),
     Case("text-field-not-utf8", post_bytes(b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n'
                                            b'Content-Type: text/plain; charset=utf-8\r\n\r\n\xff\xfe\r\n--B--\r\n',
                                            "multipart/form-data; boundary=B"), 400,

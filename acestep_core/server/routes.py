@@ -259,7 +259,16 @@ def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
     gen.validate()
     # The engine's own source checks (finite samples, repaint window against the source's length),
     # on files already known to be within the length limit.
-    gen.check_sources()
+    try:
+        gen.check_sources()
+    except InputError as exc:
+        # The engine names the file; the client knows it by its field (and the upload's name, or the
+        # resolved path, is the server's own business).
+        message = str(exc)
+        for key, path in (("src_audio", src), ("reference_audio", ref)):
+            if path:
+                message = message.replace(str(path), labels.get(key, key))
+        raise InputError(message) from None
 
 
 def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, str]) -> Optional[dict]:
