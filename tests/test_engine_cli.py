@@ -122,6 +122,18 @@ def test_timesteps_follow_the_rest_rule(tmp_path, capsys, steps, says):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flags", [["--caption", ""], ["--caption", "  ", "--lyrics", "\n"]])
+def test_format_without_text_is_refused_before_the_lm_loads(capsys, monkeypatch, flags):
+    import acestep_core.cli.model_setup as model_setup
+
+    def no_lm(*args, **kwargs):
+        raise AssertionError("the LM was loaded for nothing to format")
+
+    monkeypatch.setattr(model_setup, "planner_from_args", no_lm)
+    assert main(["format", "--tiny", *flags]) == 2
+    assert "error: give a caption or lyrics to format" in capsys.readouterr().err
+
+
 def test_save_latents_outside_out_is_refused(tmp_path, capsys):
     code = main(["generate", "--tiny", "--audio-duration", "10", "--out", str(tmp_path / "o"),
                  "--save-latents", "../escape.safetensors"])

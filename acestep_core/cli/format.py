@@ -16,6 +16,11 @@ def run(args) -> int:
     from .lm_args import sampling_from_args
 
     caption, lyrics = check_song_arguments(args)  # before the LM loads
+    if not (caption.strip() or lyrics.strip()):  # REST /format_input's rule: nothing to rewrite
+        from ..errors import InputError
+
+        raise InputError("give a caption or lyrics to format (--caption / --lyrics, or --caption-file / "
+                         "--lyrics-file); to have the LM write a song from a description, use the sample command")
     from .model_setup import planner_from_args
 
     planner = planner_from_args(args)
