@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import threading
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -227,7 +228,11 @@ class DecoderAdapters:
         slot = f"acestep_adapter_{len(self._lora_slots)}"
         self._lora_slots.append(slot)
         # peft rewrites the config it is given (target names shortened): the adapter keeps its own.
-        inject_adapter_in_model(copy.deepcopy(adapter.lora_config), self.transformer, adapter_name=slot)
+        with warnings.catch_warnings():
+            # Stacking is intended here: peft warns about a second adapter on any model ("Make sure to
+            # know what you are doing!"), which a user stacking --lora flags should not have to read.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            inject_adapter_in_model(copy.deepcopy(adapter.lora_config), self.transformer, adapter_name=slot)
         result = set_peft_model_state_dict(self.transformer, adapter.tensors, adapter_name=slot)
         unexpected = [k for k in result.unexpected_keys if slot in k or ".lora_" in k]
         missing = [k for k in result.missing_keys if f".{slot}." in k or k.endswith(f".{slot}")]
