@@ -50,6 +50,14 @@ def test_text2music_writes_playable_file_and_json(tmp_path):
     assert load_latents(out / "song.safetensors").shape == (1, 250, 64)
 
 
+def test_caption_and_lyrics_from_files(tmp_path):
+    (tmp_path / "caption.txt").write_text("dreamy shoegaze\n", encoding="utf-16")  # with a BOM, as Notepad writes
+    (tmp_path / "lyrics.txt").write_text("[Verse]\nla la\n", encoding="utf-8")
+    _, params, _ = _run(tmp_path, "--caption-file", str(tmp_path / "caption.txt"), "--lyrics-file",
+                        str(tmp_path / "lyrics.txt"), "--audio-duration", "10", "--inference-steps", "2")
+    assert params["caption"].strip() == "dreamy shoegaze" and params["lyrics"].strip() == "[Verse]\nla la"
+
+
 @pytest.mark.parametrize("task,extra,seconds", [
     ("cover", [], 5.2),
     ("repaint", ["--repainting-start", "1.0", "--repainting-end", "3.0"], 5.2),

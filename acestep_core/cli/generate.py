@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
     # Every request flag comes from the schema (acestep_core/schema.py); the rest are files and models.
     g = p.add_argument_group("song")
     add_fields(g, SONG)
+    g.add_argument("--caption-file", default=None, help="read the caption from this UTF-8 text file")
     g.add_argument("--lyrics-file", default=None, help="read the lyrics from this UTF-8 text file")
     add_fields(p.add_argument_group("diffusion"), DIFFUSION)
     g = p.add_argument_group("task")
@@ -79,12 +80,12 @@ class _ScaleLastAdapter(argparse.Action):
         setattr(namespace, self.dest, adapters)
 
 
-def _read_lyrics(args) -> str:
+def _read_text(args, what: str) -> str:
+    """--caption / --lyrics, or the file given for it (as think / format / sample read it)."""
     from ..values import read_text_file
 
-    if args.lyrics_file:
-        return read_text_file(args.lyrics_file, "lyrics")
-    return args.lyrics
+    path = getattr(args, f"{what}_file")
+    return read_text_file(path, what) if path else getattr(args, what)
 
 
 def build_request(args):
@@ -99,7 +100,8 @@ def build_request(args):
     # A bad adapter file is reported before minutes of model loading.
     adapters = scaled_adapters([a[0] for a in args.adapters], [a[1] for a in args.adapters])
     values = values_of(args, "request")
-    values["lyrics"] = _read_lyrics(args)
+    values["caption"] = _read_text(args, "caption")
+    values["lyrics"] = _read_text(args, "lyrics")
     # The command line takes the official API's range, as the REST server does.
     values["audio_duration"] = optional_duration("--audio-duration", args.audio_duration, MIN_REQUEST_DURATION,
                                                  MAX_DURATION)
