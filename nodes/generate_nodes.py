@@ -9,8 +9,8 @@ from . import audio_wire
 from .host import io
 from .running import run_engine
 from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, caption_input, dit_inputs, lyrics_input,
-                      meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue, range_issue,
-                      schema_range)
+                      meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue, schema_range,
+                      window_range_issue)
 
 REPAINT_MIN_SECONDS = 0.5
 log = logging.getLogger(__name__)
@@ -90,7 +90,6 @@ class Text2Music(io.ComfyNode):
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, seed, steps, shift,
                 guidance, batch_size, plan=None) -> io.NodeOutput:
-        raise_issue(meta_issue("Text2Music", duration, bpm))
         fields = dict(caption=caption, lyrics=lyrics, bpm=opt_bpm(bpm), key_scale=opt_choice(keyscale) or "",
                       time_signature=opt_choice(timesignature) or "",
                       vocal_language=opt_choice(language) or "unknown", audio_duration=opt_duration(duration),
@@ -181,8 +180,7 @@ class Repaint(io.ComfyNode):
 
 
 def _window_issue(start, end):
-    issue = range_issue("Repaint", "start", start, 0.0, MAX_DURATION) or range_issue("Repaint", "end", end, 0.0,
-                                                                                       MAX_DURATION)
+    issue = window_range_issue("Repaint", start, end)
     if issue or start is None or end is None:
         return issue
     if float(end) - float(start) < REPAINT_MIN_SECONDS:

@@ -6,7 +6,8 @@ from ..acestep_core.errors import InputError
 from ..acestep_core.prompts import TRACK_NAMES
 from .generate_nodes import _dit_fields, _request, _source, generate_audio
 from .host import io
-from .widgets import CATEGORY, MAX_DURATION, MODEL, caption_input, dit_inputs, lyrics_input, raise_issue, range_issue
+from .widgets import (CATEGORY, MAX_DURATION, MODEL, caption_input, dit_inputs, lyrics_input, raise_issue,
+                      window_range_issue)
 
 BASE_STEPS = 32  # the base model's usual step count (turbo's 8 is too few for it)
 BASE_NOTE = " Needs the base model (acestep_v1.5_base.safetensors); turbo and SFT were not trained for it."
@@ -83,8 +84,7 @@ class AddTrack(io.ComfyNode):
 
 def _window_issue(start, end):
     """Add Track's window (see widgets.py on why validate_inputs checks the ranges itself)."""
-    issue = range_issue("Add Track", "start", start, 0.0, MAX_DURATION) or range_issue("Add Track", "end", end, 0.0,
-                                                                                         MAX_DURATION)
+    issue = window_range_issue("Add Track", start, end)
     if issue or start is None or end is None:
         return issue
     if float(end) > 0 and float(end) <= float(start):

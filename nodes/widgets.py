@@ -100,6 +100,11 @@ def range_issue(node: str, name: str, value, low: float, high: float) -> Optiona
     return None
 
 
+def window_range_issue(node: str, start, end) -> Optional[str]:
+    """A start / end window's widgets: each from 0 to the longest song."""
+    return range_issue(node, "start", start, 0.0, MAX_DURATION) or range_issue(node, "end", end, 0.0, MAX_DURATION)
+
+
 def meta_issue(node: str, duration, bpm) -> Optional[str]:
     """The duration and bpm widgets: 0 = auto, otherwise what the engine accepts."""
     if duration is not None and float(duration) != 0 and not schema.MIN_DURATION <= float(duration) <= MAX_DURATION:
