@@ -225,7 +225,8 @@ def _clean_metadata(metadata: Mapping | None) -> dict[str, str]:
         text = str(value)
         if "\0" in text:
             raise InputError(f"metadata tag {key!r} contains a NUL character.")
-        cleaned[key] = text
+        if text:  # an empty tag says nothing and shows up as a blank field in players
+            cleaned[key] = text
     return cleaned
 
 

@@ -180,7 +180,9 @@ def _apply_lm(decision: MemoryDecision, paths: ModelPaths, choices: LoadChoices,
         name = size or Path(request).name
         if size and size != decision.lm_model and decision.lm_model != "none":
             reasons.append(f"The memory tier suggests the {decision.lm_model} LM; loading {name} as asked.")
-        elif not size or decision.lm_model == "none":
+        elif paths.tiny:
+            reasons.append("--tiny turns the tiny LM on (it is quick on any machine).")
+        elif not size or decision.lm_model == "none" or not decision.init_lm:
             reasons.append(f"The LM {name} is used as asked.")
         if path is None:
             reasons.append(f"The requested LM {request!r} is not installed; it fails when first used.")
@@ -207,6 +209,9 @@ def plan_load(paths: ModelPaths, choices: LoadChoices, memory: DeviceMemory | No
     """`decide_load` plus the resolved paths and the LM to load (pure: loads nothing)."""
     env = os.environ if env is None else env
     choices.validate()
+    from .pipeline import mask_padded_frames_switch
+
+    mask_padded_frames_switch(env)  # a mistyped switch stops here, not after the models have loaded
     if memory is None:
         device = None
         if str(choices.device or "auto") != "auto":

@@ -29,7 +29,7 @@ from .switches import env_flag
 from .checkpoints import read_safetensors, safetensors_keys
 from .sources import source_waveform
 from .sampling import SamplerSettings, denoise, prepare_noise
-from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_schedule
+from .schedules import base_schedule, nearest_turbo_shift, parse_timesteps, start_from_source, turbo_note, turbo_schedule
 from .tasks import (
     DEFAULT_DURATION,
     FRAMES_PER_SECOND,
@@ -58,6 +58,13 @@ TIMBRE_SECONDS = 30.0
 TIMBRE_SEGMENT_SECONDS = 10.0
 
 
+def mask_padded_frames_switch(env=None) -> bool:
+    """ACESTEP_MASK_PADDED_FRAMES (default off, the official behaviour); a word that is not yes / no is
+    an InputError, which the loaders raise before any model loads."""
+    return bool(env_flag("ACESTEP_MASK_PADDED_FRAMES", False, "set 1 to hide padded latent frames from the DiT, "
+                         "or 0 (or leave it unset) for the official behaviour", env))
+
+
 @dataclass
 class GenerationResult:
     audio: torch.Tensor  # [B, 2, samples] float32 CPU, 48 kHz
@@ -66,6 +73,7 @@ class GenerationResult:
     params: dict[str, Any]
     sample_rate: int = SAMPLE_RATE
     timings: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # what the run changed of the request, for the user
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -345,15 +353,18 @@ class ACEStepPipeline:
             elif abs(params["audio_duration"] - request.audio_duration) > 1 / FRAMES_PER_SECOND:
                 params["duration_note"] = (f"{request.audio_duration:g} s asked for; the DiT's shortest output is "
                                            f"{MIN_FRAMES * HOP / SAMPLE_RATE:g} s")
-        return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings)
+        # The notices are what was asked but not done (a default filled in is not one).
+        changed_duration = params.get("duration_note") if request.audio_duration is not None else None
+        notices = [note for note in (params.get("schedule_note"), changed_duration) if note]
+        return GenerationResult(audio=audio, latents=latents.float().cpu(), seeds=seeds, params=params, timings=timings,
+                                notices=notices)
 
     def _valid_frames(self, task_inputs: TaskInputs, batch: int, device) -> Optional[torch.Tensor]:
         """[B, T] bool over each item's own frames, or None when no item is padded."""
         lengths = task_inputs.valid_frames
         enabled = self.mask_padded_frames
         if enabled is None:
-            enabled = env_flag("ACESTEP_MASK_PADDED_FRAMES", False, "set 1 to hide padded latent frames from "
-                               "the DiT, or 0 (or leave it unset) for the official behaviour")
+            enabled = mask_padded_frames_switch()
         if lengths is None or not enabled:
             return None
         if len(lengths) == 1:
@@ -503,6 +514,9 @@ class ACEStepPipeline:
             shift = nearest_turbo_shift(request.shift)
             timesteps = turbo_schedule(shift, custom, self.dtype, self.device)
             info = {"shift": shift, "guidance_scale": 1.0, "inference_steps": timesteps.shape[0] - 1}
+            note = turbo_note(request.inference_steps, request.shift, custom)
+            if note:
+                info["schedule_note"] = note
             settings = SamplerSettings(timesteps=timesteps, guidance_scale=1.0, infer_method=request.infer_method, is_turbo=True)
         else:
             if custom and self.dit.is_sft:

@@ -112,8 +112,12 @@ class GenerationRequest:
         # One spelling on record, whichever door it came through ('' from a flag, [] from JSON).
         self.track_classes = parse_tracks(self.track_classes, "track_classes") if self.track_classes else []
         self._check_window()
-        if self.task_type == "continuation" and self.continuation_seconds is not None:
+        if self.continuation_seconds is not None:
             _check_range("continuation_seconds", self.continuation_seconds)
+            if self.task_type != "continuation":  # it would be ignored: say so rather than drop it
+                raise InputError(f"continuation_seconds only applies to task_type continuation, not "
+                                 f"{self.task_type!r}; drop it, or use task_type continuation to add music "
+                                 "after the end of the source")
         if self.src_latents is not None:
             if not isinstance(self.src_latents, torch.Tensor) or self.src_latents.ndim != 3 or self.src_latents.shape[-1] != 64:
                 shape = tuple(self.src_latents.shape) if isinstance(self.src_latents, torch.Tensor) else type(self.src_latents).__name__

@@ -37,8 +37,11 @@ def _generate(model, request):
         request, notices = engine.clamp(request)
         for notice in notices:
             log.warning("ACE-Step: %s", notice)
-    return model.run_pipeline(lambda: run_engine(
+    result = model.run_pipeline(lambda: run_engine(
         lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel)))
+    for notice in getattr(result, "notices", ()):
+        log.warning("ACE-Step: %s", notice)
+    return result
 
 
 def _song_info(model, result, plan=None) -> dict:

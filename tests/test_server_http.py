@@ -96,6 +96,13 @@ def test_generate_poll_download_and_decode(server, first_song, tmp_path):
     assert not torch.allclose(a[:, :n], b[:, :n])
 
 
+def test_the_result_says_what_the_turbo_model_did_not_run(first_song):
+    _, item = first_song
+    for song in result_items(item):
+        assert song["params"]["inference_steps"] == 8
+        assert any("inference_steps 2 was not used" in note for note in song["notices"]), song["notices"]
+
+
 def test_stats_count_jobs_and_time_them(server, first_song):
     data = http("GET", server.url + "/v1/stats").data
     assert data["queue_maxsize"] == 200 and data["queue_size"] == 0

@@ -273,3 +273,14 @@ def test_continue_refuses_an_overlap_as_long_as_the_source(env):
     api["3"]["inputs"]["overlap"] = 5.2
     with pytest.raises(input_error, match=r"overlap \(5.2s\) must be shorter than the source audio \(5.20s\)"):
         h.execute_prompt(api, node_map)
+
+
+def test_a_turbo_model_logs_the_steps_it_did_not_run(env, caplog):
+    """The turbo DiT always runs 8 steps: a node asking for 30 gets a warning in ComfyUI's log."""
+    node_map, _ = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
+    api["3"]["inputs"]["steps"] = 30
+    with caplog.at_level("WARNING"):
+        h.execute_prompt(api, node_map)
+    assert "ACE-Step: the turbo DiT runs its fixed 8-step schedule" in caplog.text
+    assert "inference_steps 30 was not used" in caplog.text

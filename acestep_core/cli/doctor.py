@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..switches import env_flag
 from ..memory.inventory import (available_lm_sizes, default_checkpoint_dir, scan_checkpoint_dir,
                                 scan_comfy_models)
-from ..memory.policy import (ENV_ALLOW_XL, XL_MIN_GB, XL_NO_OFFLOAD_GB, DeviceMemory, decide, detect_device_memory,
+from ..memory.policy import (ENV_ALLOW_XL, ENV_OFFLOAD_TO_CPU, XL_MIN_GB, XL_NO_OFFLOAD_GB, DeviceMemory, decide,
+                             detect_device_memory,
                              is_xl_name, simulated_memory, xl_rule)
 
 _DEVICES = ("auto", "cuda", "mps", "xpu", "cpu")
@@ -59,6 +61,14 @@ def _memory(args: argparse.Namespace) -> DeviceMemory:
         raise InputError(f"cannot inspect device {args.device!r}: {exc}. Use --device auto or cpu.") from exc
 
 
+def _offload_turned_off() -> bool:
+    """ACESTEP_OFFLOAD_TO_CPU says no (an unreadable value is ignored, as the decision does)."""
+    try:
+        return env_flag(ENV_OFFLOAD_TO_CPU, None, "", os.environ) is False
+    except InputError:
+        return False
+
+
 def build_report(args: argparse.Namespace) -> dict:
     memory = _memory(args)
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir()
@@ -74,7 +84,7 @@ def build_report(args: argparse.Namespace) -> dict:
 
     xl_found = [c.name for c in checkpoints + comfy if c.kind == "dit" and is_xl_name(c.name)]
     xl = {"rule": xl_rule(memory.total_gb, memory.device_type), "min_gb": XL_MIN_GB,
-          "no_offload_gb": XL_NO_OFFLOAD_GB, "found": xl_found}
+          "no_offload_gb": XL_NO_OFFLOAD_GB, "found": xl_found, "offload_env_off": _offload_turned_off()}
 
     return {
         "torch": torch.__version__,
@@ -109,7 +119,9 @@ def _print_text(report: dict) -> None:
     xl = report["xl"]
     verdict = {
         "fits": "fits without offload",
-        "offload": f"runs with CPU offload (turned on automatically below {xl['no_offload_gb']:g} GB)",
+        "offload": (f"needs CPU offload below {xl['no_offload_gb']:g} GB, but {ENV_OFFLOAD_TO_CPU} turns it off: "
+                    "expect out-of-memory errors" if xl.get("offload_env_off") else
+                    f"runs with CPU offload (turned on automatically below {xl['no_offload_gb']:g} GB)"),
         "refuse": f"refused below {xl['min_gb']:g} GB (set {ENV_ALLOW_XL}=1 to try anyway); use a 2B model",
     }[xl["rule"]]
     found = f" — found: {', '.join(xl['found'])}" if xl["found"] else ""

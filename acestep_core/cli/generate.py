@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--out", default="outputs", help="output directory")
     g.add_argument("--name", default=None, help="file name stem (default: from the caption)")
     add_fields(g, ("audio_format",))
-    g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; wav 16|24|32")
+    g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; flac 16|24; wav 16|24|32; opus 64k..256k")
     g.add_argument("--save-latents", default=None, help="write final latents [batch, frames, 64] to this file (inside --out)")
     g.add_argument("--overwrite", action="store_true",
                    help="let --save-latents replace an existing file (songs always get new numbered names)")
@@ -215,6 +215,8 @@ def _generate(args, out_dir: Path) -> int:
     result = pipe.generate(request, progress=StageProgress("diffusion", "steps"),
                            decode_progress=StageProgress("VAE decode", "tiles"))
 
+    for note in result.notices:
+        print(f"note: {note}", file=sys.stderr)
     stem = safe_stem(args.name or request.caption or "acestep")
     index = next_free_index(out_dir, stem)
     written = []

@@ -27,8 +27,8 @@ def paths_from_args(args) -> ModelPaths:
     """--checkpoint-dir, --dit, --vae, --text-encoder, --text-tokenizer, --lm-model, --lm-tokenizer, --tiny."""
     dit = getattr(args, "dit", None)
     tiny = bool(getattr(args, "tiny", False))
-    if tiny and getattr(args, "task_type", None) in TRACK_TASKS:
-        dit = str(tiny_checkpoints()["dit_base"])  # the track tasks need a base model
+    if tiny and not dit and getattr(args, "task_type", None) in TRACK_TASKS:
+        dit = str(tiny_checkpoints()["dit_base"])  # the track tasks need a base model; an explicit --dit wins
     return ModelPaths(checkpoint_dir=getattr(args, "checkpoint_dir", None), dit=dit, vae=getattr(args, "vae", None),
                       text_encoder=getattr(args, "text_encoder", None),
                       text_tokenizer=getattr(args, "text_tokenizer", None),

@@ -19,7 +19,7 @@ import platform
 from typing import Mapping
 
 from ..errors import InputError
-from ..switches import env_flag
+from ..switches import env_flag, parse_switch
 
 logger = logging.getLogger("acestep_core.memory")
 
@@ -80,8 +80,17 @@ def cpu_bf16_override(env: Mapping[str, str] | None = None) -> bool | None:
         return env_flag(ENV_CPU_BF16, None, "", env)
     except InputError:
         raw = ((os.environ if env is None else env).get(ENV_CPU_BF16) or "").strip().lower()
-        logger.warning("ignoring %s=%r: use 1/0 or auto", ENV_CPU_BF16, raw)
+        logger.warning("ignoring %s=%r: use 1/true/yes/on, 0/false/no/off or auto", ENV_CPU_BF16, raw)
         return None
+
+
+def _unreadable_bf16_switch(env: Mapping[str, str] | None) -> str:
+    """The decision's reason for an ACESTEP_CPU_BF16 value that is not a yes / no word ('' when it is one)."""
+    raw = ((os.environ if env is None else env).get(ENV_CPU_BF16) or "").strip()
+    if not raw or raw.lower() == "auto" or parse_switch(raw) is not None:
+        return ""
+    return (f"{ENV_CPU_BF16}={raw!r} is not a yes/no value (use 1/true/yes/on, 0/false/no/off or auto); "
+            "ignored.")
 
 
 def auto_dtypes(device_type: str, bf16_supported: bool, env: Mapping[str, str] | None = None
@@ -93,6 +102,9 @@ def auto_dtypes(device_type: str, bf16_supported: bool, env: Mapping[str, str] |
     """
     if device_type == "cpu":
         override = cpu_bf16_override(env)
+        if override is None and _unreadable_bf16_switch(env):
+            dtype, lm_dtype, reason = auto_dtypes(device_type, bf16_supported, {})
+            return dtype, lm_dtype, f"{_unreadable_bf16_switch(env)} {reason}"
         if override is False:
             return "float32", "float32", f"{ENV_CPU_BF16}=0: float32 on the CPU (exact parity with the official CPU results)."
         if override:

@@ -688,8 +688,7 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
         dit_is_xl=is_xl,
         dit_refusal=dit_refusal,
     )
-    logger.info("memory decision: %s", decision.summary())
-    return decision
+    return decision  # the loaders log the final decision, with the user's choices applied
 
 
 def _apply_xl_rule(memory: DeviceMemory, env: Mapping[str, str], dit: str, offload: bool, offload_dit: bool,
@@ -743,6 +742,4 @@ def clamp_request(decision: MemoryDecision, duration: float | None, batch_size: 
             f"{decision.max_batch}; generating {decision.max_batch} instead."
         )
         batch_size = decision.max_batch
-    for message in messages:
-        logger.warning(message)
-    return duration, batch_size, messages
+    return duration, batch_size, messages  # each front end shows them once, its own way

@@ -73,6 +73,7 @@ def run_job(
     t0 = time.perf_counter()
     result = pipe.generate(gen, progress=progress, cancel=cancel)
     timings["dit_s"] = time.perf_counter() - t0
+    notices += result.notices
 
     set_stage("saving")
     files = save_batch(result, job_dir, task_id, req.audio_format, gen.caption, gen.lyrics)

@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from ..request import MAX_DURATION
 from .params import MAX_TEXT_CHARS, ReleaseRequest
+
+logger = logging.getLogger(__name__)
 
 
 def active(config, decision: Any) -> Any:
@@ -45,6 +48,8 @@ def clamp_to_decision(req: ReleaseRequest, config, decision: Any) -> list[str]:
     req.values["batch_size"] = batch
     req.max_duration_s = float(decision.max_duration_s)
     req.notices.extend(messages)
+    for message in messages:
+        logger.info(message)
     return messages
 
 
