@@ -178,9 +178,9 @@ FIELDS: tuple[Field, ...] = (
     _f("lm_seed", "int", -1, "seed of the LM's sampling (-1 = random; the seed used is reported)", low=-1,
        high=MAX_SEED, aliases=("lmSeed",), group="lm", target="plan", widget="lm_seed"),
     _f("use_cot_caption", "bool", True, "the LM's rewritten caption replaces the caption",
-       aliases=("cot_caption", "cot-caption"), group="lm", target="plan", widget="use_cot_caption"),
+       aliases=("useCotCaption", "cot_caption", "cot-caption"), group="lm", target="plan", widget="use_cot_caption"),
     _f("use_cot_language", "bool", True, "the LM chooses the vocal language when none is given",
-       aliases=("cot_language", "cot-language"), group="lm", target="plan"),
+       aliases=("useCotLanguage", "cot_language", "cot-language"), group="lm", target="plan"),
     _f("constrained_decoding", "bool", True, "constrain the LM to valid metas and audio codes",
        aliases=("constrainedDecoding", "constrained"), group="lm", target="plan"),
     # ---- output

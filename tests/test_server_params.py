@@ -154,3 +154,17 @@ def test_audio_codes_as_a_list_of_integers_are_one_code_each():
     assert codes_per_item(per_item, 2) == [[1, 2], [3, 4]]
     with pytest.raises(Exception, match="audio code 70000 is out of range"):
         codes_per_item(parse({"audio_code_string": [5, 70000]}).audio_code_string, 1)
+
+
+def test_every_release_field_takes_its_camelcase_spelling():
+    """The official server reads snake_case and camelCase for every field (useCotCaption, fullAnalysisOnly...)."""
+    from acestep_core.server.params import RELEASE_FIELDS
+
+    def camel(name):
+        head, *rest = name.split("_")
+        return head + "".join(part.capitalize() for part in rest)
+
+    missing = [f.name for f in RELEASE_FIELDS if "_" in f.name and camel(f.name) not in f.names]
+    assert missing == []
+    req = parse_release_request({"useCotCaption": False, "useCotLanguage": "false", "analysisOnly": True})
+    assert (req.use_cot_caption, req.use_cot_language, req.analysis_only) == (False, False, True)

@@ -61,9 +61,14 @@ def run_job(
     `cancel()` is polled at every LM token, diffusion step and VAE tile; when it returns True the
     engine raises CancelledError and nothing is saved.
     """
+    from .analysis import mode_of, run_analysis
+
+    mode = mode_of(req)
+    if mode is not None:  # an analysis answers from the LM instead of making audio
+        return run_analysis(mode, req, provider, progress=progress, set_stage=set_stage, cancel=cancel)
     gen, report = plan_request(engine_request(req), plan_options(req), provider.planner, typed=typed_metas(req),
-                               optional_planner=lambda: optional_planner(provider), cancel=cancel,
-                               set_stage=set_stage)
+                               optional_planner=lambda: optional_planner(provider), progress=progress,
+                               cancel=cancel, set_stage=set_stage)
     timings = dict(report.timings)
     notices = list(req.notices) + report.notices
 

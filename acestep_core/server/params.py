@@ -40,9 +40,8 @@ MAX_TEXT_CHARS = {
 }
 # Fields of the official request this server reads but does not act on (their official defaults are
 # what it does anyway, or they pick a backend it does not have); reported as ignored, never an error.
-OFFICIAL_UNUSED = ("use_tiled_decode", "lm_model_path", "lm_backend", "allow_lm_batch", "analysis_only",
-                   "full_analysis_only", "is_format_caption", "lm_batch_chunk_size", "use_erg_tag",
-                   "use_erg_lyric", "use_erg_diffusion")
+OFFICIAL_UNUSED = ("use_tiled_decode", "lm_model_path", "lm_backend", "allow_lm_batch", "is_format_caption",
+                   "lm_batch_chunk_size", "use_erg_tag", "use_erg_lyric", "use_erg_diffusion")
 # Envelope fields: consumed by the routes, not by the request table.
 ENVELOPE_FIELDS = ("ai_token", "param_obj") + META_CONTAINERS
 
@@ -336,11 +335,16 @@ def _from_schema(spec: schema.Field) -> Field:
                  engine_name=spec.name)
 
 
-# Fields only this server has: which DiT to run, the official random-seed switch, and ADG (refused).
+# Fields only this server has: which DiT to run, the official random-seed switch, ADG (refused) and
+# the analysis modes.
 SERVER_FIELDS: tuple[Field, ...] = (
     Field("model", to_str, None, ("model_name", "modelName", "dit_model", "ditModel")),
     Field("use_random_seed", to_bool, True, ("useRandomSeed",)),
     Field("use_adg", to_bool, False, ("useAdg",)),
+    # The analysis modes (server/analysis.py): an answer from the LM instead of audio.
+    Field("extract_codes_only", to_bool, False, ("extractCodesOnly",)),
+    Field("full_analysis_only", to_bool, False, ("fullAnalysisOnly",)),
+    Field("analysis_only", to_bool, False, ("analysisOnly",)),
 )
 
 # The /release_task table: every schema field the REST door exposes, then the server's own.

@@ -30,6 +30,7 @@ from .files import (
     stream_part_to_file,
     AUDIO_MEDIA_TYPES,
 )
+from .analysis import LM_MODES, SOURCE_MODES, mode_of, query_result_item
 from .models import LMUnavailableError
 from .params import (FieldError, ignored_fields, load_json, parse_fields, parse_json_object,
                      parse_release_request, to_bool)
@@ -271,6 +272,17 @@ def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
         raise InputError(message) from None
 
 
+def check_analysis(req, has_source: bool, provider) -> None:
+    """An analysis mode's needs, refused at submit: the source audio, and the LM."""
+    mode = mode_of(req)
+    if mode in SOURCE_MODES and not has_source:
+        raise FieldError("src_audio", f"{mode} analyses source audio: upload it as multipart field 'src_audio' "
+                                      "(or 'ctx_audio') or give src_audio_path")
+    if mode in LM_MODES and provider.lm_name() is None:
+        raise LMUnavailableError(f"{mode} needs the 5 Hz LM, and this server runs without one; start it with "
+                                 "an LM (--lm, or an acestep-5Hz-lm-* folder beside the checkpoints)")
+
+
 def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, str]) -> Optional[dict]:
     """The wrapper's `extra` for a submit: ignored fields (with near-miss hints) and server notices."""
     if not (notices or ignored):
@@ -324,6 +336,7 @@ class ApiHandlers:
             if req.task_type in SOURCE_TASKS and not has_source:
                 raise FieldError("src_audio", f"task_type={req.task_type} needs source audio: upload it as "
                                               "multipart field 'src_audio' or give src_audio_path")
+            check_analysis(req, has_source, rt.provider)
             req.uploads.update(uploads)
             labels = {k: (k if k in uploads else f"{k}_path") for k in ("src_audio", "reference_audio")}
             await self._prepare(req, labels)
@@ -364,7 +377,9 @@ class ApiHandlers:
                     "result": json.dumps([{"file": "", "wave": "", "status": 2, "error": error}])}
         base = {"wave": "", "status": job.status_code, "create_time": int(job.created_at),
                 "env": rt.config.env_name}
-        if job.status == "succeeded":
+        if job.status == "succeeded" and "analysis" in (job.result or {}):
+            items = [query_result_item(job.result, base)]
+        elif job.status == "succeeded":
             r = job.result or {}
             items = [dict(base, file=url, prompt=r["prompt"], lyrics=r["lyrics"], metas=r["metas"],
                           generation_info=r["generation_info"], seed_value=r["seed_value"],
