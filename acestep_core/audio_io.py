@@ -143,8 +143,10 @@ MP3_QUALITIES = ("V0", "128k", "192k", "256k", "320k")
 OPUS_QUALITIES = ("64k", "96k", "128k", "160k", "192k", "256k")
 WAV_BIT_DEPTHS = (16, 24, 32)  # 32 = float
 FLAC_BIT_DEPTHS = (16, 24)
-DEFAULT_QUALITY = {"mp3": "128k", "opus": "128k", "wav": 16, "flac": 16}  # mp3 128k as the reference
-FILE_EXTENSIONS = {"mp3": ".mp3", "flac": ".flac", "wav": ".wav", "opus": ".opus"}
+AAC_QUALITIES = ("96k", "128k", "160k", "192k", "256k", "320k")
+DEFAULT_QUALITY = {"mp3": "128k", "opus": "128k", "aac": "128k", "wav": 16, "flac": 16}  # mp3 128k as the reference
+FILE_EXTENSIONS = {"mp3": ".mp3", "flac": ".flac", "wav": ".wav", "opus": ".opus", "aac": ".aac"}
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 _MP3_RATES = (32000, 44100, 48000, 16000, 22050, 24000, 8000, 11025, 12000)
 
 
@@ -176,6 +178,14 @@ def _encoding_for(format: str, quality, sample_rate: int) -> _Encoding:
         if sample_rate != 48000:
             raise InputError(f"opus output must be 48000 Hz, got {sample_rate} Hz.")
         return _Encoding("ogg", "libopus", "flt", bit_rate=int(q[:-1]) * 1000)
+    if fmt == "aac":
+        q = str(quality).lower()
+        if q not in AAC_QUALITIES:
+            raise InputError(f"unsupported aac bitrate {quality!r}; choose one of {', '.join(AAC_QUALITIES)}.")
+        if sample_rate not in _AAC_RATES:
+            raise InputError(f"aac cannot store {sample_rate} Hz audio; use 48000 or 44100.")
+        # Raw AAC in ADTS frames (.aac), as the official saver writes it; ADTS holds no tags.
+        return _Encoding("adts", "aac", "fltp", bit_rate=int(q[:-1]) * 1000)
     depth = _bit_depth(quality, fmt)
     if fmt == "flac":
         # FFmpeg's FLAC encoder stores s32 input as 24-bit samples.

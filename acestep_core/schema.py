@@ -39,8 +39,8 @@ REPAINT_MODES = ("balanced", "aggressive", "conservative")
 TIME_SIGNATURES = tuple(str(v) for v in VALID_TIME_SIGNATURES)
 # The command line writes files through the encoders the CLI exposes; the REST API adds wav32 (the
 # official name for 32-bit float WAV).
-CLI_AUDIO_FORMATS = ("flac", "mp3", "wav", "opus")
-REST_AUDIO_FORMATS = ("mp3", "wav", "flac", "opus", "wav32")
+CLI_AUDIO_FORMATS = ("flac", "mp3", "wav", "opus", "aac")
+REST_AUDIO_FORMATS = ("mp3", "wav", "flac", "opus", "wav32", "aac")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Save Audio: mp3 / flac / wav / opus with the graph and the song's tags, inside the output folder."""
+"""Save Audio: mp3 / flac / wav / opus / aac with the graph and the song's tags, inside the output folder."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ FORMATS = {
     "wav 32-bit float": ("wav", "32", "wav"),
     "opus 128k": ("opus", "128k", "opus"),
     "opus 192k": ("opus", "192k", "opus"),
+    "aac 128k": ("aac", "128k", "aac"),  # raw AAC (ADTS), as the official saver: no tags, no workflow
+    "aac 192k": ("aac", "192k", "aac"),
 }
 TITLE_MAX_CHARS = 120
 
@@ -85,14 +87,14 @@ class SaveAudio(io.ComfyNode):
             node_id="ACE15S_SaveAudio",
             display_name="Save Audio",
             category=CATEGORY,
-            description="Saves audio to the output folder as mp3, flac, wav or opus, with the workflow (drop the "
+            description="Saves audio to the output folder as mp3, flac, wav, opus or aac, with the workflow (drop the "
                         "file on ComfyUI to restore the graph) and song tags (title, bpm, key, seed, model, plan).",
             inputs=[io.Audio.Input("audio"),
                     io.String.Input("filename_prefix", default="audio/ACE-Step",
                                     tooltip="Relative to the output folder; '/' makes subfolders. %date tokens work."),
                     io.Combo.Input("format", options=list(FORMATS), default="mp3 320k",
                                    tooltip="File format: mp3 (V0 = variable bitrate), lossless flac or wav, or "
-                                           "opus. mp3, flac and opus files carry the workflow and tags.")],
+                                           "opus or aac. mp3, flac and opus files carry the workflow and tags.")],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,

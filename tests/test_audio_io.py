@@ -101,6 +101,20 @@ def test_lossy_round_trip(tmp_path, fmt, quality, codec):
         assert corr > 0.99, (ch, float(corr))
 
 
+def test_aac_round_trip_keeps_each_channel_after_the_priming_delay(tmp_path):
+    """Raw AAC (ADTS, the official saver's .aac): the decoder returns the encoder's 1024 priming samples."""
+    audio = _tone(1.0)
+    path = save_audio(tmp_path / "out.aac", audio, format="aac", metadata={"title": "not stored"})
+    info = _probe(path)
+    assert (info["codec"], info["rate"], info["channels"]) == ("aac", SR, 2)
+    back = load_audio(path)[:, 1024:]
+    n = min(back.shape[1], audio.shape[1])
+    assert n >= audio.shape[1] - 1024
+    for ch in range(2):
+        corr = torch.corrcoef(torch.stack([back[ch, 2000 : n - 2000], audio[ch, 2000 : n - 2000]]))[0, 1]
+        assert corr > 0.99, (ch, float(corr))
+
+
 def test_mp3_quality_changes_the_bitrate(tmp_path):
     noise = torch.rand(2, SR * 2, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
     low = save_audio(tmp_path / "low.mp3", noise, quality="128k").stat().st_size
@@ -203,6 +217,8 @@ def test_bad_metadata_is_refused(tmp_path):
         ({"format": "opus", "quality": "1k"}, "opus bitrate"),
         ({"format": "opus", "sample_rate": 44100}, "48000"),
         ({"format": "mp3", "sample_rate": 96000}, "96000"),
+        ({"format": "aac", "quality": "1k"}, "aac bitrate"),
+        ({"format": "aac", "sample_rate": 7000}, "aac cannot store 7000 Hz"),
     ],
 )
 def test_unsupported_choices_are_refused(tmp_path, kwargs, message):

@@ -33,7 +33,7 @@ def _run(tmp_path, *args):
     code = main(["generate", "--tiny", "--device", "cpu", "--out", str(out), "--seed", "11", *args])
     assert code == 0
     files = sorted(out.iterdir())
-    audio = [f for f in files if f.suffix in (".flac", ".mp3", ".wav", ".opus")]
+    audio = [f for f in files if f.suffix in (".flac", ".mp3", ".wav", ".opus", ".aac")]
     metas = [f for f in files if f.suffix == ".json"]
     assert len(audio) == 1 and len(metas) == 1
     return audio[0], json.loads(metas[0].read_text()), out
@@ -48,6 +48,12 @@ def test_text2music_writes_playable_file_and_json(tmp_path):
     assert params["audio_duration"] == 10.0
     assert "TINY RANDOM-WEIGHT" in params["note"]
     assert load_latents(out / "song.safetensors").shape == (1, 250, 64)
+
+
+def test_aac_output(tmp_path):
+    audio, params, _ = _run(tmp_path, "--caption", "x", "--audio-duration", "10", "--audio-format", "aac",
+                            "--audio-quality", "192k")
+    assert audio.suffix == ".aac" and abs(load_audio(audio).shape[1] / SR - 10.0) < 0.1
 
 
 def test_caption_and_lyrics_from_files(tmp_path):

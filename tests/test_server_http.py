@@ -408,3 +408,15 @@ def test_track_task_on_a_turbo_server_fails_with_the_fix(server):
     item = wait_done(server.url, reply.data["task_id"])
     assert item["status"] == 2
     assert "needs the ACE-Step 1.5 base model" in item["error"] and "acestep-v15-base" in item["error"]
+
+
+def test_aac_results_download_as_audio_aac(server, tmp_path):
+    reply = release(server.url, dict(FAST, prompt="aac please", audio_format="aac", seed=3))
+    assert reply.status == 200, reply.body
+    (song,) = result_items(wait_done(server.url, reply.data["task_id"]))
+    assert song["file"].endswith(".aac")
+    got = download(server.url, song["file"])
+    assert got.status == 200 and got.headers["Content-Type"] == "audio/aac"
+    saved = tmp_path / "song.aac"
+    saved.write_bytes(got.body)
+    assert load_audio(saved).shape[1] / 48000 == pytest.approx(10.0, abs=0.1)

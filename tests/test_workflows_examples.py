@@ -284,3 +284,15 @@ def test_a_turbo_model_logs_the_steps_it_did_not_run(env, caplog):
         h.execute_prompt(api, node_map)
     assert "ACE-Step: the turbo DiT runs its fixed 8-step schedule" in caplog.text
     assert "inference_steps 30 was not used" in caplog.text
+
+
+def test_save_audio_writes_aac(env):
+    node_map, dirs = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
+    api["4"]["inputs"]["format"] = "aac 128k"
+    result = h.execute_prompt(api, node_map)
+    (saved,) = result["outputs"]["4"]["audio"]
+    path = Path(dirs["output"]) / saved["subfolder"] / saved["filename"]
+    assert path.suffix == ".aac"
+    with av.open(str(path)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac" and c.streams.audio[0].channels == 2

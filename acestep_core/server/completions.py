@@ -28,7 +28,7 @@ from .params import FieldError, ReleaseRequest, parse_release_request, to_bool
 
 MODEL_PREFIX = "acestep"
 AUDIO_MIME = {"mp3": "audio/mpeg", "wav": "audio/wav", "wav32": "audio/wav", "flac": "audio/flac",
-              "opus": "audio/ogg"}
+              "opus": "audio/ogg", "aac": "audio/aac"}
 SOURCE_TASKS = ("cover", "repaint", "repainting", "continuation", "continue", "extend", "extract", "lego",
                 "complete")
 LYRIC_MARKERS = ("[verse", "[chorus", "[bridge", "[intro", "[outro", "[hook", "[pre-chorus", "[refrain",

@@ -25,6 +25,7 @@ AUDIO_MEDIA_TYPES = {
     ".flac": "audio/flac",
     ".opus": "audio/ogg",
     ".ogg": "audio/ogg",
+    ".aac": "audio/aac",
 }
 UPLOAD_SUFFIXES = {".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif"}
 AUDIO_URL_PREFIX = "/v1/audio?path="
