@@ -9,3 +9,4 @@ AUDIO_CHANNELS = 2
 HOP = 1920  # audio samples per latent frame
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP  # 25 latent frames per second
 LATENT_CHANNELS = 64
+ADAPTER_SCALE_MAX = 10.0  # |LoRA / LoKr strength| the engine, the CLI and the ComfyUI LoRA node take

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
+from ..acestep_core.constants import ADAPTER_SCALE_MAX
 from ..acestep_core.errors import InputError
 from . import model_files
 from .host import io
@@ -98,7 +99,7 @@ class LoadLoRA(io.ComfyNode):
             inputs=[MODEL.Input("model"),
                     io.Combo.Input("lora", options=lora_choices(),
                                    tooltip="A file or PEFT folder in models/loras (sub-folders included)."),
-                    io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                    io.Float.Input("strength", default=1.0, min=-ADAPTER_SCALE_MAX, max=ADAPTER_SCALE_MAX, step=0.01,
                                    tooltip="1 = as trained (PEFT: lora_alpha / r). 0 = off; negative inverts.")],
             outputs=[MODEL.Output("model", display_name="model")],
         )

@@ -104,4 +104,11 @@ def test_missing_or_unfit_lora_is_a_clear_error(env, tiny_dir):
         node.execute(model=loader, lora="gone.safetensors", strength=1.0)
     with pytest.raises(errors.AdapterError, match=r"does not fit .*adapter A \[2, 48\]"):
         node.execute(model=loader, lora="wide.safetensors", strength=1.0)
+    # Weights that would turn the song to NaN are refused here, not when the audio is saved.
+    save_file({k: v * float("nan") for k, v in tensors.items()}, str(models / "loras" / "nan.safetensors"))
+    with pytest.raises(errors.AdapterError, match=r"adapter 'nan' has non-finite weights in diffusion_model\."):
+        node.execute(model=loader, lora="nan.safetensors", strength=1.0)
     assert loader.adapters == ()
+    strength = next(i for i in node.define_schema().inputs if i.id == "strength")
+    limit = __import__(f"{h.PACK_MODULE_NAME}.acestep_core.constants", fromlist=["x"]).ADAPTER_SCALE_MAX
+    assert (strength.options["min"], strength.options["max"]) == (-limit, limit)

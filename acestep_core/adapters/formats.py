@@ -3,8 +3,9 @@
 Each reader returns an `Adapter` whose LoRA tensors are already keyed by our decoder's module
 names (`layers.0.self_attn.to_q.lora_A.weight`) together with the peft `LoraConfig` that gives
 every layer the scaling the official handler gives it (lora_alpha / r, or lora_alpha / sqrt(r)
-with rsLoRA). LoKr files keep LyCORIS's own keys and config; `patch.py` renames them onto our
-modules, because that needs the decoder.
+with rsLoRA). LoKr files keep LyCORIS's own keys (dotted LoKr keys are renamed to them) and config;
+`patch.py` renames them onto our modules, because that needs the decoder, and so it does ComfyUI's
+flat `lora_unet_` LoRA names. Every tensor must be finite and every layer named once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from ..errors import AdapterError, CheckpointError
 from ..checkpoints import read_safetensors, safetensors_metadata
 from .deps import require
-from .naming import LYCORIS_PREFIX, our_module
+from .naming import KOHYA_PREFIX, LYCORIS_PREFIX, lycoris_name, official_module, our_module
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -38,6 +39,9 @@ _COMFY_PREFIXES = ("diffusion_model.", "model.diffusion_model.", "base_model.mod
 _DECODER_PREFIX = "decoder."
 _COMFY_DOWN = (".lora_down.weight", ".lora_A.weight")
 _COMFY_UP = (".lora_up.weight", ".lora_B.weight")
+# LoKr tensors under dotted module paths (ComfyUI's own LoKr key style) rather than LyCORIS names.
+_LOKR_PARAMS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha",
+                "dora_scale")
 
 
 @dataclass(eq=False)
@@ -52,6 +56,9 @@ class Adapter:
     lora_config: Any = None  # peft LoraConfig in our module names (LoRA formats)
     lokr_config: Optional[dict] = None  # the LyCORIS config from the file's metadata (LoKr)
     notes: list[str] = field(default_factory=list)
+    # LoRA modules under ComfyUI's flat `lora_unet_...` names: only the decoder's module list tells
+    # which dots the underscores stand for, so patch.py resolves them (see `lora_for`).
+    flat_names: bool = False
 
     @property
     def kind(self) -> str:
@@ -81,29 +88,46 @@ def load_adapter(path: str | Path, name: Optional[str] = None) -> Adapter:
             f"{PEFT_WEIGHTS} (a LoKr folder holds {LOKR_WEIGHTS}); point at the folder the trainer wrote")
     if path.suffix.lower() != ".safetensors":
         raise AdapterError(f"{path}: adapters are read from .safetensors files only (or a PEFT folder)")
-    tensors = _read(path)
-    metadata = _metadata(path)
     stem = name or path.name[: -len(".safetensors")]
+    tensors = _read(path, stem)
+    metadata = _metadata(path)
+    dotted = any(".lokr_" in k and not k.startswith(LYCORIS_PREFIX + "_") for k in tensors)
+    if dotted:
+        tensors = _lycoris_keys(path, tensors)
     if any(k.startswith(LYCORIS_PREFIX + "_") for k in tensors) or LOKR_METADATA_KEY in metadata:
-        return _read_lokr(path, stem, tensors, metadata)
+        return _read_lokr(path, stem, tensors, metadata, from_weights=dotted)
     if any(k.endswith(_COMFY_DOWN + _COMFY_UP) for k in tensors):
         return _comfy_adapter(path, stem, tensors)
     raise AdapterError(f"{path} holds no LoRA or LoKr tensors (keys like {sorted(tensors)[:3]}); expected "
-                       "`...lora_down.weight` / `lora_up.weight` (ComfyUI LoRA) or `lycoris_...lokr_w1` (LoKr)")
+                       "`...lora_down.weight` / `lora_up.weight` (ComfyUI LoRA) or `...lokr_w1` (LoKr)")
 
 
 # ---------------------------------------------------------------------------------------------
 # files
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
+def _read(path: Path, name: str) -> dict[str, torch.Tensor]:
     try:
         tensors = read_safetensors(path)
     except CheckpointError as exc:
         raise AdapterError(str(exc)) from exc
     if not tensors:
         raise AdapterError(f"{path} holds no tensors")
+    # A NaN / Inf weight would only show up minutes later, as a song that cannot be saved.
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise AdapterError(f"adapter {name!r} has non-finite weights in {bad[0]}{more} ({path}): NaN or Inf, "
+                           "so the training diverged or the file is damaged")
     return tensors
+
+
+def _once(seen: dict[str, str], tensor: str, key: str, path: Path, layer: str) -> None:
+    """One file must name each layer once: two spellings of a layer would silently drop one."""
+    first = seen.setdefault(tensor, key)
+    if first != key:
+        raise AdapterError(f"layer {layer} appears twice in {path.name} (keys {first} and {key}); "
+                           "keep one of them")
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -163,12 +187,14 @@ def _read_peft_folder(folder: Path, name: str) -> Adapter:
     if raw.get("modules_to_save"):
         raise AdapterError(f"{config_path}: modules_to_save {raw['modules_to_save']} replaces whole modules; "
                            "only LoRA layers can be loaded")
-    tensors = {}
-    for key, value in _read(weights).items():
+    tensors, seen = {}, {}
+    for key, value in _read(weights, name).items():
         module, sep, suffix = _strip(key, _PEFT_PREFIXES).partition(".lora_")
         if not sep:
             raise AdapterError(f"{weights}: key {key} is not a LoRA tensor (expected ...lora_A.weight / lora_B.weight)")
-        tensors[f"{our_module(module)}.lora_{suffix}"] = value
+        ours = f"{our_module(module)}.lora_{suffix}"
+        _once(seen, ours, key, weights, module)
+        tensors[ours] = value
     fields = {f.name for f in dataclasses.fields(LoraConfig)}
     kwargs = {k: v for k, v in raw.items() if k in fields}
     kwargs.update(
@@ -185,8 +211,30 @@ def _read_peft_folder(folder: Path, name: str) -> Adapter:
         config = LoraConfig(**kwargs)
     except Exception as exc:
         raise AdapterError(f"{config_path} is not a valid LoRA config: {exc}") from exc
+    _check_ranks(name, config_path, config, tensors)
     return Adapter(name=name, format="peft", path=folder, sha256=_sha256(config_path, weights),
                    tensors=tensors, lora_config=config)
+
+
+def _check_ranks(name: str, config_path: Path, config, tensors: dict[str, torch.Tensor]) -> None:
+    """peft builds each layer at the config's rank (r, or its rank_pattern entry): weights of another
+    rank would fail at load_state_dict, in the middle of every later generation."""
+    get_pattern_key = require("peft.utils.other").get_pattern_key
+
+    wrong = []
+    for module in sorted(config.target_modules):
+        key = get_pattern_key(config.rank_pattern.keys(), module)
+        rank = config.rank_pattern.get(key, config.r)
+        a, b = tensors.get(f"{module}.lora_A.weight"), tensors.get(f"{module}.lora_B.weight")
+        found = a.shape[0] if a is not None and a.ndim == 2 else b.shape[1] if b is not None and b.ndim == 2 else None
+        if found is not None and found != rank:
+            wrong.append((official_module(module), rank, found))
+    if wrong:
+        module, rank, found = wrong[0]
+        more = f" (and {len(wrong) - 1} more layers)" if len(wrong) > 1 else ""
+        raise AdapterError(f"adapter {name!r} ({config_path.parent.name}): layer {module}{more} has rank {found} in "
+                           f"its weights but rank {rank} in {PEFT_CONFIG} (r / rank_pattern); the config does "
+                           "not belong to these weights")
 
 
 def _rename_pattern(key: str) -> str:
@@ -201,30 +249,25 @@ def _rename_pattern(key: str) -> str:
 def _comfy_adapter(path: Path, name: str, tensors: dict[str, torch.Tensor]) -> Adapter:
     LoraConfig = require("peft").LoraConfig
 
-    down, up, alpha = {}, {}, {}
+    down, up, alpha, seen = {}, {}, {}, {}
     for key, value in tensors.items():
         plain = _strip(key, _COMFY_PREFIXES)
-        for suffix in _COMFY_DOWN:
-            if plain.endswith(suffix):
-                down[plain[: -len(suffix)]] = value
+        for part, suffixes in ((down, _COMFY_DOWN), (up, _COMFY_UP), (alpha, (".alpha",))):
+            suffix = next((s for s in suffixes if plain.endswith(s)), None)
+            if suffix is not None:
+                module = plain[: -len(suffix)]
+                _once(seen, f"{_ours(module)}{suffixes[0]}", key, path, official_module(_ours(module)))
+                part[module] = value
                 break
         else:
-            for suffix in _COMFY_UP:
-                if plain.endswith(suffix):
-                    up[plain[: -len(suffix)]] = value
-                    break
-            else:
-                if plain.endswith(".alpha"):
-                    alpha[plain[: -len(".alpha")]] = value
-                else:
-                    raise AdapterError(f"{path}: key {key} is not part of a LoRA (expected lora_down.weight, "
-                                       "lora_up.weight and alpha per layer)")
+            raise AdapterError(f"{path}: key {key} is not part of a LoRA (expected lora_down.weight, "
+                               "lora_up.weight and alpha per layer)")
     unpaired = sorted(set(down) ^ set(up))
     if unpaired:
         raise AdapterError(f"{path}: layers with only one of lora_down / lora_up: {unpaired[:5]}")
     out, ranks, alphas = {}, {}, {}
     for module in sorted(down):
-        ours = our_module(module)
+        ours = _ours(module)
         rank = int(down[module].shape[0])
         ranks[ours] = rank
         # ComfyUI's convention: no alpha tensor means alpha = rank (strength 1 = the raw delta).
@@ -239,28 +282,60 @@ def _comfy_adapter(path: Path, name: str, tensors: dict[str, torch.Tensor]) -> A
         alpha_pattern={_exact(m): a for m, a in alphas.items() if a != lora_alpha},
         init_lora_weights=True, inference_mode=True, lora_dropout=0.0,
     )
-    return Adapter(name=name, format="comfyui", path=path, sha256=_sha256(path), tensors=out, lora_config=config)
+    return Adapter(name=name, format="comfyui", path=path, sha256=_sha256(path), tensors=out, lora_config=config,
+                   flat_names=any(m.startswith(KOHYA_PREFIX) for m in ranks))
+
+
+def _ours(module: str) -> str:
+    """Our module name; a flat `lora_unet_` name stays as it is until the decoder resolves it."""
+    return module if module.startswith(KOHYA_PREFIX) else our_module(module)
 
 
 # ---------------------------------------------------------------------------------------------
 # LoKr (LyCORIS)
 
 
-def _read_lokr(path: Path, name: str, tensors: Optional[dict] = None, metadata: Optional[dict] = None) -> Adapter:
-    tensors = _read(path) if tensors is None else tensors
+def _lycoris_keys(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LoKr tensors under dotted paths (`diffusion_model.decoder.layers.0.self_attn.q_proj.lokr_w1`)
+    renamed to the LyCORIS names the official LoKr training writes (`lycoris_layers_0_self_attn_q_proj`)."""
+    out, seen = {}, {}
+    for key, value in tensors.items():
+        module, _, param = key.rpartition(".")
+        if not module.startswith(LYCORIS_PREFIX + "_") and param in _LOKR_PARAMS:
+            module = _strip(module, _COMFY_PREFIXES)
+            lycoris = f"{lycoris_name(module)}.{param}"
+        else:
+            lycoris = key
+        _once(seen, lycoris, key, path, module)
+        out[lycoris] = value
+    return out
+
+
+def _read_lokr(path: Path, name: str, tensors: Optional[dict] = None, metadata: Optional[dict] = None,
+               from_weights: bool = False) -> Adapter:
+    tensors = _read(path, name) if tensors is None else tensors
     metadata = _metadata(path) if metadata is None else metadata
     raw = metadata.get(LOKR_METADATA_KEY)
-    if not raw or not str(raw).strip():
+    config = None
+    if raw and str(raw).strip():
+        try:
+            config = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"{path}: the '{LOKR_METADATA_KEY}' metadata is not valid JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise AdapterError(f"{path}: the '{LOKR_METADATA_KEY}' metadata must be a JSON object")
+    elif from_weights:
+        # ComfyUI's LoKr convention (dotted keys): the shapes and each layer's `.alpha` are the whole
+        # config; LyCORIS builds the modules from them (patch.py), scaled alpha / rank as ComfyUI does.
+        no_alpha = sorted({k.split(".", 1)[0] for k in tensors if f"{k.split('.', 1)[0]}.alpha" not in tensors})
+        if no_alpha:
+            raise AdapterError(f"{path}: a LoKr file without '{LOKR_METADATA_KEY}' metadata needs an .alpha "
+                               f"tensor per layer; none for {no_alpha[:3]}")
+    else:
         raise AdapterError(
             f"{path} is a LoKr file without its LyCORIS config (safetensors metadata '{LOKR_METADATA_KEY}'), "
             "so its rank, alpha and factorisation are unknown; use the file as the LoKr training wrote it")
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path}: the '{LOKR_METADATA_KEY}' metadata is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise AdapterError(f"{path}: the '{LOKR_METADATA_KEY}' metadata must be a JSON object")
-    algo = str(metadata.get("algo") or config.get("algo") or "lokr").lower()
+    algo = str(metadata.get("algo") or (config or {}).get("algo") or "lokr").lower()
     if algo != "lokr":
         raise AdapterError(f"{path}: LyCORIS algorithm {algo!r} is not supported; only LoKr files load here")
     stray = sorted(k for k in tensors if not k.startswith(LYCORIS_PREFIX + "_"))

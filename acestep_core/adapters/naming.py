@@ -8,6 +8,7 @@ from torch import nn
 from ..dit import diffusers_to_official_key, official_to_diffusers_key
 
 LYCORIS_PREFIX = "lycoris"
+KOHYA_PREFIX = "lora_unet_"  # ComfyUI's key map: `lora_unet_` + the diffusion model's path, dots made underscores
 
 
 def our_module(official_path: str) -> str:
@@ -33,6 +34,20 @@ def lycoris_renames(transformer: nn.Module) -> dict[str, str]:
     underscore of its own."""
     return {lycoris_name(official_module(name)): lycoris_name(name)
             for name, _ in transformer.named_modules() if name}
+
+
+def kohya_renames(transformer: nn.Module) -> dict[str, list[str]]:
+    """ComfyUI's flat LoRA name (`lora_unet_decoder_layers_0_self_attn_q_proj`) → our modules it can mean.
+
+    Made from the decoder's own modules, as ComfyUI makes its key map from the model's, since the
+    underscores of `self_attn` or `time_embed_r` cannot be told from the dots; more than one module
+    for a name means the name is ambiguous."""
+    names: dict[str, list[str]] = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, nn.Linear):
+            flat = KOHYA_PREFIX + f"decoder.{official_module(name)}".replace(".", "_")
+            names.setdefault(flat, []).append(name)
+    return names
 
 
 def linear_shapes(transformer: nn.Module) -> dict[str, tuple[int, int]]:

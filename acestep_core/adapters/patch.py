@@ -12,6 +12,7 @@ what was patched, so the decoder is never left half-adapted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import re
@@ -25,10 +26,11 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ..constants import ADAPTER_SCALE_MAX
 from ..errors import AdapterError
 from .deps import require
 from .formats import Adapter
-from .naming import linear_shapes, lycoris_name, lycoris_renames, official_module
+from .naming import kohya_renames, linear_shapes, lycoris_name, lycoris_renames, official_module
 
 # The official LoKr training config's defaults (used for keys its metadata leaves out).
 OFFICIAL_LOKR_DEFAULTS = {
@@ -44,7 +46,7 @@ _MAX_LISTED = 5
 
 @dataclass(frozen=True)
 class ScaledAdapter:
-    """An adapter at one strength (the user's scale; the engine allows negative and above 1)."""
+    """An adapter at one strength (the user's scale; negative and above 1 allowed, up to ±ADAPTER_SCALE_MAX)."""
 
     adapter: Adapter
     scale: float = 1.0
@@ -58,6 +60,10 @@ class ScaledAdapter:
             raise AdapterError(f"adapter scale must be a number, got {self.scale!r}") from None
         if not math.isfinite(value):
             raise AdapterError(f"adapter scale must be finite, got {self.scale!r}")
+        # Far beyond any useful strength the song turns to NaN, and only saving it would say so.
+        if abs(value) > ADAPTER_SCALE_MAX:
+            raise AdapterError(f"adapter scale {value:g} for {self.adapter.name!r} is out of range: give "
+                               f"-{ADAPTER_SCALE_MAX:g} to {ADAPTER_SCALE_MAX:g} (1 = as trained, 0 = off)")
         object.__setattr__(self, "scale", value)
 
     def describe(self) -> dict:
@@ -67,6 +73,44 @@ class ScaledAdapter:
 def _listed(items: list[str]) -> str:
     more = f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
     return "; ".join(items[:_MAX_LISTED]) + more
+
+
+def _first_line(exc: BaseException) -> str:
+    """A library error's first line: torch's state_dict errors run to one line per tensor."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def lora_for(adapter: Adapter, transformer: nn.Module) -> Adapter:
+    """The adapter with ComfyUI's flat `lora_unet_` names resolved onto this decoder's modules."""
+    if not adapter.flat_names:
+        return adapter
+    names = kohya_renames(transformer)
+    modules = dict(transformer.named_modules())
+    renames, problems, seen = {}, [], {}
+    for module in adapter.lora_config.target_modules:
+        found = names.get(module, [module] if module in modules else [])
+        if len(found) != 1:
+            problems.append(f"{module}: " + ("no such layer in this decoder" if not found else
+                                             f"could be any of {', '.join(map(official_module, found))}"))
+            continue
+        ours = renames[module] = found[0]
+        if ours in seen:
+            raise AdapterError(f"layer {official_module(ours)} appears twice in {adapter.file_name} "
+                               f"(as {seen[ours]} and as {module}); keep one of them")
+        seen[ours] = module
+    if problems:
+        raise AdapterError(f"adapter {adapter.name!r} ({adapter.file_name}) does not fit this ACE-Step 1.5 "
+                           f"decoder: {_listed(problems)}. Was it trained for another model or size?")
+    config = copy.deepcopy(adapter.lora_config)
+    config.target_modules = sorted(renames.values())
+    config.rank_pattern = {re.escape(renames[k]): v for k, v in config.rank_pattern.items()}
+    config.alpha_pattern = {re.escape(renames[k]): v for k, v in config.alpha_pattern.items()}
+    tensors = {}
+    for key, value in adapter.tensors.items():
+        module, _, part = key.partition(".")
+        tensors[f"{renames[module]}.{part}"] = value
+    return dataclasses.replace(adapter, tensors=tensors, lora_config=config, flat_names=False)
 
 
 def check_lora_fits(adapter: Adapter, shapes: dict[str, tuple[int, int]]) -> None:
@@ -93,7 +137,8 @@ def check_lora_fits(adapter: Adapter, shapes: dict[str, tuple[int, int]]) -> Non
 
 
 def lokr_tensors_for(adapter: Adapter, transformer: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoKr file's tensors renamed onto our modules; unknown modules are refused by name."""
+    """The LoKr file's tensors renamed onto our modules; unknown modules and layers whose size the
+    file's Kronecker factors do not give are refused by name."""
     renames = lycoris_renames(transformer)
     out, unknown = {}, []
     for key, value in adapter.tensors.items():
@@ -105,29 +150,68 @@ def lokr_tensors_for(adapter: Adapter, transformer: nn.Module) -> dict[str, torc
     if unknown:
         raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not fit this ACE-Step 1.5 "
                            f"decoder: no layer for {_listed(sorted(set(unknown)))}")
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in out.items():
+        module, _, param = key.partition(".")
+        layers.setdefault(module, {})[param] = value
+    wrong = []
+    for name, (out_features, in_features) in linear_shapes(transformer).items():
+        shape = _kron_shape(layers.get(lycoris_name(name), {}))
+        if shape is not None and shape != (out_features, in_features):
+            wrong.append(f"{official_module(name)} (adapter [{shape[0]}, {shape[1]}], "
+                         f"layer [{out_features}, {in_features}])")
+    if wrong:
+        raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not fit this ACE-Step 1.5 "
+                           f"decoder: {_others(wrong)}. Was it trained for another model or size?")
     return out
+
+
+def _others(items: list[str]) -> str:
+    more = f" and {len(items) - 2} other layer{'s' if len(items) > 3 else ''}" if len(items) > 2 else ""
+    return ", ".join(items[:2]) + more
+
+
+def _kron_shape(own: dict[str, torch.Tensor]):
+    """(out, in) of the weight a LoKr layer's w1 ⊗ w2 makes; None when its factors are not plain."""
+    def factor(n):
+        if f"lokr_w{n}" in own:
+            return tuple(own[f"lokr_w{n}"].shape)
+        a, b = own.get(f"lokr_w{n}_a"), own.get(f"lokr_w{n}_b")
+        return None if a is None or b is None else (a.shape[0], b.shape[-1])
+
+    one, two = factor(1), factor(2)
+    if one is None or two is None or len(one) != 2 or len(two) != 2 or "lokr_t2" in own:
+        return None
+    return one[0] * two[0], one[1] * two[1]
+
+
+def _check_lokr_state(adapter: Adapter, net, tensors: dict[str, torch.Tensor], transformer: nn.Module) -> None:
+    """The modules LyCORIS built from the file's config must take the file's tensors as they are."""
+    # Each module's own state dict: the network registers its modules only when applied.
+    expected = {f"{lora.lora_name}.{k}": tuple(v.shape) for lora in net.loras for k, v in lora.state_dict().items()}
+    labels = {lycoris_name(n): official_module(n) for n, _ in transformer.named_modules() if n}
+
+    def label(key):
+        module, _, param = key.partition(".")
+        return f"{labels.get(module, module)}.{param}"
+
+    wrong = [f"{label(k)} [{', '.join(map(str, v.shape))}] in the file, [{', '.join(map(str, expected[k]))}] "
+             "from the config" for k, v in tensors.items() if k in expected and tuple(v.shape) != expected[k]]
+    wrong += [f"{label(k)} missing" for k in expected if k not in tensors and not k.endswith(".scalar")]
+    wrong += [f"{label(k)} not in the config's modules" for k in tensors if k not in expected]
+    if wrong:
+        raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not match its own config "
+                           f"(metadata 'lokr_config'): {_others(wrong)}")
 
 
 def check_adapter_fits(transformer: nn.Module, adapter: Adapter) -> None:
     """Raise AdapterError unless `adapter` fits this decoder; the decoder is not touched."""
     if adapter.kind == "lora":
-        check_lora_fits(adapter, linear_shapes(transformer))
+        check_lora_fits(lora_for(adapter, transformer), linear_shapes(transformer))
         return
     tensors = lokr_tensors_for(adapter, transformer)
     net = build_lokr_network(transformer, adapter, tensors)  # built, never applied
-    for lora in net.loras:
-        prefix = lora.lora_name + "."
-        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            result = lora.load_state_dict(own, strict=False)
-        except RuntimeError as exc:
-            raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not match its own "
-                               f"config (metadata 'lokr_config'): {exc}") from None
-        missing = [k for k in result.missing_keys if k != "scalar"]
-        if missing or result.unexpected_keys:
-            raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}) does not match its own "
-                               f"config (metadata 'lokr_config') at {lora.lora_name}: missing {missing}, "
-                               f"unexpected {list(result.unexpected_keys)}")
+    _check_lokr_state(adapter, net, tensors, transformer)
 
 
 class DecoderAdapters:
@@ -170,8 +254,9 @@ class DecoderAdapters:
                 if use.adapter.kind == "lokr":
                     plans.append((use, lokr_tensors_for(use.adapter, self.transformer)))
                 else:
-                    check_lora_fits(use.adapter, shapes)
-                    plans.append((use, None))
+                    lora = lora_for(use.adapter, self.transformer)
+                    check_lora_fits(lora, shapes)
+                    plans.append((dataclasses.replace(use, adapter=lora), None))
             # 2. patch; anything failing undoes everything
             current = None
             try:
@@ -198,7 +283,7 @@ class DecoderAdapters:
                 if isinstance(exc, AdapterError) or not isinstance(exc, Exception):
                     raise
                 label = f"adapter {current.name!r} ({current.file_name})" if current else "the adapters"
-                raise AdapterError(f"{label} could not be applied to this decoder: {exc}") from exc
+                raise AdapterError(f"{label} could not be applied to this decoder: {_first_line(exc)}") from exc
 
     def remove(self) -> None:
         """Take every adapter out; the decoder is the base decoder again, bit for bit."""
@@ -245,15 +330,10 @@ class DecoderAdapters:
 
     def _apply_lokr(self, use: ScaledAdapter, tensors: dict[str, torch.Tensor]) -> None:
         net = build_lokr_network(self.transformer, use.adapter, tensors)
+        _check_lokr_state(use.adapter, net, tensors, self.transformer)
         net.apply_to()
         self._lokr_nets.append(net)
-        result = net.load_state_dict(tensors, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith(".scalar")]
-        if missing or result.unexpected_keys:
-            raise AdapterError(
-                f"LoKr adapter {use.adapter.name!r} ({use.adapter.file_name}) does not match its own config "
-                f"(metadata 'lokr_config'): missing {missing[:_MAX_LISTED]}, "
-                f"unexpected {list(result.unexpected_keys)[:_MAX_LISTED]}")
+        net.load_state_dict(tensors, strict=False)
         weight = next(p for p in self.transformer.parameters())
         net.to(device=weight.device, dtype=weight.dtype)
         net.requires_grad_(False)
@@ -267,9 +347,23 @@ def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[s
     wrapper = require("lycoris.wrapper")
     PRESET, LycorisNetwork = wrapper.PRESET, wrapper.LycorisNetwork
 
-    config = dict(OFFICIAL_LOKR_DEFAULTS)
-    config.update({k: v for k, v in (adapter.lokr_config or {}).items() if k in OFFICIAL_LOKR_DEFAULTS})
     targets = sorted({key.split(".", 1)[0] for key in tensors})
+    lycoris_logger = require("lycoris.logging").logger
+    if adapter.lokr_config is None:
+        # No config (ComfyUI's dotted LoKr files): LyCORIS builds each module from its tensors.
+        with _LYCORIS_LOCK:
+            level = lycoris_logger.level
+            lycoris_logger.setLevel(max(level, logging.WARNING))
+            try:
+                net, _ = wrapper.create_lycoris_from_weights(1.0, None, transformer, weights_sd=tensors)
+            except (RuntimeError, TypeError, ValueError) as exc:
+                raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}): LyCORIS cannot build "
+                                   f"its layers from the weights: {_first_line(exc)}") from None
+            finally:
+                lycoris_logger.setLevel(level)
+        return _all_built(adapter, net, targets)
+    config = dict(OFFICIAL_LOKR_DEFAULTS)
+    config.update({k: v for k, v in adapter.lokr_config.items() if k in OFFICIAL_LOKR_DEFAULTS})
     names = {lycoris_name(name): name for name, _ in transformer.named_modules() if name}
     preset = {"enable_conv": True, "target_module": [], "module_algo_map": {}, "name_algo_map": {},
               "use_fnmatch": False, "lora_prefix": "lycoris", "exclude_name": [],
@@ -277,7 +371,6 @@ def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[s
     saved = {attr: getattr(LycorisNetwork, attr) for attr in (
         "ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
         "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")}
-    lycoris_logger = require("lycoris.logging").logger
 
     with _LYCORIS_LOCK:
         PRESET[_PRESET_NAME] = preset
@@ -296,6 +389,10 @@ def build_lokr_network(transformer: nn.Module, adapter: Adapter, tensors: dict[s
             PRESET.pop(_PRESET_NAME, None)
             for attr, value in saved.items():
                 setattr(LycorisNetwork, attr, value)
+    return _all_built(adapter, net, targets)
+
+
+def _all_built(adapter: Adapter, net, targets: list[str]):
     built = {lora.lora_name for lora in net.loras}
     if built != set(targets):
         raise AdapterError(f"LoKr adapter {adapter.name!r} ({adapter.file_name}): LyCORIS could not adapt "

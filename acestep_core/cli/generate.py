@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
                    help="LoRA / LoKr adapter: an official PEFT folder, a ComfyUI LoRA .safetensors or a LoKr "
                         ".safetensors (repeat to stack several)")
     g.add_argument("--lora-scale", action=_ScaleLastAdapter, dest="adapters", type=float, metavar="S",
-                   help="strength of the --lora just before it (default 1.0; negative and above 1 allowed)")
+                   help="strength of the --lora just before it (default 1.0; -10 to 10, negative and above 1 allowed)")
     g = p.add_argument_group("models and output")
     g.add_argument("--checkpoint-dir", default=os.environ.get("ACESTEP_CHECKPOINTS_DIR", "checkpoints"))
     g.add_argument("--dit", default=None, help="DiT folder name/path or a ComfyUI .safetensors (default acestep-v15-turbo)")
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--out", default="outputs", help="output directory")
     g.add_argument("--name", default=None, help="file name stem (default: from the caption)")
     add_fields(g, ("audio_format",))
-    g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; flac 16|24; wav 16|24|32; opus 64k..256k")
+    g.add_argument("--audio-quality", default=None, help="mp3 V0|128k|192k|256k|320k; flac 16|24; wav 16|24|32; opus 64k..256k; aac 96k..320k")
     g.add_argument("--save-latents", default=None, help="write final latents [batch, frames, 64] to this file (inside --out)")
     g.add_argument("--overwrite", action="store_true",
                    help="let --save-latents replace an existing file (songs always get new numbered names)")
