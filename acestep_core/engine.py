@@ -20,12 +20,15 @@ NO_LM_MESSAGE = (
     "name it (--lm / --lm-model, the Load node's lm) or set ACESTEP_INIT_LLM=1 to turn it on")
 
 
-def load_lm_planner(path, tokenizer, device, dtype):
-    """An `LMPlanner` from an LM folder or file (tokenizer: for single files, which carry none)."""
+def load_lm_planner(path, tokenizer, device, dtype, token_cap: Optional[int] = None):
+    """An `LMPlanner` from an LM folder or file (tokenizer: for single files, which carry none);
+    `token_cap`: the most tokens its free-running phases write (`LMPlanner.free_text_token_cap`)."""
     from .lm import LMPlanner
 
-    return LMPlanner.from_pretrained(str(path), tokenizer_path=tokenizer, device=device or "cpu",
-                                     dtype=dtype or "auto")
+    planner = LMPlanner.from_pretrained(str(path), tokenizer_path=tokenizer, device=device or "cpu",
+                                        dtype=dtype or "auto")
+    planner.free_text_token_cap = token_cap
+    return planner
 
 
 def clamp_to(decision: MemoryDecision, request):
@@ -43,7 +46,7 @@ class Engine:
 
     def __init__(self, pipeline, decision: MemoryDecision, labels: Optional[dict] = None,
                  lm_path: Optional[str | Path] = None, lm_tokenizer: Optional[str | Path] = None,
-                 lm_device: Any = None, no_lm_message: str = NO_LM_MESSAGE):
+                 lm_device: Any = None, no_lm_message: str = NO_LM_MESSAGE, lm_token_cap: Optional[int] = None):
         self.pipeline = pipeline
         self.decision = decision
         self.labels = dict(labels or {})
@@ -51,6 +54,7 @@ class Engine:
         self.lm_tokenizer = lm_tokenizer
         self.lm_device = lm_device
         self.no_lm_message = no_lm_message  # each front end names its own way to get an LM
+        self.lm_token_cap = lm_token_cap
         self._planner = None
         self._lm_error: Optional[str] = None
         self._lock = threading.Lock()
@@ -75,7 +79,8 @@ class Engine:
                 raise LMUnavailableError(f"the 5 Hz LM failed to load earlier: {self._lm_error}")
             device = self.lm_device if self.lm_device is not None else getattr(self.pipeline, "device", "cpu")
             try:
-                self._planner = load_lm_planner(self.lm_path, self.lm_tokenizer, str(device), self.decision.lm_dtype)
+                self._planner = load_lm_planner(self.lm_path, self.lm_tokenizer, str(device), self.decision.lm_dtype,
+                                                self.lm_token_cap)
             except (CheckpointError, OSError, ValueError) as exc:
                 self._lm_error = str(exc)
                 raise LMUnavailableError(f"the 5 Hz LM at {self.lm_path} failed to load: {exc}") from exc

@@ -49,6 +49,14 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 OFFLOAD_CHOICES = ("auto", "on", "off")
 # --tiny runs in float32 whatever the CPU, so the install check behaves the same everywhere.
 TINY_DTYPE = "float32"
+# The random tiny LM never ends a caption: its free text stops here, so a --tiny run takes seconds
+# (the official budget, 3500 tokens for a 600 s limit, took minutes on a CPU). Codes are not capped.
+TINY_LM_TOKEN_CAP = 128
+
+
+def lm_token_cap(paths) -> int | None:
+    """The LM's free-text cap for these checkpoints: only the tiny random set has one."""
+    return TINY_LM_TOKEN_CAP if paths.tiny else None
 
 
 def tiny_notice() -> str:
@@ -298,7 +306,7 @@ def load_engine(paths: ModelPaths, choices: LoadChoices, memory: DeviceMemory | 
         check_lm(plan, choices)
     pipeline = load_pipeline(plan, device if device is not None else choices.device)
     engine = Engine(pipeline, plan.decision, labels=plan.paths.labels(), lm_path=plan.lm_path,
-                    lm_tokenizer=plan.paths.lm_tokenizer)
+                    lm_tokenizer=plan.paths.lm_tokenizer, lm_token_cap=lm_token_cap(plan.paths))
     if eager_lm and engine.has_lm():
         engine.planner()
     return engine
@@ -311,4 +319,5 @@ def load_planner(paths: ModelPaths, choices: LoadChoices, memory: DeviceMemory |
 
     plan = plan_load(paths, dataclasses.replace(choices, want_lm=True), memory, env, need_dit=False)
     path = plan.lm_path or str(find_lm(plan.paths.checkpoint_dir, _lm_request(plan.paths, choices)))
-    return load_lm_planner(path, plan.paths.lm_tokenizer, choices.device, plan.decision.lm_dtype)
+    return load_lm_planner(path, plan.paths.lm_tokenizer, choices.device, plan.decision.lm_dtype,
+                           lm_token_cap(plan.paths))

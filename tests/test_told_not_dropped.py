@@ -145,3 +145,17 @@ def test_empty_tags_are_left_out_of_the_file(tmp_path):
     with av.open(str(path)) as container:
         tags = {k.lower(): v for k, v in container.metadata.items()}
     assert tags.get("title") == "t" and "bpm" not in tags and "key" not in tags
+
+
+# ---- the tiny random LM's free text is capped, so an install check takes seconds
+
+
+def test_only_the_tiny_lm_has_a_free_text_cap(tiny_dir):
+    from acestep_core.loading import TINY_LM_TOKEN_CAP, load_planner
+
+    planner = load_planner(ModelPaths(tiny=True), LoadChoices(device="cpu"))
+    assert planner.free_text_token_cap == TINY_LM_TOKEN_CAP
+    plan = planner.think("a song", "", generate_codes=False)  # the random LM would write thousands of tokens
+    assert len(planner.tokenizer.encode(plan.cot_text)) <= TINY_LM_TOKEN_CAP
+    explicit = load_planner(ModelPaths(lm=str(tiny_dir / "acestep-5Hz-lm-tiny")), LoadChoices(device="cpu", lm=str(tiny_dir / "acestep-5Hz-lm-tiny")))
+    assert explicit.free_text_token_cap is None  # real checkpoints keep the official budget

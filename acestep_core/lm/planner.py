@@ -80,6 +80,9 @@ class LMPlanner:
         self.source = source
         self.decoder = StaticCacheDecoder(model)
         self._vocabularies: dict[int, Vocabulary] = {}
+        # The most tokens a free-running phase (chain of thought, format, sample, understand) writes;
+        # None = the official budget (max duration x 5 + 500). The codes phase is never capped.
+        self.free_text_token_cap: Optional[int] = None
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -114,6 +117,10 @@ class LMPlanner:
         if max_duration not in self._vocabularies:
             self._vocabularies[max_duration] = Vocabulary(self.tokenizer, max_duration)
         return self._vocabularies[max_duration]
+
+    def _free_text_budget(self, vocab: Vocabulary) -> int:
+        budget = vocab.max_duration * CODES_PER_SECOND + 500
+        return min(budget, self.free_text_token_cap) if self.free_text_token_cap else budget
 
     def _generator(self, seed: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
@@ -160,7 +167,7 @@ class LMPlanner:
         prompt = self.tokenizer.encode(prompts.cot_prompt(caption, lyrics))
         # CFG is off for the CoT: it distorts captions (the current reference forces 1.0 here).
         result = decode_with_fsm(
-            self.decoder, [prompt], fsm, sampling, cot_max_new_tokens or vocab.max_duration * CODES_PER_SECOND + 500,
+            self.decoder, [prompt], fsm, sampling, cot_max_new_tokens or self._free_text_budget(vocab),
             generator, 1.0, progress, cancel, record_margins,
         )
         cot_text = self.tokenizer.decode(result.generated_ids)
@@ -209,7 +216,7 @@ class LMPlanner:
                           skip_caption=False, skip_language=skip_language, skip_genres=False,
                           enabled=constrained_decoding)
         prompt = self.tokenizer.encode(prompt_text)
-        limit = max_new_tokens or vocab.max_duration * CODES_PER_SECOND + 500
+        limit = max_new_tokens or self._free_text_budget(vocab)
         result = decode_with_fsm(self.decoder, [prompt], fsm, sampling, limit, generator, 1.0,
                                  progress, cancel, record_margins)
         return PhaseOutput(result.prompt_ids, result.generated_ids,

@@ -93,7 +93,7 @@ class LocalModelProvider:
         tiny: bool = False,
     ):
         from ..engine import Engine
-        from ..loading import LoadChoices, ModelPaths, plan_load
+        from ..loading import LoadChoices, ModelPaths, lm_token_cap, plan_load
 
         if pipeline_options:  # the decision now sets offload and the VAE window itself
             offload = {True: "on", False: "off"}.get(pipeline_options.get("offload_to_cpu"), offload)
@@ -110,7 +110,7 @@ class LocalModelProvider:
         # The engine's LM side works before the pipeline loads (a format_input needs no DiT).
         self.engine = Engine(None, self._plan.decision, labels=self._plan.paths.labels(), lm_path=self._plan.lm_path,
                              lm_tokenizer=self._plan.paths.lm_tokenizer, lm_device=device,
-                             no_lm_message=NO_LM_MESSAGE)
+                             no_lm_message=NO_LM_MESSAGE, lm_token_cap=lm_token_cap(self._plan.paths))
 
     def decision(self):
         return self._plan.decision
