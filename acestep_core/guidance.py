@@ -1,4 +1,5 @@
-"""Adaptive projected guidance (APG) as the official base/SFT sampler applies it (docs/sampling.md#apg-guidance)."""
+"""The guidance of the official base/SFT sampler: adaptive projected guidance (APG, the default) and
+angle-based dynamic guidance (ADG, `use_adg`) (docs/sampling.md#apg-guidance, docs/sampling.md#adg-guidance)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import torch
 APG_MOMENTUM = -0.75
 APG_NORM_THRESHOLD = 2.5
 APG_ETA = 0.0
+# The official ADG clips the guided angle at 3.14 / 6 (written with 3.14, not pi).
+ADG_ANGLE_CLIP = 3.14 / 6
+ADG_EPS = 1e-3  # below this sin(theta) the rotation falls back to a linear step; also the weight floor
 
 
 class MomentumBuffer:
@@ -54,3 +58,34 @@ def apg(
         diff = diff * torch.minimum(torch.ones_like(norm), norm_threshold / norm)
     parallel, orthogonal = _project(diff, pred_cond if own is None else pred_cond * own, list(dims))
     return pred_cond + (guidance_scale - 1) * (orthogonal + eta * parallel)
+
+
+def adg(
+    x: torch.Tensor,
+    v_cond: torch.Tensor,
+    v_uncond: torch.Tensor,
+    t: torch.Tensor | float,
+    guidance_scale: float,
+    angle_clip: float = ADG_ANGLE_CLIP,
+) -> torch.Tensor:
+    """Angle-based dynamic guidance on the clean-latent estimates x0 = x - t v, frame by frame ([B, T, 64]):
+    the conditional estimate is rotated away from the unconditional one by (scale - 1) times the angle
+    between them (clipped), keeping its norm; the guided velocity is (x - x0_guided) / t. No momentum."""
+    batch, frames, channels = v_cond.shape
+    t = torch.as_tensor(t, device=x.device, dtype=x.dtype).reshape(-1, 1, 1)
+    weight = (guidance_scale - 1) * (guidance_scale > 1) + ADG_EPS
+    x0_cond = x - t * v_cond
+    x0_uncond = x - t * v_uncond
+    # The angle in float64, the projection in float32, as the official code measures them.
+    a, b = x0_cond.reshape(-1, channels).double(), x0_uncond.reshape(-1, channels).double()
+    cos = ((a / a.norm(dim=1, keepdim=True)) * (b / b.norm(dim=1, keepdim=True))).sum(dim=1)
+    theta = torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).reshape(batch, frames, 1)
+    guided = torch.clamp(weight * theta, -angle_clip, angle_clip)
+    diff = (x0_cond - x0_uncond).float()
+    base = x0_uncond.float()
+    along = (diff * base).sum(-1, keepdim=True) / ((base * base).sum(-1, keepdim=True) + 1e-8) * base
+    perpendicular = diff - along
+    sin = torch.sin(theta)
+    turned = torch.where(sin > ADG_EPS, (perpendicular * torch.sin(guided)) / sin, perpendicular * weight)
+    x0_guided = torch.cos(guided) * x0_cond + turned
+    return ((x - x0_guided) / t).to(x.dtype)

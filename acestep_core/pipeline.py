@@ -514,7 +514,7 @@ class ACEStepPipeline:
             shift = nearest_turbo_shift(request.shift)
             timesteps = turbo_schedule(shift, custom, self.dtype, self.device)
             info = {"shift": shift, "guidance_scale": 1.0, "inference_steps": timesteps.shape[0] - 1}
-            note = turbo_note(request.inference_steps, request.shift, custom)
+            note = turbo_note(request.inference_steps, request.shift, custom, request.use_adg)
             if note:
                 info["schedule_note"] = note
             settings = SamplerSettings(timesteps=timesteps, guidance_scale=1.0, infer_method=request.infer_method, is_turbo=True)
@@ -527,7 +527,8 @@ class ACEStepPipeline:
             info = {"shift": request.shift, "guidance_scale": request.guidance_scale, "inference_steps": timesteps.shape[0] - 1}
             settings = SamplerSettings(
                 timesteps=timesteps, guidance_scale=request.guidance_scale, cfg_interval_start=request.cfg_interval_start,
-                cfg_interval_end=request.cfg_interval_end, infer_method=request.infer_method, is_turbo=False)
+                cfg_interval_end=request.cfg_interval_end, infer_method=request.infer_method, is_turbo=False,
+                use_adg=request.use_adg)
         info["timesteps"] = [round(float(t), 6) for t in timesteps[:-1]]
         return settings, info
 

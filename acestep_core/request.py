@@ -54,6 +54,7 @@ class GenerationRequest:
     audio_code_string: Union[str, list, None] = ""
     cfg_interval_start: float = 0.0
     cfg_interval_end: float = 1.0
+    use_adg: bool = False
     chunk_mask_mode: str = "auto"
     repaint_mode: str = "balanced"
     repaint_strength: float = 0.5
@@ -97,6 +98,8 @@ class GenerationRequest:
             _check_range(name, getattr(self, name))
         if self.cfg_interval_start > self.cfg_interval_end:
             raise InputError("cfg_interval_start must not exceed cfg_interval_end")
+        if not isinstance(self.use_adg, bool):
+            raise InputError(f"use_adg must be true or false, got {self.use_adg!r}")
         if self.inference_steps is not None:
             _check_int("inference_steps", self.inference_steps)
         _check_int("batch_size", self.batch_size)

@@ -10,7 +10,7 @@ import torch
 from .conditioning import Condition
 from .dit_speed import cross_kv_cached
 from .errors import CancelledError
-from .guidance import MomentumBuffer, apg
+from .guidance import MomentumBuffer, adg, apg
 from .latent_mask import dit_forward
 from .repaint import RepaintGuide  # noqa: F401 (re-exported)
 
@@ -26,6 +26,7 @@ class SamplerSettings:
     cfg_interval_end: float = 1.0
     infer_method: str = "ode"
     is_turbo: bool = True
+    use_adg: bool = False  # ADG instead of APG where guidance applies
     cover_steps: Optional[int] = None  # steps run on the cover condition before switching
 
     @property
@@ -72,7 +73,7 @@ def denoise(
     x = noise if start is None else start
     batch = x.shape[0]
     dtype = x.dtype
-    momentum = MomentumBuffer() if settings.guided else None
+    momentum = MomentumBuffer() if settings.guided and not settings.use_adg else None
     guided_condition = condition.with_null(null_condition_emb) if settings.guided else None
     guided_non_cover = (
         non_cover_condition.with_null(null_condition_emb) if settings.guided and non_cover_condition is not None else None
@@ -96,7 +97,10 @@ def denoise(
                 out = dit_forward(transformer, guided_valid, x_in, both.context_latents, timestep=t_in, timestep_r=t_in,
                                   encoder_hidden_states=both.encoder_hidden_states)
                 v_cond, v_uncond = out[:batch], out[batch:]
-                v = apg(v_cond, v_uncond, settings.guidance_scale, momentum, valid=valid)
+                if settings.use_adg:
+                    v = adg(x, v_cond, v_uncond, t_cur, settings.guidance_scale)
+                else:
+                    v = apg(v_cond, v_uncond, settings.guidance_scale, momentum, valid=valid)
             else:
                 t_in = t_cur * torch.ones((batch,), device=x.device, dtype=dtype)
                 out = dit_forward(transformer, valid, x, cond.context_latents, timestep=t_in, timestep_r=t_in,

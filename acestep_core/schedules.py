@@ -70,20 +70,21 @@ def turbo_timesteps(shift: float, custom: Optional[Sequence[float]] = None) -> l
     return TURBO_SHIFT_TIMESTEPS[nearest_turbo_shift(shift)]
 
 
-def turbo_note(steps: Optional[int], shift: float, custom) -> Optional[str]:
+def turbo_note(steps: Optional[int], shift: float, custom, use_adg: bool = False) -> Optional[str]:
     """What a turbo DiT did not use of the request (its 8-step tables fix the steps and snap the
     shift), as one line for the user; None when it ran exactly what was asked."""
-    if custom:
+    unused = ["use_adg was not used (turbo runs without guidance)"] if use_adg else []
+    if custom and not unused:
         return None
-    unused = []
-    if steps is not None and steps != TURBO_STEPS:
+    if not custom and steps is not None and steps != TURBO_STEPS:
         unused.append(f"inference_steps {steps} was not used")
     used = nearest_turbo_shift(shift)
-    if shift != used:
+    if not custom and shift != used:
         unused.append(f"shift {shift:g} ran as {used:g}")
     if not unused:
         return None
-    return (f"the turbo DiT runs its fixed {TURBO_STEPS}-step schedule (shift 1, 2 or 3): " + "; ".join(unused)
+    return (f"the turbo DiT runs its fixed {TURBO_STEPS}-step schedule without guidance (shift 1, 2 or 3): "
+            + "; ".join(unused)
             + ". Use a base / sft DiT for other step counts, or pass timesteps")
 
 

@@ -120,6 +120,8 @@ FIELDS: tuple[Field, ...] = (
        aliases=("cfgIntervalStart",), group="diffusion"),
     _f("cfg_interval_end", "float", 1.0, "guidance applies up to this fraction of the schedule", low=0.0, high=1.0,
        aliases=("cfgIntervalEnd",), group="diffusion"),
+    _f("use_adg", "bool", False, "angle-based dynamic guidance (ADG) instead of APG, for base / sft models; turbo "
+       "ignores it", aliases=("useAdg",), group="diffusion", widget="adg"),
     _f("batch_size", "int", 1, "songs per run (REST unset: ACESTEP_BATCH_SIZE, default 2)", low=1, high=MAX_BATCH, aliases=("batchSize",),
        door_defaults={"rest": None}, group="diffusion", widget="batch_size"),
     # ---- task and audio

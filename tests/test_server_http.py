@@ -420,3 +420,11 @@ def test_aac_results_download_as_audio_aac(server, tmp_path):
     saved = tmp_path / "song.aac"
     saved.write_bytes(got.body)
     assert load_audio(saved).shape[1] / 48000 == pytest.approx(10.0, abs=0.1)
+
+
+def test_use_adg_is_accepted_and_reported(server):
+    reply = release(server.url, dict(FAST, prompt="adg", use_adg=True, seed=4))
+    assert reply.status == 200, reply.body
+    (song,) = result_items(wait_done(server.url, reply.data["task_id"]))
+    assert song["params"]["use_adg"] is True
+    assert any("use_adg was not used" in note for note in song["notices"])  # this server's DiT is turbo

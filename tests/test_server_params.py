@@ -114,7 +114,7 @@ def test_track_tasks_and_their_fields():
         ({"audio_cover_strength": 1.5}, "audio_cover_strength", "between 0 and 1"),
         ({"param_obj": "{not json"}, "param_obj", "not valid JSON"),
         ({"repainting_start": 10, "repainting_end": 5}, "repainting_end", "greater than"),
-        ({"use_adg": True}, "use_adg", "not supported"),
+        ({"use_adg": "sometimes"}, "use_adg", "true or false"),
         ({"prompt": {"nested": 1}}, "prompt", "string"),
     ],
 )

@@ -13,7 +13,7 @@ from ..request import LM_SKIPPED_TASKS
 
 SONG = ("caption", "lyrics", "bpm", "key_scale", "time_signature", "vocal_language", "audio_duration")
 DIFFUSION = ("inference_steps", "guidance_scale", "shift", "seed", "infer_method", "timesteps", "cfg_interval_start",
-             "cfg_interval_end", "batch_size")
+             "cfg_interval_end", "use_adg", "batch_size")
 TASK = ("task_type", "src_audio", "reference_audio", "repainting_start", "repainting_end", "continuation_seconds",
         "audio_cover_strength", "cover_noise_strength", "audio_code_string", "chunk_mask_mode", "repaint_mode",
         "repaint_strength", "track_name", "track_classes", "instruction")

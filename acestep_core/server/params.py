@@ -335,12 +335,10 @@ def _from_schema(spec: schema.Field) -> Field:
                  engine_name=spec.name)
 
 
-# Fields only this server has: which DiT to run, the official random-seed switch, ADG (refused) and
-# the analysis modes.
+# Fields only this server has: which DiT to run, the official random-seed switch and the analysis modes.
 SERVER_FIELDS: tuple[Field, ...] = (
     Field("model", to_str, None, ("model_name", "modelName", "dit_model", "ditModel")),
     Field("use_random_seed", to_bool, True, ("useRandomSeed",)),
-    Field("use_adg", to_bool, False, ("useAdg",)),
     # The analysis modes (server/analysis.py): an answer from the LM instead of audio.
     Field("extract_codes_only", to_bool, False, ("extractCodesOnly",)),
     Field("full_analysis_only", to_bool, False, ("fullAnalysisOnly",)),
@@ -516,8 +514,6 @@ def parse_release_request(raw: dict, *, default_batch_size: int = 2, max_batch_s
         values["batch_size"] = default_batch_size
     if not 1 <= values["batch_size"] <= max_batch_size:
         raise FieldError("batch_size", f"must be between 1 and {max_batch_size}, got {values['batch_size']}")
-    if values["use_adg"]:
-        raise FieldError("use_adg", "adaptive dual guidance is not supported by this server; send false")
     if values["cfg_interval_start"] > values["cfg_interval_end"]:
         raise FieldError("cfg_interval_start", "must not exceed cfg_interval_end")
     if values["repainting_end"] is not None and values["repainting_end"] <= values["repainting_start"]:
