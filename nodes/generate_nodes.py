@@ -8,7 +8,7 @@ from ..acestep_core.errors import InputError
 from . import audio_wire
 from .host import io
 from .running import run_engine
-from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, caption_input, dit_inputs, lyrics_input,
+from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, adg_input, caption_input, dit_inputs, lyrics_input,
                       meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue, schema_range,
                       window_range_issue)
 
@@ -22,8 +22,9 @@ def _request(**fields):
     return GenerationRequest(**fields)
 
 
-def _dit_fields(seed, steps, shift, guidance) -> dict:
-    return dict(seed=int(seed), inference_steps=int(steps), shift=float(shift), guidance_scale=float(guidance))
+def _dit_fields(seed, steps, shift, guidance, adg=False) -> dict:
+    return dict(seed=int(seed), inference_steps=int(steps), shift=float(shift), guidance_scale=float(guidance),
+                use_adg=bool(adg))
 
 
 def _generate(model, request):
@@ -79,7 +80,8 @@ class Text2Music(io.ComfyNode):
                     io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip="Songs per run."),
                     PLAN.Input("plan", optional=True,
                                tooltip="From LM Thinking / Format Input / Simple Mode: its caption, lyrics and codes "
-                                       "are used; its metas fill the ones left on auto.")],
+                                       "are used; its metas fill the ones left on auto."),
+                    adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio"),
                      io.Latent.Output("latent", display_name="latent",
                                       tooltip="ACE-Step 1.5 latent [B, 64, T] (works with VAEDecodeAudio).")],
@@ -92,11 +94,12 @@ class Text2Music(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, seed, steps, shift,
-                guidance, batch_size, plan=None) -> io.NodeOutput:
+                guidance, batch_size, plan=None, adg=False) -> io.NodeOutput:
         fields = dict(caption=caption, lyrics=lyrics, bpm=opt_bpm(bpm), key_scale=opt_choice(keyscale) or "",
                       time_signature=opt_choice(timesignature) or "",
                       vocal_language=opt_choice(language) or "unknown", audio_duration=opt_duration(duration),
-                      task_type="text2music", batch_size=int(batch_size), **_dit_fields(seed, steps, shift, guidance))
+                      task_type="text2music", batch_size=int(batch_size),
+                      **_dit_fields(seed, steps, shift, guidance, adg))
         request = _request(**fields)
         if plan is not None:
             from ..acestep_core.planning import fill_request
@@ -124,13 +127,15 @@ class Continue(io.ComfyNode):
                                    tooltip="Seconds of new music to add."),
                     caption_input(), lyrics_input(), *dit_inputs(),
                     io.Float.Input("overlap", default=1.0, min=0.0, max=30.0, step=0.1,
-                                   tooltip="Seconds at the end of the source regenerated for a smooth join.")],
+                                   tooltip="Seconds at the end of the source regenerated for a smooth join."),
+                    adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
 
     @classmethod
-    def execute(cls, model, audio, seconds, caption, lyrics, seed, steps, shift, guidance, overlap) -> io.NodeOutput:
+    def execute(cls, model, audio, seconds, caption, lyrics, seed, steps, shift, guidance, overlap,
+                adg=False) -> io.NodeOutput:
         clip, src_seconds = _source(audio)
         if seconds <= 0:
             raise InputError("seconds to add must be > 0")
@@ -141,7 +146,7 @@ class Continue(io.ComfyNode):
         # The engine's continuation: regenerate from `overlap` before the end, add `seconds` after it.
         request = _request(caption=caption, lyrics=lyrics, task_type="continuation", src_audio=clip,
                            repainting_start=max(0.0, src_seconds - float(overlap)),
-                           continuation_seconds=float(seconds), **_dit_fields(seed, steps, shift, guidance))
+                           continuation_seconds=float(seconds), **_dit_fields(seed, steps, shift, guidance, adg))
         return generate_audio(model, request)
 
 
@@ -158,7 +163,8 @@ class Repaint(io.ComfyNode):
                     io.Float.Input("end", default=10.0, min=0.0, max=MAX_DURATION, step=0.1, tooltip="Window end (s)."),
                     caption_input(), lyrics_input(), *dit_inputs(),
                     io.Float.Input("strength", default=0.5, **schema_range("repaint_strength"), step=0.05,
-                                   tooltip="Balanced repaint strength: higher = freer inside, softer seams.")],
+                                   tooltip="Balanced repaint strength: higher = freer inside, softer seams."),
+                    adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
@@ -169,7 +175,7 @@ class Repaint(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, audio, start, end, caption, lyrics, seed, steps, shift, guidance,
-                strength) -> io.NodeOutput:
+                strength, adg=False) -> io.NodeOutput:
         raise_issue(_window_issue(start, end))
         clip, src_seconds = _source(audio)
         if start >= src_seconds:
@@ -178,7 +184,7 @@ class Repaint(io.ComfyNode):
         request = _request(caption=caption, lyrics=lyrics, task_type="repaint", src_audio=clip,
                            repainting_start=float(start), repainting_end=min(float(end), src_seconds),
                            repaint_mode="balanced", repaint_strength=float(strength),
-                           **_dit_fields(seed, steps, shift, guidance))
+                           **_dit_fields(seed, steps, shift, guidance, adg))
         return generate_audio(model, request)
 
 
@@ -208,17 +214,18 @@ class Cover(io.ComfyNode):
                     io.Float.Input("noise_strength", default=0.0, **schema_range("cover_noise_strength"), step=0.05,
                                    optional=True,
                                    tooltip="How close to the source to start (cover_noise_strength): 0 = from "
-                                           "pure noise, higher = start from the source re-noised, fewer steps.")],
+                                           "pure noise, higher = start from the source re-noised, fewer steps."),
+                    adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
 
     @classmethod
     def execute(cls, model, audio, strength, caption, lyrics, seed, steps, shift, guidance,
-                reference=None, noise_strength=0.0) -> io.NodeOutput:
+                reference=None, noise_strength=0.0, adg=False) -> io.NodeOutput:
         clip, _ = _source(audio)
         ref = _source(reference, "reference")[0] if reference is not None else None
         request = _request(caption=caption, lyrics=lyrics, task_type="cover", src_audio=clip, reference_audio=ref,
                            audio_cover_strength=float(strength), cover_noise_strength=float(noise_strength or 0.0),
-                           **_dit_fields(seed, steps, shift, guidance))
+                           **_dit_fields(seed, steps, shift, guidance, adg))
         return generate_audio(model, request)

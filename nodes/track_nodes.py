@@ -6,7 +6,7 @@ from ..acestep_core.errors import InputError
 from ..acestep_core.prompts import TRACK_NAMES
 from .generate_nodes import _dit_fields, _request, _source, generate_audio
 from .host import io
-from .widgets import (CATEGORY, MAX_DURATION, MODEL, caption_input, dit_inputs, lyrics_input, raise_issue,
+from .widgets import (CATEGORY, MAX_DURATION, MODEL, adg_input, caption_input, dit_inputs, lyrics_input, raise_issue,
                       window_range_issue)
 
 BASE_STEPS = 32  # the base model's usual step count (turbo's 8 is too few for it)
@@ -33,16 +33,16 @@ class ExtractTrack(io.ComfyNode):
             description="Separates one track (vocals, drums, bass, ...) out of a song; same length as the song."
                         + BASE_NOTE,
             inputs=[MODEL.Input("model"), io.Audio.Input("audio"), _track_input("vocals"),
-                    caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS)],
+                    caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS), adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
 
     @classmethod
-    def execute(cls, model, audio, track, caption, lyrics, seed, steps, shift, guidance) -> io.NodeOutput:
+    def execute(cls, model, audio, track, caption, lyrics, seed, steps, shift, guidance, adg=False) -> io.NodeOutput:
         clip, _ = _source(audio)
         request = _request(caption=caption, lyrics=lyrics, task_type="extract", track_name=str(track), src_audio=clip,
-                           **_dit_fields(seed, steps, shift, guidance))
+                           **_dit_fields(seed, steps, shift, guidance, adg))
         return generate_audio(model, request)
 
 
@@ -59,7 +59,7 @@ class AddTrack(io.ComfyNode):
                     io.Float.Input("start", default=0.0, min=0.0, max=MAX_DURATION, step=0.1, tooltip="Window start (s)."),
                     io.Float.Input("end", default=0.0, min=0.0, max=MAX_DURATION, step=0.1,
                                    tooltip="Window end (s); 0 = the end of the song."),
-                    caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS)],
+                    caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS), adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
@@ -70,7 +70,7 @@ class AddTrack(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, audio, track, start, end, caption, lyrics, seed, steps, shift,
-                guidance) -> io.NodeOutput:
+                guidance, adg=False) -> io.NodeOutput:
         raise_issue(_window_issue(start, end))
         clip, src_seconds = _source(audio)
         if float(start) >= src_seconds:
@@ -78,7 +78,7 @@ class AddTrack(io.ComfyNode):
         request = _request(caption=caption, lyrics=lyrics, task_type="lego", track_name=str(track), src_audio=clip,
                            repainting_start=float(start),
                            repainting_end=min(float(end), src_seconds) if float(end) > 0 else None,
-                           **_dit_fields(seed, steps, shift, guidance))
+                           **_dit_fields(seed, steps, shift, guidance, adg))
         return generate_audio(model, request)
 
 
@@ -105,7 +105,7 @@ class CompleteTrack(io.ComfyNode):
                     io.String.Input("tracks", default="drums, bass",
                                     tooltip="Comma list of tracks to add: " + ", ".join(TRACK_NAMES)
                                             + ". Empty = let the model choose."),
-                    caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS)],
+                    caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS), adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
             not_idempotent=True,
         )
@@ -121,8 +121,8 @@ class CompleteTrack(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, audio, tracks, caption, lyrics, seed, steps, shift, guidance) -> io.NodeOutput:
+    def execute(cls, model, audio, tracks, caption, lyrics, seed, steps, shift, guidance, adg=False) -> io.NodeOutput:
         clip, _ = _source(audio)
         request = _request(caption=caption, lyrics=lyrics, task_type="complete", track_classes=_parse_tracks(tracks),
-                           src_audio=clip, **_dit_fields(seed, steps, shift, guidance))
+                           src_audio=clip, **_dit_fields(seed, steps, shift, guidance, adg))
         return generate_audio(model, request)

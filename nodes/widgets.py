@@ -74,6 +74,13 @@ def lm_sampling_inputs(temperature: float = 0.85, cfg_scale: float = 2.0) -> lis
     ]
 
 
+def adg_input():
+    """Appended last to every generation node (optional: prompts saved before it still validate)."""
+    return io.Boolean.Input("adg", default=schema.spec("use_adg").default, optional=True,
+                            tooltip="Base / SFT: angle-based dynamic guidance (ADG) instead of APG. Ignored by "
+                                    "turbo models.")
+
+
 def dit_inputs(steps: int = 8) -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import av
+import torch
 import pytest
 
 import nodes_harness as h
@@ -296,3 +297,23 @@ def test_save_audio_writes_aac(env):
     assert path.suffix == ".aac"
     with av.open(str(path)) as c:
         assert c.streams.audio[0].codec_context.name == "aac" and c.streams.audio[0].channels == 2
+
+
+def test_adg_on_a_base_model_and_prompts_saved_before_it(env, caplog):
+    """adg was appended to the generation nodes as an optional input: an API prompt without it still
+    validates and runs, and adg=true reaches the engine (a base model guides with ADG, turbo says no)."""
+    node_map, _ = env
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "extract_and_complete.api.json").read_text()))
+    extract = next(nid for nid, n in api.items() if n["class_type"] == "ACE15S_ExtractTrack")
+    assert api[extract]["inputs"].pop("adg") is False
+    api[extract]["inputs"]["guidance"] = 3.0
+    (apg_audio,) = h.execute_prompt(api, node_map)["results"][extract]
+    api[extract]["inputs"]["adg"] = True
+    (adg_audio,) = h.execute_prompt(api, node_map)["results"][extract]
+    assert apg_audio["acestep"]["params"]["use_adg"] is False and adg_audio["acestep"]["params"]["use_adg"] is True
+    assert not torch.equal(apg_audio["waveform"], adg_audio["waveform"])
+    turbo = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
+    turbo["3"]["inputs"]["adg"] = True
+    with caplog.at_level("WARNING"):
+        h.execute_prompt(turbo, node_map)
+    assert "use_adg was not used" in caplog.text
