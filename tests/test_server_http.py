@@ -428,3 +428,13 @@ def test_use_adg_is_accepted_and_reported(server):
     (song,) = result_items(wait_done(server.url, reply.data["task_id"]))
     assert song["params"]["use_adg"] is True
     assert any("use_adg was not used" in note for note in song["notices"])  # this server's DiT is turbo
+
+
+def test_an_unknown_model_runs_on_the_default_and_says_so(server):
+    reply = release(server.url, dict(FAST, prompt="x", model="acestep-v15-nonexistent"))
+    assert reply.status == 200, reply.body
+    notices = reply.json()["extra"]["notices"]
+    assert any("model 'acestep-v15-nonexistent' is not on this server; acestep-v15-turbo-tiny runs it" in n
+               for n in notices), notices
+    (song,) = result_items(wait_done(server.url, reply.data["task_id"]))
+    assert song["dit_model"] == "acestep-v15-turbo-tiny"

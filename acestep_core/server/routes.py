@@ -283,6 +283,15 @@ def check_analysis(req, has_source: bool, provider) -> None:
                                  "an LM (--lm, or an acestep-5Hz-lm-* folder beside the checkpoints)")
 
 
+def note_unknown_model(req, provider) -> None:
+    """A `model` this server does not have runs on the default DiT, as on the official server; say so."""
+    models = provider.models()
+    if req.model and models and req.model not in {m.name for m in models}:
+        default = next((m.name for m in models if m.is_default), models[0].name)
+        req.notices.append(f"model {req.model!r} is not on this server; {default} runs it (GET /v1/models lists "
+                           "the models)")
+
+
 def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, str]) -> Optional[dict]:
     """The wrapper's `extra` for a submit: ignored fields (with near-miss hints) and server notices."""
     if not (notices or ignored):
@@ -337,6 +346,7 @@ class ApiHandlers:
                 raise FieldError("src_audio", f"task_type={req.task_type} needs source audio: upload it as "
                                               "multipart field 'src_audio' or give src_audio_path")
             check_analysis(req, has_source, rt.provider)
+            note_unknown_model(req, rt.provider)
             req.uploads.update(uploads)
             labels = {k: (k if k in uploads else f"{k}_path") for k in ("src_audio", "reference_audio")}
             await self._prepare(req, labels)
