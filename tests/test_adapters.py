@@ -170,15 +170,20 @@ def _folder_without_config(tiny_dir, dst):
     return dst
 
 
-def _lokr_without_metadata(transformer, dst):
-    return write_lokr(library_lokr(transformer), dst, config=None)
+def _lokr_without_metadata_or_alpha(transformer, dst):
+    from safetensors.torch import load_file, save_file
+
+    path = write_lokr(library_lokr(transformer), dst, config=None)
+    save_file({k: v for k, v in load_file(str(path)).items() if not k.endswith(".alpha")}, str(path))
+    return path
 
 
 @pytest.mark.parametrize("make,message", [
     (lambda d, t, p: _folder_without_config(d, p / "lora_x"), "has no adapter_config.json"),
     (lambda d, t, p: _truncated(d / "loras" / "lora_a.comfyui.safetensors", p / "cut.safetensors"),
      "not a valid safetensors file"),
-    (lambda d, t, p: _lokr_without_metadata(t, p / "lokr_weights.safetensors"), "without its LyCORIS config"),
+    (lambda d, t, p: _lokr_without_metadata_or_alpha(t, p / "lokr_weights.safetensors"),
+     r"without its LyCORIS config .* and without an \.alpha tensor per layer"),
     (lambda d, t, p: p / "missing.safetensors", "adapter not found"),
     (lambda d, t, p: (p / "notes.txt").write_text("x") and p / "notes.txt", ".safetensors files only"),
 ])

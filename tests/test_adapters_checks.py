@@ -207,7 +207,8 @@ def test_dotted_lokr_keys_load_like_the_lycoris_file(pipe, t2m, tmp_path):
     save_file(dotted, str(tmp_path / "dotted_meta.safetensors"), metadata={"lokr_config": json.dumps(lycoris.lokr_config)})
     expected = _generate(pipe, t2m, [ScaledAdapter(lycoris, 0.6)])
     assert (_generate(pipe, t2m) - expected).abs().max().item() > 1e-3
-    for name in ("dotted", "dotted_meta"):
+    save_file(tensors, str(tmp_path / "lycoris_bare.safetensors"))  # LyCORIS names, the metadata stripped
+    for name in ("dotted", "dotted_meta", "lycoris_bare"):
         adapter = load_adapter(tmp_path / f"{name}.safetensors")
         assert adapter.format == "lokr" and sorted(adapter.tensors) == sorted(lycoris.tensors)
         check_adapter_fits(pipe.dit.transformer, adapter)

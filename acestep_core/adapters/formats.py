@@ -95,7 +95,7 @@ def load_adapter(path: str | Path, name: Optional[str] = None) -> Adapter:
     if dotted:
         tensors = _lycoris_keys(path, tensors)
     if any(k.startswith(LYCORIS_PREFIX + "_") for k in tensors) or LOKR_METADATA_KEY in metadata:
-        return _read_lokr(path, stem, tensors, metadata, from_weights=dotted)
+        return _read_lokr(path, stem, tensors, metadata)
     if any(k.endswith(_COMFY_DOWN + _COMFY_UP) for k in tensors):
         return _comfy_adapter(path, stem, tensors)
     raise AdapterError(f"{path} holds no LoRA or LoKr tensors (keys like {sorted(tensors)[:3]}); expected "
@@ -311,8 +311,7 @@ def _lycoris_keys(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _read_lokr(path: Path, name: str, tensors: Optional[dict] = None, metadata: Optional[dict] = None,
-               from_weights: bool = False) -> Adapter:
+def _read_lokr(path: Path, name: str, tensors: Optional[dict] = None, metadata: Optional[dict] = None) -> Adapter:
     tensors = _read(path, name) if tensors is None else tensors
     metadata = _metadata(path) if metadata is None else metadata
     raw = metadata.get(LOKR_METADATA_KEY)
@@ -324,17 +323,16 @@ def _read_lokr(path: Path, name: str, tensors: Optional[dict] = None, metadata: 
             raise AdapterError(f"{path}: the '{LOKR_METADATA_KEY}' metadata is not valid JSON ({exc})") from exc
         if not isinstance(config, dict):
             raise AdapterError(f"{path}: the '{LOKR_METADATA_KEY}' metadata must be a JSON object")
-    elif from_weights:
-        # ComfyUI's LoKr convention (dotted keys): the shapes and each layer's `.alpha` are the whole
-        # config; LyCORIS builds the modules from them (patch.py), scaled alpha / rank as ComfyUI does.
+    else:
+        # Without the LyCORIS config (ComfyUI's LoKr convention, and other trainers' files) the shapes
+        # and each layer's `.alpha` are the whole config; LyCORIS builds the modules from them
+        # (patch.py), scaled alpha / rank as ComfyUI does.
         no_alpha = sorted({k.split(".", 1)[0] for k in tensors if f"{k.split('.', 1)[0]}.alpha" not in tensors})
         if no_alpha:
-            raise AdapterError(f"{path}: a LoKr file without '{LOKR_METADATA_KEY}' metadata needs an .alpha "
-                               f"tensor per layer; none for {no_alpha[:3]}")
-    else:
-        raise AdapterError(
-            f"{path} is a LoKr file without its LyCORIS config (safetensors metadata '{LOKR_METADATA_KEY}'), "
-            "so its rank, alpha and factorisation are unknown; use the file as the LoKr training wrote it")
+            raise AdapterError(
+                f"{path} is a LoKr file without its LyCORIS config (safetensors metadata '{LOKR_METADATA_KEY}') "
+                f"and without an .alpha tensor per layer (none for {no_alpha[:3]}), so its scaling is unknown; "
+                "use the file as the LoKr training wrote it")
     algo = str(metadata.get("algo") or (config or {}).get("algo") or "lokr").lower()
     if algo != "lokr":
         raise AdapterError(f"{path}: LyCORIS algorithm {algo!r} is not supported; only LoKr files load here")
