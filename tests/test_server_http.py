@@ -438,3 +438,12 @@ def test_an_unknown_model_runs_on_the_default_and_says_so(server):
                for n in notices), notices
     (song,) = result_items(wait_done(server.url, reply.data["task_id"]))
     assert song["dit_model"] == "acestep-v15-turbo-tiny"
+
+
+def test_unknown_paths_and_wrong_methods_answer_in_the_json_wrapper(server):
+    missing = http("GET", server.url + "/v1/nothing-here")
+    assert missing.status == 404 and missing.json()["code"] == 404
+    assert missing.error.startswith("no such endpoint: GET /v1/nothing-here")
+    wrong = http("GET", server.url + "/release_task")
+    assert wrong.status == 405 and wrong.error == "GET is not allowed on /release_task; use POST"
+    assert http("GET", server.url + "/health").status == 200  # still serving
