@@ -447,3 +447,12 @@ def test_unknown_paths_and_wrong_methods_answer_in_the_json_wrapper(server):
     wrong = http("GET", server.url + "/release_task")
     assert wrong.status == 405 and wrong.error == "GET is not allowed on /release_task; use POST"
     assert http("GET", server.url + "/health").status == 200  # still serving
+
+
+def test_head_on_a_result_gives_its_size_and_type(server, first_song):
+    _, item = first_song
+    url = result_items(item)[0]["file"]
+    head, full = http("HEAD", server.url + url), download(server.url, url)
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Type"] == "audio/mpeg"
+    assert int(head.headers["Content-Length"]) == len(full.body)

@@ -637,6 +637,7 @@ def route_table(handlers: ApiHandlers) -> list[tuple[str, str, Handler]]:
         ("POST", "/v1/chat/completions", handlers.chat_completions),
         ("GET", "/v1/stats", handlers.stats),
         ("GET", "/v1/audio", handlers.audio),
+        ("HEAD", "/v1/audio", handlers.audio),  # size and type before a download (curl -I)
         ("POST", "/create_random_sample", handlers.create_random_sample),
         ("POST", "/format_input", handlers.format_input),
     ]
