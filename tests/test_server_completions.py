@@ -156,7 +156,7 @@ def test_cover_of_input_audio_and_streaming(server, tmp_path):
     ({"messages": [{"role": "user", "content": ""}]}, "messages: no caption, lyrics"),
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "audio_config": {"bpm": 12}},
      "audio_config.bpm: must be between 30 and 300"),
-    ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "audio_config": {"format": "aac"}},
+    ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "audio_config": {"format": "aiff"}},
      "audio_config.format: must be one of"),
     ({"messages": [{"role": "user", "content": "<prompt>a</prompt>"}], "batch_size": 99},
      "batch_size: must be between 1 and 8"),

@@ -637,7 +637,6 @@ def route_table(handlers: ApiHandlers) -> list[tuple[str, str, Handler]]:
         ("POST", "/v1/chat/completions", handlers.chat_completions),
         ("GET", "/v1/stats", handlers.stats),
         ("GET", "/v1/audio", handlers.audio),
-        ("HEAD", "/v1/audio", handlers.audio),  # size and type before a download (curl -I)
         ("POST", "/create_random_sample", handlers.create_random_sample),
         ("POST", "/format_input", handlers.format_input),
     ]
@@ -655,10 +654,14 @@ def add_routes(target, prefix: str = "", runtime: Runtime | None = None) -> list
     for method, path, fn in route_table(handlers) + lora_route_table(runtime):
         full = prefix + path
         wrapped = guarded(runtime, fn)
+        # GET routes answer HEAD too (a download's size and type, curl -I), as aiohttp's add_get does.
         if isinstance(target, web.RouteTableDef):
-            target.route(method, full)(wrapped)
+            (target.get(full) if method == "GET" else target.route(method, full))(wrapped)
         else:
             router = target.router if isinstance(target, web.Application) else target
-            router.add_route(method, full, wrapped)
+            if method == "GET":
+                router.add_get(full, wrapped)
+            else:
+                router.add_route(method, full, wrapped)
         paths.append(f"{method} {full}")
     return paths
