@@ -35,6 +35,11 @@ def _clamped(values: list[int], text_for_error) -> list[int]:
     return [min(v, MAX_CODE) for v in values]
 
 
+def format_audio_codes(codes: Iterable[int]) -> str:
+    """The <|audio_code_N|> string of `codes` (what `parse_audio_codes` reads back)."""
+    return "".join(f"{_TOKEN_PREFIX}{int(c)}|>" for c in codes)
+
+
 def parse_audio_codes(text: str) -> list[int]:
     """Codes in an LM output string, clamped to the valid range as the reference does."""
     text = text or ""

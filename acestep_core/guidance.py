@@ -69,8 +69,9 @@ def adg(
     angle_clip: float = ADG_ANGLE_CLIP,
 ) -> torch.Tensor:
     """Angle-based dynamic guidance on the clean-latent estimates x0 = x - t v, frame by frame ([B, T, 64]):
-    the conditional estimate is rotated away from the unconditional one by (scale - 1) times the angle
-    between them (clipped), keeping its norm; the guided velocity is (x - x0_guided) / t. No momentum."""
+    the conditional estimate is turned away from the unconditional one by (scale - 1) times the angle
+    between them (clipped at ADG_ANGLE_CLIP); the guided velocity is (x - x0_guided) / t. No momentum,
+    no renormalisation (the official default)."""
     batch, frames, channels = v_cond.shape
     t = torch.as_tensor(t, device=x.device, dtype=x.dtype).reshape(-1, 1, 1)
     weight = (guidance_scale - 1) * (guidance_scale > 1) + ADG_EPS

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .adapters import decoder_adapters
-from .codes import codes_per_item, codes_to_hints, latents_to_codes, latents_to_hints
+from .codes import codes_per_item, codes_to_hints, format_audio_codes, latents_to_codes, latents_to_hints
 from .conditioning import encode_caption_only, encode_condition, encode_texts, timbre_inputs
 from .dit import DiTModel, load_dit, load_dit_file
 from .errors import CancelledError, CheckpointError, InputError
@@ -556,7 +556,7 @@ class ACEStepPipeline:
             sample_rate=SAMPLE_RATE,
         )
         if codes:
-            strings = ["".join(f"<|audio_code_{c}|>" for c in item) for item in item_codes]
+            strings = [format_audio_codes(item) for item in item_codes]
             params["audio_code_string"] = strings[0] if len(set(strings)) == 1 else strings
         if task_inputs.valid_frames is not None:
             params["valid_frames"] = list(task_inputs.valid_frames)

@@ -28,7 +28,9 @@ class Plan:
     lm_seed: Optional[int] = None
 
     def audio_code_string(self) -> str:
-        return "".join(f"<|audio_code_{c}|>" for c in self.audio_codes)
+        from .codes import format_audio_codes
+
+        return format_audio_codes(self.audio_codes)
 
     def to_dict(self) -> dict:
         return asdict(self)

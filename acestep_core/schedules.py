@@ -74,8 +74,6 @@ def turbo_note(steps: Optional[int], shift: float, custom, use_adg: bool = False
     """What a turbo DiT did not use of the request (its 8-step tables fix the steps and snap the
     shift), as one line for the user; None when it ran exactly what was asked."""
     unused = ["use_adg was not used (turbo runs without guidance)"] if use_adg else []
-    if custom and not unused:
-        return None
     if not custom and steps is not None and steps != TURBO_STEPS:
         unused.append(f"inference_steps {steps} was not used")
     used = nearest_turbo_shift(shift)

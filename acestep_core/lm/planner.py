@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 
 from ..checkpoints import find_lm  # noqa: F401  (re-exported: the one LM finder lives there)
-from ..codes import MAX_CODES
+from ..codes import MAX_CODES, format_audio_codes
 from ..errors import CheckpointError, InputError
 from ..plan import Plan
 from . import prompts
@@ -331,7 +331,7 @@ class LMPlanner:
         bad = [c for c in audio_codes if not 0 <= int(c) < 64000]
         if bad:
             raise InputError(f"audio codes must be 0..63999, got {bad[:3]}")
-        code_string = "".join(f"<|audio_code_{int(c)}|>" for c in audio_codes)
+        code_string = format_audio_codes(audio_codes)
         seed = sampling.resolved_seed()
         phase = self.run_understand_phase(
             prompts.understand_prompt(code_string), sampling, constrained_decoding=constrained_decoding,

@@ -102,18 +102,17 @@ def auto_dtypes(device_type: str, bf16_supported: bool, env: Mapping[str, str] |
     """
     if device_type == "cpu":
         override = cpu_bf16_override(env)
-        if override is None and _unreadable_bf16_switch(env):
-            dtype, lm_dtype, reason = auto_dtypes(device_type, bf16_supported, {})
-            return dtype, lm_dtype, f"{_unreadable_bf16_switch(env)} {reason}"
         if override is False:
             return "float32", "float32", f"{ENV_CPU_BF16}=0: float32 on the CPU (exact parity with the official CPU results)."
         if override:
             return "bfloat16", "bfloat16", f"{ENV_CPU_BF16}=1: bfloat16 on the CPU (forced; slow where it is emulated)."
+        ignored = _unreadable_bf16_switch(env)  # auto's choice stands; the reasons say the value was ignored
+        prefix = f"{ignored} " if ignored else ""
         if bf16_supported:
-            return "bfloat16", "bfloat16", (
+            return "bfloat16", "bfloat16", prefix + (
                 "The CPU computes bfloat16 natively (AVX512-BF16 / AMX): every model runs in bfloat16, about "
                 f"three times faster than float32; set {ENV_CPU_BF16}=0 or pass --dtype float32 for exact float32 results.")
-        return "float32", "float32", "float32 on the CPU (it has no native bfloat16, which would be emulated and slow)."
+        return "float32", "float32", prefix + "float32 on the CPU (it has no native bfloat16, which would be emulated and slow)."
     if device_type == "mps":
         return "float16", "float32", "MPS: float16 models, the LM in float32."
     if device_type == "cuda" and not bf16_supported:

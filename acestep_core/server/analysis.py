@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+from ..codes import format_audio_codes
 from .models import ModelProvider
 from .params import ReleaseRequest
 
@@ -41,7 +42,7 @@ def run_analysis(mode: str, req: ReleaseRequest, provider: ModelProvider, *,
     t0 = time.perf_counter()
     if mode in SOURCE_MODES:
         codes = _source_codes(req, provider, set_stage)
-        code_string = "".join(f"<|audio_code_{c}|>" for c in codes)
+        code_string = format_audio_codes(codes)
         if mode == "extract_codes_only":
             item = {"status_message": CODES_DONE, "audio_codes": code_string, "audio_paths": [],
                     "raw_audio_paths": [], "first_audio_path": None, "metas": {}}
