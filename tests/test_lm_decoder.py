@@ -78,9 +78,12 @@ def test_few_row_formulation_follows_the_cpu_vendor(vendor, transposed, monkeypa
         decoder_module.few_rows_transposed.cache_clear()
 
 
-def test_bfloat16_one_token_step_matches_transformers_and_hides_the_padding(gqa_model):
-    """The half-precision CPU step attends through SDPA over the cache slice in place: it agrees with
-    transformers' own bfloat16 forward, and keys in the left padding have no effect at all."""
+@pytest.mark.parametrize("amx", [True, False])
+def test_bfloat16_one_token_step_matches_transformers_and_hides_the_padding(gqa_model, amx, monkeypatch):
+    """The half-precision CPU step attends through SDPA over the cache slice in place, in the query
+    layout of either kind of CPU (with AMX: 16 heads and `enable_gqa`; without: folded): it agrees
+    with transformers' own bfloat16 forward, and keys in the left padding have no effect at all."""
+    monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: amx)
     model = copy.deepcopy(gqa_model).to(torch.bfloat16)
     decoder = StaticCacheDecoder(model)
     ids, mask = left_pad(ROWS)
@@ -101,9 +104,10 @@ def test_bfloat16_one_token_step_matches_transformers_and_hides_the_padding(gqa_
     assert torch.equal(again, stepped)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_token_steps_without_padding_match_transformers(gqa_model, dtype):
-    """A single unpadded row: the CPU steps attend with no mask at all, in either query layout."""
+@pytest.mark.parametrize("dtype, amx", [(torch.float32, False), (torch.bfloat16, True), (torch.bfloat16, False)])
+def test_one_token_steps_without_padding_match_transformers(gqa_model, dtype, amx, monkeypatch):
+    """A single unpadded row: the CPU steps attend with no mask at all, in every query layout."""
+    monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: amx)
     model = copy.deepcopy(gqa_model).to(dtype)
     decoder = StaticCacheDecoder(model)
     row = ROWS[0]

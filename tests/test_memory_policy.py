@@ -310,3 +310,27 @@ def test_cpu_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
         dtypes.cpu_has_native_bf16.cache_clear()
     assert memory_from_values("cpu", 8 * GIB).bf16_supported == dtypes.cpu_has_native_bf16()
     assert memory_from_values("cuda", 8 * GIB).bf16_supported
+
+
+
+@pytest.mark.parametrize("machine, probe, flags, expected", [
+    ("x86_64", lambda: True, "", True),                          # torch's probe answers
+    ("x86_64", lambda: False, "avx512_bf16 amx_tile", False),    # its answer wins over the flags
+    ("x86_64", None, "fpu avx512_bf16 amx_tile amx_bf16", True),  # no probe: the kernel's flags
+    ("x86_64", None, "fpu avx512_bf16", False),
+    ("arm64", lambda: True, "amx_tile", False),                  # not x86: never
+])
+def test_amx_detection_asks_torch_then_the_flags(machine, probe, flags, expected, monkeypatch):
+    import torch
+
+    from acestep_core.memory import dtypes
+
+    monkeypatch.setattr(dtypes.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe, raising=False)
+    monkeypatch.setattr(dtypes, "_cpuinfo_field", lambda name: flags if name == "flags" else "")
+    dtypes.cpu_has_amx.cache_clear()
+    try:
+        assert dtypes.cpu_has_amx() is expected
+    finally:
+        monkeypatch.undo()
+        dtypes.cpu_has_amx.cache_clear()

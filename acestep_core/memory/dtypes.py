@@ -53,6 +53,25 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True when this x86 CPU has AMX tiles (Intel Sapphire Rapids and newer).
+
+    Some half-precision CPU kernels are fast only with them: SDPA's flash kernel runs its bfloat16
+    products on AMX where it can and on a slow generic path where it cannot (see `lm/decoder.py`)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        return False
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        if probe is not None:
+            return bool(probe())
+    except Exception:  # a private torch API: treat a failure as "unknown" and read the flags
+        pass
+    return "amx_tile" in _cpuinfo_field("flags").split()
+
+
 def _cpuinfo_field(name: str) -> str:
     """The value of the first `name` line of /proc/cpuinfo (Linux), or "" where there is none."""
     try:
