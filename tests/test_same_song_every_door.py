@@ -38,6 +38,9 @@ DOOR_SPECIFIC = {"src_audio", "reference_audio", "src_latents", "dit_model"}
 def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
     root = tmp_path_factory.mktemp("doors")
     node_map, dirs, source = node_env(root, tiny_dir, comfy_tiny_dir, "source.flac")
+    # The base model as an official folder (its ComfyUI repack has ComfyUI's silence latent, not the
+    # tiny folder's random one, so it makes another song).
+    (root / "models" / "acestep" / "acestep-v15-base").symlink_to(tiny_dir / "acestep-v15-base-tiny")
     return {"node_map": node_map, "dirs": dirs, "source": source, "root": root}
 
 
@@ -77,10 +80,10 @@ def _flags(fields: dict) -> list[str]:
     return out
 
 
-def run_cli(tiny_dir: Path, out: Path, fields: dict, thinking: bool = False) -> dict:
+def run_cli(tiny_dir: Path, out: Path, fields: dict, thinking: bool = False, dit: str = "acestep-v15-turbo-tiny") -> dict:
     from acestep_core.cli import main
 
-    argv = ["generate", "--dit", str(tiny_dir / "acestep-v15-turbo-tiny"), "--vae", str(tiny_dir / "vae-tiny"),
+    argv = ["generate", "--dit", str(tiny_dir / dit), "--vae", str(tiny_dir / "vae-tiny"),
             "--text-encoder", str(tiny_dir / "Qwen3-Embedding-tiny"), "--device", "cpu", "--dtype", "float32",
             "--out", str(out), "--audio-format", "wav", "--name", "song", *_flags(fields)]
     if thinking:
@@ -111,9 +114,9 @@ def run_rest(server, fields: dict) -> dict:
     return result["params"]
 
 
-def run_nodes(env, task_node: dict, lm_node: dict | None = None) -> dict:
+def run_nodes(env, task_node: dict, lm_node: dict | None = None, dit: str = "acestep-v15-turbo") -> dict:
     prompt = {
-        "1": {"class_type": "ACE15S_LoadModel", "inputs": dict(dit="acestep-v15-turbo", vae="auto", text_encoder="auto",
+        "1": {"class_type": "ACE15S_LoadModel", "inputs": dict(dit=dit, vae="auto", text_encoder="auto",
                                                                lm="1.7B" if lm_node else "none", offload="auto",
                                                                dtype="fp32")},
         "2": {"class_type": "LoadAudio", "inputs": {"audio": env["source"].name}},
@@ -149,6 +152,12 @@ def _case(name: str, env) -> tuple[dict, dict, dict | None, bool]:
         fields = dict(text, **METAS, audio_duration=10, **DIT)
         node = {"class_type": "ACE15S_Text2Music", "inputs": dict(text, **node_metas(), **node_dit(), batch_size=1)}
         return fields, node, None, False
+    if name == "adg_base":
+        # The base model with CFG under angle-based guidance instead of APG.
+        fields = dict(text, **METAS, audio_duration=10, **DIT, use_adg=True)
+        node = {"class_type": "ACE15S_Text2Music",
+                "inputs": dict(text, **node_metas(), **node_dit(), batch_size=1, adg=True)}
+        return fields, node, None, False
     if name == "thinking":
         # All metas given, so the random tiny LM only writes codes; the LM runs greedy (temperature 0).
         fields = dict(text, **METAS, audio_duration=10, **DIT, **LM, use_cot_caption=False, use_cot_language=False)
@@ -178,18 +187,39 @@ def _case(name: str, env) -> tuple[dict, dict, dict | None, bool]:
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ["text2music", "thinking", "repaint", "continuation", "cover"])
-def test_same_song_through_every_door(name, env, server, recorded, tiny_dir, tmp_path):
+@pytest.fixture(scope="module")
+def base_server(tiny_dir, tmp_path_factory):
+    """A server whose DiT is the base model (the tiny official base folder)."""
+    from acestep_core.server import Runtime, ServerConfig
+
+    config = ServerConfig.from_env(tmp_path_factory.mktemp("api-base") / "results", env={})
+    from acestep_core.server.models import LocalModelProvider
+
+    provider = LocalModelProvider(dit=str(tiny_dir / "acestep-v15-base-tiny"), vae=str(tiny_dir / "vae-tiny"),
+                                  text_encoder=str(tiny_dir / "Qwen3-Embedding-tiny"), use_lm=False, dtype="float32")
+    with LiveServer(Runtime(provider, config)) as live:
+        yield live
+
+
+# The base DiT at each door: the CLI's path and the node's name for the same official folder.
+BASE_DOORS = dict(cli="acestep-v15-base-tiny", node="acestep-v15-base")
+
+
+@pytest.mark.parametrize("name", ["text2music", "thinking", "repaint", "continuation", "cover", "adg_base"])
+def test_same_song_through_every_door(name, env, request, recorded, tiny_dir, tmp_path):
     fields, node, lm_node, thinking = _case(name, env)
+    base = name.endswith("_base")
+    server = request.getfixturevalue("base_server" if base else "server")
+    doors = BASE_DOORS if base else dict(cli="acestep-v15-turbo-tiny", node="acestep-v15-turbo")
     if name == "continuation":
         # Continue regenerates `overlap` seconds before the end: the same start for the other doors.
         from acestep_core.sources import source_waveform
 
         seconds = source_waveform(str(env["source"]), "src").shape[-1] / 48000
         fields["repainting_start"] = seconds - 1.0
-    cli_json = run_cli(tiny_dir, tmp_path / "cli", fields, thinking)
+    cli_json = run_cli(tiny_dir, tmp_path / "cli", fields, thinking, dit=doors["cli"])
     rest_params = run_rest(server, dict(fields, thinking=thinking))
-    node_params = run_nodes(env, node, lm_node)
+    node_params = run_nodes(env, node, lm_node, dit=doors["node"])
 
     assert len(recorded) == 3, [p.get("task") for _, p in recorded]
     (cli_latents, cli_params), (rest_latents, rest_record), (node_latents, node_record) = recorded
