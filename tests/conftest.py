@@ -44,3 +44,17 @@ def load_golden(case: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(_require(GOLDENS_DIR) / f"{case}.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny turbo pipeline, one per test module (a module may define its own `pipe`)."""
+    from engine_helpers import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def t2m(manifest):
+    """The t2m_turbo golden case and its tensors."""
+    return manifest["cases"]["t2m_turbo"], load_golden("t2m_turbo")

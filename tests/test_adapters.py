@@ -9,23 +9,13 @@ import torch
 
 from adapter_helpers import LOKR_CONFIG, library_lokr, write_lokr
 from conftest import load_golden
-from engine_helpers import request_for_case, tiny_pipeline
+from engine_helpers import request_for_case
 
 from acestep_core.adapters import ScaledAdapter, decoder_adapters, load_adapter
 from acestep_core.errors import AdapterError, InputError
 
 LATENT_TOL = 1e-4  # manifest / fixture README: final latents of a float32 CPU implementation
 LORA_CASES = ["lora_t2m_turbo", "lora_t2m_turbo_scale", "lora_repaint_turbo"]
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def t2m(manifest):
-    return manifest["cases"]["t2m_turbo"], load_golden("t2m_turbo")
 
 
 def _generate(pipe, case, golden, adapters=()):

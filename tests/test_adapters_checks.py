@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adapter_helpers import library_lokr, official_view, write_lokr
-from conftest import TINY_DIR, load_golden
+from conftest import TINY_DIR
 from engine_helpers import request_for_case, tiny_pipeline
 
 from acestep_core.adapters import ScaledAdapter, check_adapter_fits, decoder_adapters, load_adapter
@@ -18,16 +18,6 @@ from acestep_core.constants import ADAPTER_SCALE_MAX
 from acestep_core.errors import AdapterError
 
 COMFY_B = TINY_DIR / "loras" / "lora_b.comfyui.safetensors"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def t2m(manifest):
-    return manifest["cases"]["t2m_turbo"], load_golden("t2m_turbo")
 
 
 def _generate(pipe, t2m, adapters=()):
