@@ -77,3 +77,13 @@ def test_nucleus_by_hand():
     probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
     kept = ~torch.isneginf(top_p_filter(probs.log(), 0.9))  # 0.5 + 0.3 = 0.8 <= 0.9: 0.15 is kept, 0.05 not
     assert kept.tolist() == [[False, True, True, True]]
+
+
+def test_other_cpus_take_the_float_sort(monkeypatch):
+    from acestep_core.lm import sampling
+
+    monkeypatch.setattr(sampling, "_x86", lambda: False)
+    scores = scores_with(False, 1000)
+    reference = torch.sort(scores, descending=True)
+    values, order = sort_descending(scores)
+    assert torch.equal(values, reference.values) and torch.equal(order, reference.indices)
