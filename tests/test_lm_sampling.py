@@ -82,7 +82,7 @@ def test_nucleus_by_hand():
 def test_other_cpus_take_the_float_sort(monkeypatch):
     from acestep_core.lm import sampling
 
-    monkeypatch.setattr(sampling, "_x86", lambda: False)
+    monkeypatch.setattr(sampling, "is_x86", lambda: False)
     scores = scores_with(False, 1000)
     reference = torch.sort(scores, descending=True)
     values, order = sort_descending(scores)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import platform
 import random
 from dataclasses import dataclass
 from typing import Optional
@@ -12,6 +10,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
+from ..memory.dtypes import is_x86
 from .constants import DEFAULT_NEGATIVE_PROMPT
 
 
@@ -65,11 +64,6 @@ def top_k_filter(scores: torch.Tensor, top_k: Optional[int]) -> torch.Tensor:
     return scores
 
 
-@functools.lru_cache(maxsize=1)
-def _x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
-
-
 def sort_descending(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`scores` [..., V] sorted high to low along the last dim, and where each value came from.
 
@@ -80,7 +74,7 @@ def sort_descending(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     index order (the float sort leaves ties in no defined order), and -0.0 sorts just below 0.0.
     x86 only: torch's radix sort comes with FBGEMM, which its x86 builds ship."""
     if (scores.device.type != "cpu" or scores.dtype != torch.float32 or scores.shape[-1] < 2
-            or not _x86()):
+            or not is_x86()):
         return torch.sort(scores, descending=True, dim=-1)
     bits = scores.contiguous().view(torch.int32)
     # Negative floats order backwards as integers: flipping their 31 low bits puts them in order,

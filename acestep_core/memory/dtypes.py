@@ -32,6 +32,11 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def is_x86() -> bool:
+    """Whether this machine's CPU is x86 (what the CPU-feature fast paths below are measured on)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16).
@@ -39,7 +44,7 @@ def cpu_has_native_bf16() -> bool:
     Asks torch's CPU feature probe first, then the kernel's flags; anything else (ARM, Apple, an
     unknown platform, a failing probe) counts as no, because emulated bfloat16 is slower than float32.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+    if not is_x86():
         return False
     import torch
 
@@ -59,7 +64,7 @@ def cpu_has_amx() -> bool:
 
     Some half-precision CPU kernels are fast only with them: SDPA's flash kernel runs its bfloat16
     products on AMX where it can and on a slow generic path where it cannot (see `lm/decoder.py`)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+    if not is_x86():
         return False
     import torch
 
