@@ -19,9 +19,9 @@ from acestep_core.server import LocalModelProvider, create_app
 POLL_TIMEOUT_S = 900  # generous: CI machines are slow; tests never assert on time
 
 
-def tiny_provider(tiny_dir: Path, use_lm: bool = False) -> LocalModelProvider:
+def tiny_provider(tiny_dir: Path, use_lm: bool = False, dit: str = "acestep-v15-turbo-tiny") -> LocalModelProvider:
     return LocalModelProvider(
-        dit=str(tiny_dir / "acestep-v15-turbo-tiny"),
+        dit=str(tiny_dir / dit),
         vae=str(tiny_dir / "vae-tiny"),
         text_encoder=str(tiny_dir / "Qwen3-Embedding-tiny"),
         lm=str(tiny_dir / "acestep-5Hz-lm-tiny") if use_lm else None,

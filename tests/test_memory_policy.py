@@ -312,7 +312,6 @@ def test_cpu_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
     assert memory_from_values("cuda", 8 * GIB).bf16_supported
 
 
-
 @pytest.mark.parametrize("machine, probe, flags, expected", [
     ("x86_64", lambda: True, "", True),                          # torch's probe answers
     ("x86_64", lambda: False, "avx512_bf16 amx_tile", False),    # its answer wins over the flags

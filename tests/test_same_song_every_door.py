@@ -32,6 +32,10 @@ LM = dict(lm_temperature=0.0, lm_cfg_scale=2.0, lm_top_k=0, lm_top_p=0.9, lm_see
 # DiT (the name the user picked: the nodes see the same folder as models/acestep/acestep-v15-turbo).
 # Labels, not the song: the identical latents prove the same weights and inputs were used.
 DOOR_SPECIFIC = {"src_audio", "reference_audio", "src_latents", "dit_model"}
+# Each DiT as the CLI names it (a folder of the tiny fixtures) and as the nodes do (the same folder
+# under models/acestep/).
+DOORS = {"turbo": dict(cli="acestep-v15-turbo-tiny", node="acestep-v15-turbo"),
+         "base": dict(cli="acestep-v15-base-tiny", node="acestep-v15-base")}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +48,23 @@ def env(tmp_path_factory, tiny_dir, comfy_tiny_dir):
     return {"node_map": node_map, "dirs": dirs, "source": source, "root": root}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory):
+def live_server(provider, results: Path):
     from acestep_core.server import Runtime, ServerConfig
 
-    config = ServerConfig.from_env(tmp_path_factory.mktemp("api") / "results", env={})
-    with LiveServer(Runtime(tiny_provider(tiny_dir, use_lm=True), config)) as live:
+    return LiveServer(Runtime(provider, ServerConfig.from_env(results, env={})))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, tmp_path_factory):
+    with live_server(tiny_provider(tiny_dir, use_lm=True), tmp_path_factory.mktemp("api") / "results") as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def base_server(tiny_dir, tmp_path_factory):
+    """A server whose DiT is the base model (the tiny official base folder)."""
+    provider = tiny_provider(tiny_dir, dit=DOORS["base"]["cli"])
+    with live_server(provider, tmp_path_factory.mktemp("api-base") / "results") as live:
         yield live
 
 
@@ -80,7 +95,7 @@ def _flags(fields: dict) -> list[str]:
     return out
 
 
-def run_cli(tiny_dir: Path, out: Path, fields: dict, thinking: bool = False, dit: str = "acestep-v15-turbo-tiny") -> dict:
+def run_cli(tiny_dir: Path, out: Path, fields: dict, thinking: bool, dit: str) -> dict:
     from acestep_core.cli import main
 
     argv = ["generate", "--dit", str(tiny_dir / dit), "--vae", str(tiny_dir / "vae-tiny"),
@@ -114,7 +129,7 @@ def run_rest(server, fields: dict) -> dict:
     return result["params"]
 
 
-def run_nodes(env, task_node: dict, lm_node: dict | None = None, dit: str = "acestep-v15-turbo") -> dict:
+def run_nodes(env, task_node: dict, lm_node: dict | None, dit: str) -> dict:
     prompt = {
         "1": {"class_type": "ACE15S_LoadModel", "inputs": dict(dit=dit, vae="auto", text_encoder="auto",
                                                                lm="1.7B" if lm_node else "none", offload="auto",
@@ -187,30 +202,12 @@ def _case(name: str, env) -> tuple[dict, dict, dict | None, bool]:
     raise AssertionError(name)
 
 
-@pytest.fixture(scope="module")
-def base_server(tiny_dir, tmp_path_factory):
-    """A server whose DiT is the base model (the tiny official base folder)."""
-    from acestep_core.server import Runtime, ServerConfig
-
-    config = ServerConfig.from_env(tmp_path_factory.mktemp("api-base") / "results", env={})
-    from acestep_core.server.models import LocalModelProvider
-
-    provider = LocalModelProvider(dit=str(tiny_dir / "acestep-v15-base-tiny"), vae=str(tiny_dir / "vae-tiny"),
-                                  text_encoder=str(tiny_dir / "Qwen3-Embedding-tiny"), use_lm=False, dtype="float32")
-    with LiveServer(Runtime(provider, config)) as live:
-        yield live
-
-
-# The base DiT at each door: the CLI's path and the node's name for the same official folder.
-BASE_DOORS = dict(cli="acestep-v15-base-tiny", node="acestep-v15-base")
-
-
 @pytest.mark.parametrize("name", ["text2music", "thinking", "repaint", "continuation", "cover", "adg_base"])
 def test_same_song_through_every_door(name, env, request, recorded, tiny_dir, tmp_path):
     fields, node, lm_node, thinking = _case(name, env)
-    base = name.endswith("_base")
-    server = request.getfixturevalue("base_server" if base else "server")
-    doors = BASE_DOORS if base else dict(cli="acestep-v15-turbo-tiny", node="acestep-v15-turbo")
+    model = "base" if name.endswith("_base") else "turbo"
+    server = request.getfixturevalue("base_server" if model == "base" else "server")
+    doors = DOORS[model]
     if name == "continuation":
         # Continue regenerates `overlap` seconds before the end: the same start for the other doors.
         from acestep_core.sources import source_waveform
