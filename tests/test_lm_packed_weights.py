@@ -66,19 +66,34 @@ def test_a_long_loop_runs_on_packed_weights_and_decodes_the_same_codes(monkeypat
     assert packed == plain
     assert len(seen) == 81 and all(seen[:-1])   # every step ran with the packed weights in place
     assert not seen[-1] and packing.packed is None  # and they are gone once the loop is over
-    # the bit check ran on every weight shape
-    assert packed_weights._checked_shapes == {tuple(w.shape) for w in packing._step_weights()}
+    # the bit check ran on every group's shape: q/k/v and gate/up each packed as one matrix
+    groups = packing._step_weight_groups()
+    assert packed_weights._checked_shapes == {packed_weights.group_shape(g) for g in groups}
+    assert [len(g) for g in groups[:4]] == [3, 1, 2, 1]
 
 
 def test_packed_products_equal_the_plain_ones_for_the_rows_a_step_has(packing):
-    weights = packing._step_weights()
-    pack = PackedWeights.build(weights)
-    assert pack is not None and pack.nbytes == sum(w.numel() * 2 for w in {id(w): w for w in weights}.values())
-    for weight in (weights[0], weights[6], weights[-1]):
+    groups = packing._step_weight_groups()
+    pack = PackedWeights.build(groups)
+    assert pack is not None and pack.nbytes == sum(w.numel() * 2 for g in groups for w in g)
+    qkv, o, gate_up, code_rows = groups[0], groups[1], groups[2], groups[-1]
+    for group in (qkv, o, gate_up, code_rows):
         for rows in (1, 2):
-            x = torch.randn(rows, 1, weight.shape[1]).to(torch.bfloat16)
-            assert torch.equal(pack.linear(x, weight), torch.nn.functional.linear(x, weight))
+            x = torch.randn(rows, 1, group[0].shape[1]).to(torch.bfloat16)
+            out = pack.linear(x, *group)
+            assert len(out) == len(group)
+            for product, weight in zip(out, group):
+                assert product.shape == (rows, 1, weight.shape[0])
+                assert torch.equal(product, torch.nn.functional.linear(x, weight))
+    # only the groups that were packed are found: not one weight of a group, not another order
+    assert pack.linear(torch.ones(1, qkv[0].shape[1], dtype=torch.bfloat16), qkv[0]) is None
+    assert pack.linear(torch.ones(1, qkv[0].shape[1], dtype=torch.bfloat16), *reversed(qkv)) is None
     assert pack.linear(torch.ones(1, 8, dtype=torch.bfloat16), torch.ones(3, 8, dtype=torch.bfloat16)) is None
+
+
+def test_a_group_of_weights_with_different_inputs_is_refused(packing):
+    with pytest.raises(ValueError, match="same input features"):
+        PackedWeights.build([(torch.ones(4, 8, dtype=torch.bfloat16), torch.ones(4, 16, dtype=torch.bfloat16))])
 
 
 @pytest.mark.parametrize("why, setup", [
@@ -103,13 +118,13 @@ def test_float32_weights_are_never_packed(tiny_dir, packing):
 
 
 def test_short_ram_leaves_the_weights_plain(monkeypatch, packing, caplog):
-    nbytes = sum(w.numel() * 2 for w in packing._step_weights())
+    nbytes = sum(w.numel() * 2 for g in packing._step_weight_groups() for w in g)
     monkeypatch.setattr(packed_weights, "_available_ram", lambda: (8 * GiB, 2 * GiB + nbytes - 1))
     with caplog.at_level(logging.INFO, logger="acestep_core.lm.packed_weights"):
-        assert PackedWeights.build(packing._step_weights()) is None
+        assert PackedWeights.build(packing._step_weight_groups()) is None
     assert "would leave too little free RAM" in caplog.text
     monkeypatch.setattr(packed_weights, "_available_ram", lambda: (8 * GiB, 2 * GiB + nbytes))
-    assert PackedWeights.build(packing._step_weights()) is not None
+    assert PackedWeights.build(packing._step_weight_groups()) is not None
 
 
 def test_a_layout_that_changes_bits_is_never_used(monkeypatch, packing, caplog):

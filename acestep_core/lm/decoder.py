@@ -6,7 +6,8 @@ therefore
 - runs the cond + uncond rows of CFG as one batch-2 forward (one weight stream for both);
 - on CPU multiplies few-row float32 activations in whichever of `W @ x.T` / `F.linear` MKL streams
   the weight once with on this CPU's vendor (`few_rows_transposed`), and in bfloat16 runs long
-  loops on a copy of the weights in oneDNN's blocked layout (`packed_weights.py`);
+  loops on a copy of the weights in oneDNN's blocked layout, q/k/v and gate/up each packed as one
+  matrix (`packed_weights.py`);
 - in eager mode attends only over the filled part of the cache, with the padding mask of the CFG
   batch computed once per prompt (on CPU through SDPA's flash kernel, which reads that slice of the
   cache in place);
@@ -124,7 +125,7 @@ class StaticCacheDecoder:
         are packed on entry and dropped when the outermost session that packed them ends."""
         packed_here = False
         if self.packed is None and eligible(self.embed.weight, steps):
-            self.packed = PackedWeights.build(self._step_weights())
+            self.packed = PackedWeights.build(self._step_weight_groups())
             packed_here = self.packed is not None
         try:
             yield
@@ -146,21 +147,26 @@ class StaticCacheDecoder:
             finally:
                 self.threads.end(previous)
 
-    def _step_weights(self) -> list[torch.Tensor]:
-        """Every weight a one-token step multiplies by (the code head included)."""
-        weights = []
+    def _step_weight_groups(self) -> list[tuple[torch.Tensor, ...]]:
+        """Every weight a one-token step multiplies by (the code head included), grouped by the
+        activations they multiply: a layer's q/k/v and gate/up projections each form one group."""
+        groups = []
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            weights += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight,
-                        mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
-        return weights + [self.code_rows]
+            groups += [(attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight), (attn.o_proj.weight,),
+                       (mlp.gate_proj.weight, mlp.up_proj.weight), (mlp.down_proj.weight,)]
+        return groups + [(self.code_rows,)]
 
-    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _project_each(self, x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`x @ w.T` for each of `weights`: one product where they were packed as one group."""
         if self.packed is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
-            out = self.packed.linear(x, weight)
+            out = self.packed.linear(x, *weights)
             if out is not None:
                 return out
-        return _project(x, weight)
+        return tuple(_project(x, w) for w in weights)
+
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._project_each(x, weight)[0]
 
     # ---- cache ---------------------------------------------------------------------------------
     def reset(self, batch: int, length: int) -> None:
@@ -206,9 +212,10 @@ class StaticCacheDecoder:
     def _qkv(self, layer, x, cos, sin):
         bsz, length, _ = x.shape
         attn = layer.self_attn
-        q = self._project(x, attn.q_proj.weight).view(bsz, length, self.n_heads, self.head_dim)
-        k = self._project(x, attn.k_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
-        v = self._project(x, attn.v_proj.weight).view(bsz, length, self.n_kv, self.head_dim)
+        q, k, v = self._project_each(x, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight)
+        q = q.view(bsz, length, self.n_heads, self.head_dim)
+        k = k.view(bsz, length, self.n_kv, self.head_dim)
+        v = v.view(bsz, length, self.n_kv, self.head_dim)
         q = attn.q_norm(q).transpose(1, 2)
         k = attn.k_norm(k).transpose(1, 2)
         q = q * cos + self._rotate_half(q) * sin
@@ -254,7 +261,8 @@ class StaticCacheDecoder:
         h = h + self._project(out.transpose(1, 2).reshape(bsz, length, -1), layer.self_attn.o_proj.weight)
         mlp = layer.mlp
         x = layer.post_attention_layernorm(h)
-        x = mlp.act_fn(self._project(x, mlp.gate_proj.weight)) * self._project(x, mlp.up_proj.weight)
+        gate, up = self._project_each(x, mlp.gate_proj.weight, mlp.up_proj.weight)
+        x = mlp.act_fn(gate) * up
         return h + self._project(x, mlp.down_proj.weight)
 
     # ---- eager forward (prefill and CPU decode) --------------------------------------------------
