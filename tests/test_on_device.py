@@ -11,6 +11,7 @@ torch sees one; without either they skip.
   have it);
 - bfloat16, what `auto` runs on a GPU and the official code runs there, stays within the CPU bf16
   bounds of `test_bf16_fidelity.py` (generation, VAE decode, the LM's greedy codes);
+- sampled thinking (top-p, CFG, the seeded device generator) is repeatable and well formed;
 - the LM's fixed-shape step under `torch.compile` (CUDA graphs on CUDA) gives the eager step's codes.
 """
 
@@ -134,6 +135,17 @@ def test_bf16_lm_greedy_codes_on_the_device_differ_only_below_the_bf16_resolutio
         assert margins[first] < resolution, (
             f"{name} phase {i} on {DEVICE}: token {first} differs although the reference's top-2 margin "
             f"{margins[first]:.4f} is above the bf16 resolution {resolution:.4f}")
+
+
+def test_sampled_thinking_on_the_device_is_repeatable_and_well_formed(device_planner):
+    """The sampled path (top-p, CFG, the seeded device generator) end to end: a plan of 4 s."""
+    def think():
+        return device_planner.think("calm piano", "[Instrumental]", duration=4, bpm=90, use_cot_caption=False,
+                                    sampling=LMSampling(temperature=0.85, top_p=0.9, cfg_scale=2.0, seed=11))
+    first, again = think(), think()
+    assert len(first.audio_codes) == 20 and all(0 <= c < 64000 for c in first.audio_codes)
+    assert first.audio_codes == again.audio_codes and first.cot_text == again.cot_text
+    assert first.bpm == 90 and first.audio_duration == 4
 
 
 ROWS = [[151644, 8948, 198, 2, 17, 40, 151645, 198, 151644, 872], [151644, 8948, 198, 5, 151645, 198]]
