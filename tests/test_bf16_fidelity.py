@@ -109,11 +109,11 @@ def bf16_resolution(planner, prompt: list[int], generated: list[int], step: int)
     return 2 * BF16_EPS * logits.abs().max().item()
 
 
-# Measured: all three are token-exact in bf16 (smallest reference top-2 margin 0.137; resolution ≈ 0.095).
-@pytest.mark.parametrize("name", ["lm_user_metas_codes", "lm_cot_nocaption_codes_cfg", "lm_cot_partial_user_metas"])
-def test_lm_greedy_codes_in_bf16_differ_only_below_the_bf16_resolution(bf16_planner, manifest, name):
+def assert_greedy_codes_within_bf16_resolution(planner, manifest, name: str) -> None:
+    """Greedy decoding of the golden case `name` with `planner`: token-exact, or the first token that
+    differs is one whose reference top-2 margin is below the bf16 resolution."""
     golden, kw = load_golden(name), manifest["cases"][name]["kwargs"]
-    out = bf16_planner.generate_with_stop_condition(
+    out = planner.generate_with_stop_condition(
         kw["caption"], kw["lyrics"], sampling=LMSampling(cfg_scale=kw["cfg_scale"], **GREEDY),
         user_metadata=kw["user_metadata"], target_duration=kw["target_duration"],
         use_cot_metas=kw["use_cot_metas"], use_cot_caption=kw["use_cot_caption"],
@@ -126,7 +126,13 @@ def test_lm_greedy_codes_in_bf16_differ_only_below_the_bf16_resolution(bf16_plan
             assert phase.generated_ids == expected
             continue
         # After the first different token the prefixes differ, so only that step can be judged.
-        resolution = bf16_resolution(bf16_planner, golden[f"in.phase{i}_prompt_ids"][0].tolist(), expected, first)
+        resolution = bf16_resolution(planner, golden[f"in.phase{i}_prompt_ids"][0].tolist(), expected, first)
         assert margins[first] < resolution, (
-            f"{name} phase {i}: token {first} differs although the reference's top-2 margin "
-            f"{margins[first]:.4f} is above the bf16 resolution {resolution:.4f}")
+            f"{name} phase {i} on {planner.device}: token {first} differs although the reference's top-2 "
+            f"margin {margins[first]:.4f} is above the bf16 resolution {resolution:.4f}")
+
+
+# Measured: all three are token-exact in bf16 (smallest reference top-2 margin 0.137; resolution ≈ 0.095).
+@pytest.mark.parametrize("name", ["lm_user_metas_codes", "lm_cot_nocaption_codes_cfg", "lm_cot_partial_user_metas"])
+def test_lm_greedy_codes_in_bf16_differ_only_below_the_bf16_resolution(bf16_planner, manifest, name):
+    assert_greedy_codes_within_bf16_resolution(bf16_planner, manifest, name)

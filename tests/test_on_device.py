@@ -25,7 +25,8 @@ import torch
 
 from conftest import TINY_DIR, load_golden
 from engine_helpers import GENERATION_CASES, request_for_case
-from test_bf16_fidelity import (GENERATION_BOUNDS, GREEDY, VAE_DECODE_BOUND, bf16_resolution, rel_rms)
+from test_bf16_fidelity import (GENERATION_BOUNDS, VAE_DECODE_BOUND, assert_greedy_codes_within_bf16_resolution,
+                                rel_rms)
 
 from acestep_core.lm import LMPlanner, LMSampling
 from acestep_core.lm.decoder import StaticCacheDecoder
@@ -117,24 +118,8 @@ def device_planner():
 
 @pytest.mark.parametrize("name", ["lm_user_metas_codes", "lm_cot_nocaption_codes_cfg"])
 def test_bf16_lm_greedy_codes_on_the_device_differ_only_below_the_bf16_resolution(device_planner, manifest, name):
-    golden, kw = load_golden(name), manifest["cases"][name]["kwargs"]
     assert on_device(device_planner.model)
-    out = device_planner.generate_with_stop_condition(
-        kw["caption"], kw["lyrics"], sampling=LMSampling(cfg_scale=kw["cfg_scale"], **GREEDY),
-        user_metadata=kw["user_metadata"], target_duration=kw["target_duration"],
-        use_cot_metas=kw["use_cot_metas"], use_cot_caption=kw["use_cot_caption"],
-        use_cot_language=kw["use_cot_language"], max_duration=600, infer_type=kw["infer_type"])
-    for i, phase in enumerate(out.phases):
-        expected = golden[f"out.phase{i}_generated_ids"].tolist()
-        margins = golden[f"out.phase{i}_step_top2_margin"].tolist()
-        first = next((k for k, (a, b) in enumerate(zip(phase.generated_ids, expected)) if a != b), None)
-        if first is None:
-            assert phase.generated_ids == expected
-            continue
-        resolution = bf16_resolution(device_planner, golden[f"in.phase{i}_prompt_ids"][0].tolist(), expected, first)
-        assert margins[first] < resolution, (
-            f"{name} phase {i} on {DEVICE}: token {first} differs although the reference's top-2 margin "
-            f"{margins[first]:.4f} is above the bf16 resolution {resolution:.4f}")
+    assert_greedy_codes_within_bf16_resolution(device_planner, manifest, name)
 
 
 def test_sampled_thinking_on_the_device_is_repeatable_and_well_formed(device_planner):
