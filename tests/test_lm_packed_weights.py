@@ -156,3 +156,22 @@ def test_the_planner_runs_both_phases_on_one_pack_when_the_duration_is_known(mon
     assert len(out.phases[1].generated_ids) == 51  # 50 codes and EOS
     assert seen and all(seen)  # the CoT steps ran on the pack too
     assert packing.packed is None
+
+
+def test_weights_packed_one_by_one_still_serve_a_group(monkeypatch, packing):
+    """A group not packed as one matrix runs through each weight's own packed copy (the A/B of
+    bench/bench_lm_ops.py), with the same products."""
+    qkv = packing._step_weight_groups()[0]
+    single = PackedWeights.build([(w,) for w in qkv])
+    calls = []
+    real = packed_weights._packed_linear
+    monkeypatch.setattr(packed_weights, "_packed_linear", lambda x, p: calls.append(p) or real(x, p))
+    x = torch.randn(2, 1, qkv[0].shape[1]).to(torch.bfloat16)
+    packing.packed = single
+    try:
+        out = packing._project_each(x, *qkv)
+    finally:
+        packing.packed = None
+    assert len(calls) == 3
+    for product, weight in zip(out, qkv):
+        assert torch.equal(product, torch.nn.functional.linear(x, weight))

@@ -158,15 +158,23 @@ class StaticCacheDecoder:
         return groups + [(self.code_rows,)]
 
     def _project_each(self, x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`x @ w.T` for each of `weights`: one product where they were packed as one group."""
-        if self.packed is not None and x.numel() <= MAX_ROWS * x.shape[-1]:
+        """`x @ w.T` for each of `weights`: one product where they were packed as one group, else
+        each through its own packed copy where it has one, else plain."""
+        if len(weights) > 1 and self._packable(x):
             out = self.packed.linear(x, *weights)
             if out is not None:
                 return out
-        return tuple(_project(x, w) for w in weights)
+        return tuple(self._project(x, w) for w in weights)
 
     def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return self._project_each(x, weight)[0]
+        if self._packable(x):
+            out = self.packed.linear(x, weight)
+            if out is not None:
+                return out[0]
+        return _project(x, weight)
+
+    def _packable(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and x.numel() <= MAX_ROWS * x.shape[-1]
 
     # ---- cache ---------------------------------------------------------------------------------
     def reset(self, batch: int, length: int) -> None:

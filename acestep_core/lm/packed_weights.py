@@ -6,8 +6,8 @@ than the plain row-major weight (the 0.6B LM's 197 weights: 85 ms instead of 111
 one thread of an AVX512-BF16 EPYC). The reordered copy is as large as the weights it covers, and
 making it takes about a second per GB. Weights that multiply the same activations are packed as one
 matrix (a layer's q, k and v projections; its gate and up projections): one longer weight streams
-faster than several short ones (about 6 ms of a ~135 ms CFG step on one thread of an AMX Xeon), and
-each output column is the same dot product either way. The copy is made:
+faster than several short ones (a CFG step on an AMX Xeon 5-7% faster, one thread or two), and each
+output column is the same dot product either way. The copy is made:
 
 - only for a bfloat16 LM on a CPU with native bf16, and only for a loop of at least `MIN_STEPS`
   steps (fewer would not earn the reorder back);
