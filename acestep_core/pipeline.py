@@ -23,6 +23,7 @@ from .errors import CancelledError, CheckpointError, InputError
 from .latent_mask import frame_mask
 from .memory.dtypes import resolve_dtype  # the one `auto` rule (docs/memory.md#dtypes)
 from .memory.offload import OffloadManager
+from .memory.policy import system_ram
 from .prompts import TEXT2MUSIC_INSTRUCTION, TRACK_TASKS, metas_string, track_instruction
 from .request import MAX_SEED, GenerationRequest
 from .switches import env_flag
@@ -47,7 +48,7 @@ from .tasks import (
 from .text_encoder import TextEncoder, load_text_encoder
 from .repaint import RepaintGuide, crossfade_latents, resolve_window, splice_waveform
 from .memory.vae_fallback import decode_with_fallback, official_vae_decode_fn
-from .vae import decode_chunk_frames, load_vae, vae_encode
+from .vae import cpu_decode_window, decode_chunk_frames, load_vae, vae_encode
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class ACEStepPipeline:
         dtype: torch.dtype = torch.float32,
         offload: Optional[OffloadManager] = None,
         vae_chunk_frames: Optional[int] = None,
+        vae_chunk_fixed: Optional[bool] = None,
     ):
         self.dit = dit
         self.vae = vae
@@ -139,6 +141,8 @@ class ACEStepPipeline:
         self.dtype = dtype
         self.offload = offload or OffloadManager(self.device)
         self.vae_chunk_frames = vae_chunk_frames
+        # A window the caller gave is kept as given; else on the CPU it grows to what RAM holds.
+        self.vae_chunk_fixed = vae_chunk_frames is not None if vae_chunk_fixed is None else vae_chunk_fixed
         # The official DiT discards the latent mask its handler passes (its forward sets the attention
         # mask to None), so by default padded frames stay visible, as there. Opting in hides them, so
         # each item of a mixed-length batch comes out as if it had run alone.
@@ -163,6 +167,7 @@ class ACEStepPipeline:
         offload_to_cpu: bool = False,
         offload_dit_to_cpu: bool = False,
         vae_chunk_frames: Optional[int] = None,
+        vae_chunk_fixed: Optional[bool] = None,
     ) -> "ACEStepPipeline":
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
@@ -201,7 +206,8 @@ class ACEStepPipeline:
             te_path = _resolve_component(text_encoder, root, DEFAULT_TEXT_ENCODER, "text encoder")
             te = load_text_encoder(te_path, tokenizer_path=tokenizer_path, dtype=torch_dtype)
         offload = OffloadManager(device, offload_to_cpu=offload_to_cpu, offload_dit_to_cpu=offload_dit_to_cpu)
-        return cls(dit_model, vae_model, te, device=device, dtype=torch_dtype, offload=offload, vae_chunk_frames=vae_chunk_frames)
+        return cls(dit_model, vae_model, te, device=device, dtype=torch_dtype, offload=offload, vae_chunk_frames=vae_chunk_frames,
+                   vae_chunk_fixed=vae_chunk_fixed)
 
     @property
     def components(self) -> dict[str, torch.nn.Module]:
@@ -387,6 +393,10 @@ class ACEStepPipeline:
                 raise CancelledError("VAE decode cancelled")
 
         with self.offload.use("vae", self.vae):
+            weight = next(self.vae.parameters())
+            if weight.device.type == "cpu" and not self.vae_chunk_fixed:
+                total, available = system_ram()
+                chunk = cpu_decode_window(latents.shape[1], chunk, weight.dtype, available, total)
             # Out of memory → smaller windows → CPU, each step reported; never a silent failure.
             audio = decode_with_fallback(official_vae_decode_fn(self.vae, progress=after_tile), latents, chunk,
                                          self.device, log=logger.warning)

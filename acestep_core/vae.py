@@ -303,6 +303,31 @@ def decode_chunk_frames(free_bytes: int | None, device_type: str) -> int:
     return 256
 
 
+# Peak RAM of a one-pass CPU decode per latent frame, with margin (measured on the real Oobleck VAE,
+# 750 and 1500 frames: 5.5 MB in float32, 2.3-2.4 MB in bfloat16).
+CPU_DECODE_BYTES_PER_FRAME = 6 << 20
+CPU_DECODE_BYTES_PER_FRAME_HALF = 3 << 20
+CPU_RAM_RESERVE = 2 * _GIB  # RAM left to everything else (or 15 % of RAM if more)
+# Cancel and progress come between tiles: 1024 frames (41 s of audio) keep that within about 20 s
+# of a bfloat16 decode on two cores while a long song re-decodes only ~13 % more than its length.
+CPU_DECODE_MAX_WINDOW = 1024
+
+
+def cpu_decode_window(frames: int, chunk: int, dtype: torch.dtype, available_bytes: int, total_bytes: int) -> int:
+    """The CPU decode window for a song of `frames` latent frames: the whole song (one pass) when it
+    is at most `CPU_DECODE_MAX_WINDOW` frames and its peak fits in the RAM available now (less a
+    reserve of 2 GB or 15 % of RAM), else the largest window up to that which fits; never below
+    `chunk` (the memory decision's window).
+
+    Every tile decodes 64 frames of context on each side and throws them away, so fewer, longer
+    tiles are less work: a 30 s song in bfloat16 on two threads 19.8 s in 384-frame tiles, 17.9 s in
+    512-frame ones, 14.7 s in one pass (docs/performance.md)."""
+    per_frame = CPU_DECODE_BYTES_PER_FRAME if dtype == torch.float32 else CPU_DECODE_BYTES_PER_FRAME_HALF
+    reserve = max(CPU_RAM_RESERVE, int(0.15 * total_bytes))
+    fits = max(0, available_bytes - reserve) // per_frame
+    return max(chunk, min(frames, fits, CPU_DECODE_MAX_WINDOW))
+
+
 def encode_chunk_seconds(total_bytes: int | None, device_type: str) -> int:
     """Seconds of audio per encode tile: 30 s, or 15 s when the accelerator has <= 8 GB.
 

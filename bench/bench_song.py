@@ -90,7 +90,9 @@ def build_models(args, device, dtype):
     lm = LMPlanner(random_model(args.lm, str(device), layers).to(lm_dtype), LMTokenizer(TOKENIZER))
     if args.compile and device.type == "cuda":
         dit.transformer.compile()
-    return ACEStepPipeline(dit, vae, text_encoder, device=device, dtype=dtype, vae_chunk_frames=vae_chunk), lm
+    # not fixed: on the CPU the window grows at decode time to what the RAM holds, as the engine's does
+    return ACEStepPipeline(dit, vae, text_encoder, device=device, dtype=dtype, vae_chunk_frames=vae_chunk,
+                           vae_chunk_fixed=False), lm
 
 
 class StagePeaks:
@@ -137,7 +139,7 @@ def main() -> None:
     pipeline, lm = build_models(args, device, dtype)
     print(f"device={device} dtype={dtype} lm={args.lm} ({lm.decoder.dtype}) song={args.seconds:g} s "
           f"threads={torch.get_num_threads()} compile={args.compile} quick={args.quick} "
-          f"vae_tile={pipeline.vae_chunk_frames} frames "
+          f"vae_tile={pipeline.vae_chunk_frames} frames{' or more (CPU: what RAM holds)' if device.type == 'cpu' else ''} "
           f"torch={torch.__version__}; models built in {time.perf_counter() - t0:.1f} s (random weights)")
 
     request = GenerationRequest(caption=CAPTION, lyrics=LYRICS, bpm=124, key_scale="A minor", time_signature="4",

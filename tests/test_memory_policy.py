@@ -250,7 +250,13 @@ def test_lm_size_from_name():
 def test_pipeline_kwargs_apply_the_decision():
     d = decide(gpu(8), env={})
     assert d.pipeline_kwargs() == {"offload_to_cpu": True, "offload_dit_to_cpu": True,
-                                   "vae_chunk_frames": 128, "dtype": "bfloat16"}
+                                   "vae_chunk_frames": 128, "vae_chunk_fixed": False, "dtype": "bfloat16"}
+    fixed = decide(gpu(8), env={"ACESTEP_VAE_DECODE_CHUNK_SIZE": "200"})
+    assert (fixed.vae_chunk_frames, fixed.vae_chunk_fixed) == (200, True)
+    assert fixed.pipeline_kwargs()["vae_chunk_fixed"] is True
+    ignored = decide(gpu(8), env={"ACESTEP_VAE_DECODE_CHUNK_SIZE": "big"})
+    assert (ignored.vae_chunk_frames, ignored.vae_chunk_fixed) == (128, False)
+    assert any("'big' is not a positive whole number; ignored" in r for r in ignored.reasons)
 
 
 # ---- the one dtype rule (docs/memory.md#dtypes) -----------------------------------------------

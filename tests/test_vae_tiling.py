@@ -134,3 +134,71 @@ def test_encode_rejects_bad_input(vae):
         vae_encode(vae, torch.zeros(1, 2, 100))
     with pytest.raises(InputError, match="eps"):
         vae_encode(vae, torch.zeros(1, 2, 1920), eps=torch.zeros(1, 64, 2))
+
+
+# ---- the CPU window grows to what RAM holds (vae.cpu_decode_window) ----------------------------
+
+GB = 1 << 30
+
+
+@pytest.mark.parametrize("frames, chunk, dtype, available_gb, total_gb, expected", [
+    (750, 384, torch.bfloat16, 20, 24, 750),     # a 30 s song fits: one pass
+    (750, 384, torch.float32, 20, 24, 750),      # also in float32 (6 MiB a frame: 4.4 GiB)
+    (6000, 384, torch.bfloat16, 20, 24, 1024),   # a 240 s song: the longest window, not one pass
+    (750, 256, torch.float32, 5, 8, 512),        # 5 - 2 GiB reserve = 3 GiB: 512 frames of 6 MiB
+    (750, 256, torch.bfloat16, 5, 8, 750),       # the same RAM holds the song in half precision (3 MiB)
+    (750, 256, torch.float32, 2, 8, 256),        # nothing to spare: the decision's window, never less
+    (750, 256, torch.float32, 16, 100, 256),     # the reserve is 15 % of RAM where that is more
+    (100, 384, torch.bfloat16, 20, 24, 384),     # a short song is one window anyway
+])
+def test_cpu_decode_window_grows_to_what_ram_holds(frames, chunk, dtype, available_gb, total_gb, expected):
+    from acestep_core.vae import cpu_decode_window
+
+    assert cpu_decode_window(frames, chunk, dtype, available_gb * GB, total_gb * GB) == expected
+
+
+@pytest.fixture
+def decode_windows(monkeypatch):
+    """The window each pipeline decode asks vae_decode for (the decode itself still runs)."""
+    import acestep_core.vae as vae_module
+
+    seen: list[int] = []
+    real = vae_module.vae_decode
+
+    def spy(vae, latents, chunk_frames=None, **kwargs):
+        seen.append(chunk_frames)
+        return real(vae, latents, chunk_frames=chunk_frames, **kwargs)
+
+    monkeypatch.setattr(vae_module, "vae_decode", spy)
+    return seen
+
+
+def test_a_cpu_pipeline_decodes_a_song_that_fits_in_one_pass(decode_windows, monkeypatch, tiny_dir):
+    from acestep_core.pipeline import ACEStepPipeline
+
+    pipe = ACEStepPipeline.from_pretrained(dit=tiny_dir / "acestep-v15-turbo-tiny", vae=tiny_dir / "vae-tiny",
+                                           text_encoder=tiny_dir / "Qwen3-Embedding-tiny", dtype="float32")
+    latents = torch.randn(1, 300, 64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr("acestep_core.pipeline.system_ram", lambda: (24 * GB, 20 * GB))
+    one_pass = pipe.decode(latents)
+    monkeypatch.setattr("acestep_core.pipeline.system_ram", lambda: (8 * GB, 2 * GB))  # no RAM to spare
+    tiled = pipe.decode(latents)
+    assert decode_windows == [300, 256]
+    assert one_pass.shape == tiled.shape == (1, 2, 300 * 1920)
+    # a window the caller fixed is kept, whatever the RAM
+    monkeypatch.setattr("acestep_core.pipeline.system_ram", lambda: (24 * GB, 20 * GB))
+    fixed = ACEStepPipeline(pipe.dit, pipe.vae, pipe.text_encoder, vae_chunk_frames=128)
+    fixed.decode(latents)
+    assert decode_windows[-1] == 128
+
+
+def test_the_decision_fixes_the_window_only_when_the_user_set_it(tiny_dir, monkeypatch):
+    from acestep_core.memory import decide
+    from acestep_core.memory.policy import DeviceMemory
+
+    cpu = DeviceMemory("cpu", "test CPU", 24 * GB, 20 * GB, False, False)
+    auto = decide(cpu, env={})
+    assert (auto.vae_chunk_frames, auto.vae_chunk_fixed) == (384, False)
+    assert any("the window grows to what the free RAM holds" in r for r in auto.reasons)
+    user = decide(cpu, env={"ACESTEP_VAE_DECODE_CHUNK_SIZE": "256"})
+    assert (user.vae_chunk_frames, user.vae_chunk_fixed) == (256, True)

@@ -418,6 +418,9 @@ class MemoryDecision:
     reasons: tuple[str, ...]
     dit_is_xl: bool = False  # the decision was made for an XL DiT
     dit_refusal: str | None = None  # why that DiT must not load here (None = it may)
+    # ACESTEP_VAE_DECODE_CHUNK_SIZE fixed the window; else on the CPU it grows at decode time to what
+    # the RAM then free holds (vae.cpu_decode_window)
+    vae_chunk_fixed: bool = False
 
     def check_dit(self) -> None:
         """Raise InsufficientMemoryError when the chosen DiT cannot run on this device."""
@@ -438,13 +441,15 @@ class MemoryDecision:
         ends on the same card must agree on exactly this (tests/test_same_memory_decision.py)."""
         return {k: getattr(self, k) for k in (
             "device_type", "tier", "dtype", "lm_dtype", "offload_to_cpu", "offload_dit_to_cpu", "lm_model",
-            "init_lm", "vae_chunk_frames", "max_duration_s", "max_batch", "dit_is_xl", "dit_refusal")}
+            "init_lm", "vae_chunk_frames", "vae_chunk_fixed", "max_duration_s", "max_batch", "dit_is_xl",
+            "dit_refusal")}
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `ACEStepPipeline.from_pretrained` that apply this decision
         (`loading.load_engine` passes them; docs/memory.md)."""
         return {"offload_to_cpu": self.offload_to_cpu, "offload_dit_to_cpu": self.offload_dit_to_cpu,
-                "vae_chunk_frames": self.vae_chunk_frames, "dtype": self.dtype}
+                "vae_chunk_frames": self.vae_chunk_frames, "vae_chunk_fixed": self.vae_chunk_fixed,
+                "dtype": self.dtype}
 
     def summary(self) -> str:
         offload = ("CPU+DiT" if self.offload_dit_to_cpu else "CPU") if self.offload_to_cpu else "none"
@@ -648,15 +653,17 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
                    f"({'with' if init_lm else 'without'} the LM).")
 
     vae_chunk = vae_chunk_frames_for(memory.device_type, memory.free_bytes, memory.total_bytes)
+    vae_chunk_fixed = False
     raw_chunk = (env.get(ENV_VAE_CHUNK) or "").strip()
-    if raw_chunk:
-        if raw_chunk.isdigit() and int(raw_chunk) > 0:
-            vae_chunk = int(raw_chunk)
-            reasons.append(f"{ENV_VAE_CHUNK} sets the VAE decode window to {vae_chunk} frames.")
-        else:
-            reasons.append(f"{ENV_VAE_CHUNK}={raw_chunk!r} is not a positive whole number; ignored.")
+    if raw_chunk and raw_chunk.isdigit() and int(raw_chunk) > 0:
+        vae_chunk, vae_chunk_fixed = int(raw_chunk), True
+        reasons.append(f"{ENV_VAE_CHUNK} sets the VAE decode window to {vae_chunk} frames.")
     else:
-        reasons.append(f"VAE decodes {vae_chunk} latent frames ({vae_chunk / 25:.1f} s) per window; on "
+        if raw_chunk:
+            reasons.append(f"{ENV_VAE_CHUNK}={raw_chunk!r} is not a positive whole number; ignored.")
+        grows = (" (at least: when the decode starts the window grows to what the free RAM holds, up to "
+                 "1024 frames, so a song of up to 41 s decodes in one pass)") if memory.device_type == "cpu" else ""
+        reasons.append(f"VAE decodes {vae_chunk} latent frames ({vae_chunk / 25:.1f} s) per window{grows}; on "
                        f"out-of-memory it halves the window, then decodes on the CPU.")
 
     dtype, lm_dtype, dtype_reason = auto_dtypes(memory.device_type, memory.bf16_supported, env)
@@ -682,6 +689,7 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
         max_batch_with_lm=tier.max_batch_lm,
         max_batch_without_lm=tier.max_batch_no_lm,
         vae_chunk_frames=vae_chunk,
+        vae_chunk_fixed=vae_chunk_fixed,
         dtype=dtype,
         lm_dtype=lm_dtype,
         reasons=tuple(reasons),
