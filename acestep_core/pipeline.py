@@ -48,7 +48,7 @@ from .tasks import (
 from .text_encoder import TextEncoder, load_text_encoder
 from .repaint import RepaintGuide, crossfade_latents, resolve_window, splice_waveform
 from .memory.vae_fallback import decode_with_fallback, official_vae_decode_fn
-from .vae import cpu_decode_window, decode_chunk_frames, load_vae, vae_encode
+from .vae import cpu_decode_window, decode_chunk_frames, load_vae, polled_inside_tiles, vae_encode
 
 logger = logging.getLogger(__name__)
 
@@ -382,17 +382,20 @@ class ACEStepPipeline:
                cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
         """Latents [B, T, 64] → audio [B, 2, T·1920] float32 CPU, divided by its peak when above 1.
 
-        `progress(tile, total)` is called and `cancel()` polled after every VAE tile (CancelledError
-        when it returns True)."""
+        `progress(tile, total)` is called after every VAE tile; `cancel()` is polled after every tile
+        and before every block of the decoder inside one (CancelledError when it returns True)."""
         chunk = self.vae_chunk_frames or decode_chunk_frames(None, self.device.type)
+
+        def poll() -> None:
+            if cancel is not None and cancel():
+                raise CancelledError("VAE decode cancelled")
 
         def after_tile(done: int, total: int) -> None:
             if progress is not None:
                 progress(done, total)
-            if cancel is not None and cancel():
-                raise CancelledError("VAE decode cancelled")
+            poll()
 
-        with self.offload.use("vae", self.vae):
+        with self.offload.use("vae", self.vae), polled_inside_tiles(self.vae, poll if cancel else None):
             weight = next(self.vae.parameters())
             if weight.device.type == "cpu" and not self.vae_chunk_fixed:
                 total, available = system_ram()

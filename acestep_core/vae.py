@@ -16,6 +16,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -308,8 +309,8 @@ def decode_chunk_frames(free_bytes: int | None, device_type: str) -> int:
 CPU_DECODE_BYTES_PER_FRAME = 6 << 20
 CPU_DECODE_BYTES_PER_FRAME_HALF = 3 << 20
 CPU_RAM_RESERVE = 2 * _GIB  # RAM left to everything else (or 15 % of RAM if more)
-# Cancel and progress come between tiles: 1024 frames (41 s of audio) keep that within about 20 s
-# of a bfloat16 decode on two cores while a long song re-decodes only ~13 % more than its length.
+# Progress comes between tiles: 1024 frames (41 s of audio) keep a step of it within about 20 s of a
+# bfloat16 decode on two cores while a long song re-decodes only ~13 % more than its length.
 CPU_DECODE_MAX_WINDOW = 1024
 
 
@@ -423,6 +424,26 @@ def vae_decode(
         if write != out.shape[-1]:
             out = out[:, :, :write]
     return out
+
+
+@contextmanager
+def polled_inside_tiles(vae, poll: Callable[[], None] | None):
+    """Call `poll()` before each block and residual unit of the decoder while inside (`poll` may
+    raise, e.g. to cancel), so a cancel does not wait for a whole tile: a CPU tile can take a minute.
+    A decoder under torch.compile is left alone (a hook would change its compiled graph)."""
+    from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDecoderBlock, OobleckResidualUnit
+
+    decoder = getattr(vae, "decoder", None)
+    if poll is None or decoder is None or "forward" in vars(decoder):
+        yield
+        return
+    handles = [m.register_forward_pre_hook(lambda module, args: poll()) for m in decoder.modules()
+               if isinstance(m, (OobleckDecoderBlock, OobleckResidualUnit))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _windows(frames: int, stride: int, overlap: int) -> list[tuple[int, int, int, int]]:

@@ -202,3 +202,29 @@ def test_the_decision_fixes_the_window_only_when_the_user_set_it(tiny_dir, monke
     assert any("the window grows to what the free RAM holds" in r for r in auto.reasons)
     user = decide(cpu, env={"ACESTEP_VAE_DECODE_CHUNK_SIZE": "256"})
     assert (user.vae_chunk_frames, user.vae_chunk_fixed) == (256, True)
+
+
+def test_a_cancel_inside_a_tile_stops_the_decode_before_the_tile_ends(tiny_dir):
+    """One-pass CPU tiles can take a minute: cancel is polled before every decoder block, not only
+    between tiles, and the hooks are gone afterwards."""
+    from acestep_core.errors import CancelledError
+    from acestep_core.pipeline import ACEStepPipeline
+
+    pipe = ACEStepPipeline.from_pretrained(dit=tiny_dir / "acestep-v15-turbo-tiny", vae=tiny_dir / "vae-tiny",
+                                           text_encoder=tiny_dir / "Qwen3-Embedding-tiny", dtype="float32")
+    latents = torch.randn(1, 40, 64, generator=torch.Generator().manual_seed(0))
+    polls: list[int] = []
+
+    def cancel_on_third_poll() -> bool:
+        polls.append(1)
+        return len(polls) == 3
+
+    decoder = pipe.vae.decoder
+    hooks_before = sum(len(m._forward_pre_hooks) for m in decoder.modules())  # weight norm's own
+    tiles: list[int] = []
+    with pytest.raises(CancelledError, match="VAE decode cancelled"):
+        pipe.decode(latents, progress=lambda done, total: tiles.append(done), cancel=cancel_on_third_poll)
+    assert len(polls) == 3 and tiles == []  # stopped inside the first (and only) tile
+    assert sum(len(m._forward_pre_hooks) for m in decoder.modules()) == hooks_before
+    polls.clear()
+    assert pipe.decode(latents, cancel=lambda: False).shape == (1, 2, 40 * 1920)
