@@ -308,7 +308,6 @@ def decode_chunk_frames(free_bytes: int | None, device_type: str) -> int:
 # 750 and 1500 frames: 5.5 MB in float32, 2.3-2.4 MB in bfloat16).
 CPU_DECODE_BYTES_PER_FRAME = 6 << 20
 CPU_DECODE_BYTES_PER_FRAME_HALF = 3 << 20
-CPU_RAM_RESERVE = 2 * _GIB  # RAM left to everything else (or 15 % of RAM if more)
 # Progress comes between tiles: 1024 frames (41 s of audio) keep a step of it within about 20 s of a
 # bfloat16 decode on two cores while a long song re-decodes only ~13 % more than its length.
 CPU_DECODE_MAX_WINDOW = 1024
@@ -323,9 +322,10 @@ def cpu_decode_window(frames: int, chunk: int, dtype: torch.dtype, available_byt
     Every tile decodes 64 frames of context on each side and throws them away, so fewer, longer
     tiles are less work: a 30 s song in bfloat16 on two threads 19.8 s in 384-frame tiles, 17.9 s in
     512-frame ones, 14.7 s in one pass (docs/performance.md)."""
+    from .memory.policy import spare_ram
+
     per_frame = CPU_DECODE_BYTES_PER_FRAME if dtype == torch.float32 else CPU_DECODE_BYTES_PER_FRAME_HALF
-    reserve = max(CPU_RAM_RESERVE, int(0.15 * total_bytes))
-    fits = max(0, available_bytes - reserve) // per_frame
+    fits = spare_ram(total_bytes, available_bytes) // per_frame
     return max(chunk, min(frames, fits, CPU_DECODE_MAX_WINDOW))
 
 

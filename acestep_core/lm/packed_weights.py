@@ -11,7 +11,8 @@ output column is the same dot product either way. The copy is made:
 
 - only for a bfloat16 LM on a CPU with native bf16, and only for a loop of at least `MIN_STEPS`
   steps (fewer would not earn the reorder back);
-- only while the RAM left after it stays above `RAM_RESERVE` (it never pushes the machine into swap);
+- only while the RAM left after it stays above 2 GB or 15 % of RAM (`memory.policy.spare_ram`: it
+  never pushes the machine into swap);
 - only where, for every group of weight shapes, the packed product gives the bits of the plain
   products for one and two rows, so the layout changes the speed only, never a token (checked once
   per process);
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 ENV = "ACESTEP_LM_PACKED_WEIGHTS"
 MIN_STEPS = 64          # one-token steps a loop must run for the reorder to pay for itself
 MAX_ROWS = 8            # activation rows up to which the packed weights are used
-RAM_RESERVE = 2 << 30   # bytes of RAM that must stay available after packing (or 15% of RAM if more)
 
 # Per process: the weight groups' shapes ((out, ...), in) whose layouts were checked and agreed;
 # `_layouts_differ` is True once any disagreed.
@@ -64,9 +64,10 @@ def _available_ram() -> tuple[int, int]:
 
 
 def _fits(nbytes: int) -> bool:
+    from ..memory.policy import spare_ram
+
     total, available = _available_ram()
-    reserve = max(RAM_RESERVE, int(0.15 * total))
-    return total > 0 and available - nbytes >= reserve
+    return total > 0 and spare_ram(total, available) >= nbytes
 
 
 def group_shape(group: Sequence[torch.Tensor]) -> tuple[tuple[int, ...], int]:

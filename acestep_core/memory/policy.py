@@ -244,6 +244,15 @@ def system_ram() -> tuple[int, int]:
         return 0, 0
 
 
+RAM_RESERVE = 2 << 30  # RAM a buffer or cache must leave free (or 15 % of RAM where that is more)
+
+
+def spare_ram(total_bytes: int, available_bytes: int) -> int:
+    """Bytes of RAM a buffer or cache may take now and still leave `RAM_RESERVE` (or 15 % of RAM)
+    free, so it never pushes the machine into swap; 0 when nothing is to spare."""
+    return max(0, available_bytes - max(RAM_RESERVE, int(0.15 * total_bytes)))
+
+
 def _parse_gb(value: str | None) -> float | None:
     if value is None or not str(value).strip():
         return None
