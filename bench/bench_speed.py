@@ -20,6 +20,7 @@ picks on this machine unless `--fast-dtype` says otherwise.
     python bench/bench_speed.py --device cuda     # the same on a GPU (synchronised timings, bfloat16)
     python bench/bench_speed.py --stages lm --lm-context 1000   # LM steps over a long cache (a long song's end)
     python bench/bench_speed.py --device cuda --compile   # the fast path's DiT and VAE decoder under torch.compile
+    python bench/bench_speed.py --stages vae --vae-seconds 30 --vae-windows 384 512 0   # tiles against one pass
 """
 
 from __future__ import annotations
@@ -194,8 +195,16 @@ def bench_vae(dtype, device, args, timer):
         compile_decoder(vae)
         rows.append(("VAE first decode of 8 frames (the compile)", timer(lambda: vae_decode(vae, latents[:, :8])), "s"))
     vae_decode(vae, latents[:, :8])
-    seconds = timer(lambda: vae_decode(vae, latents), args.repeats)
-    return rows + [(f"VAE decode, {args.vae_seconds:g} s of audio", seconds, "s")]
+    if not args.vae_windows:
+        seconds = timer(lambda: vae_decode(vae, latents), args.repeats)
+        return rows + [(f"VAE decode, {args.vae_seconds:g} s of audio", seconds, "s")]
+    for window in args.vae_windows:  # 0: one pass, what the CPU window gives a song that fits
+        chunk = window or frames
+        vae_decode(vae, latents, chunk_frames=chunk)  # first decode at these shapes: oneDNN's set-up
+        seconds = timer(lambda: vae_decode(vae, latents, chunk_frames=chunk), args.repeats)
+        label = "one pass" if chunk >= frames else f"{chunk}-frame tiles"
+        rows.append((f"VAE decode, {args.vae_seconds:g} s of audio, {label}", seconds, "s"))
+    return rows
 
 
 def bench_lm(dtype, device, args, timer):
@@ -240,6 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     parser.add_argument("--dit-seconds", type=float, nargs="+", default=[30.0, 60.0])
     parser.add_argument("--vae-seconds", type=float, default=10.0)
+    parser.add_argument("--vae-windows", type=int, nargs="+", default=[], metavar="FRAMES",
+                        help="time the VAE decode in tiles of these many latent frames each (0: one pass)")
     parser.add_argument("--codes", type=int, default=150)
     parser.add_argument("--lm-context", type=int, default=0,
                         help="LM prompt of at least this many tokens (1000: the late steps of a long song; 0: the short one)")
