@@ -103,6 +103,14 @@ class PlanReport:
     def think_plan(self) -> Optional[Plan]:
         return next((plan for stage, plan in self.stages if stage == "think"), None)
 
+    def written_text(self, caption: str, lyrics: str) -> tuple[str, str]:
+        """The caption and lyrics the user's text became: what simple mode or format wrote over it,
+        else the text itself (the chain of thought's caption is the DiT's, not the user's)."""
+        for stage, plan in self.stages:
+            if stage in ("sample", "format"):
+                caption, lyrics = plan.caption or caption, plan.lyrics or lyrics
+        return caption, lyrics
+
     @property
     def lm_seed(self) -> Optional[int]:
         return self.stages[-1][1].lm_seed if self.stages else None

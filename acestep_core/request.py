@@ -150,7 +150,7 @@ class GenerationRequest:
             if end < 0 and end != -1:
                 raise InputError(f"repainting_end must be -1 (the end of the source) or a time in seconds, got {end:g}")
             self.repainting_end = None if end == -1 else end
-        if self.task_type not in ("repaint", "lego", "continuation"):
+        if self.task_type not in schema.WINDOW_TASKS:
             return
         if self.repainting_start < -MAX_DURATION:
             raise InputError(f"repainting_start {self.repainting_start:g} s pads more than {MAX_DURATION:g} s of "
@@ -166,7 +166,7 @@ class GenerationRequest:
     def check_window_against_source(self, source_seconds: float) -> None:
         """A window that starts after the source ends would insert silence: refuse it and say what to do."""
         _check_source_seconds("src_audio", source_seconds)
-        if self.task_type not in ("repaint", "lego", "continuation"):
+        if self.task_type not in schema.WINDOW_TASKS:
             return
         start = self.repainting_start
         if self.task_type == "continuation" and not start:

@@ -33,6 +33,8 @@ MAX_SEED = 2**32 - 1
 DOORS = ("engine", "cli", "rest", "node")
 TASK_TYPES = ("text2music", "cover", "repaint", "continuation", *TRACK_TASKS)
 TASK_ALIASES = {"repainting": "repaint", "continue": "continuation", "extend": "continuation"}
+# The tasks that read repainting_start / repainting_end; every other task ignores the window.
+WINDOW_TASKS = ("repaint", "lego", "continuation")
 INFER_METHODS = ("ode", "sde")
 CHUNK_MASK_MODES = ("auto", "explicit")
 REPAINT_MODES = ("balanced", "aggressive", "conservative")
@@ -94,7 +96,7 @@ FIELDS: tuple[Field, ...] = (
     _f("caption", "str", "", "style / description of the music", rest_name="prompt", aliases=("caption",), widget="caption"),
     _f("lyrics", "str", "", "lyrics with [Verse] / [Chorus] tags; '[Instrumental]' for none", widget="lyrics"),
     _f("bpm", "int", None, "beats per minute; unset = automatic", low=BPM_MIN, high=BPM_MAX, auto=(0, -1), widget="bpm"),
-    _f("key_scale", "str", "", 'key, e.g. "C major" or "F# minor"; empty = automatic',
+    _f("key_scale", "str", "", 'key, e.g. "C major", "F# minor" or "Am"; empty = automatic',
        aliases=("keyscale", "keyScale", "key"), widget="keyscale"),
     _f("time_signature", "str", "", "beats per bar: 2, 3, 4 or 6 (4/4 and 6/8 accepted); empty = automatic",
        choices=TIME_SIGNATURES, aliases=("timesignature", "timeSignature"), widget="timesignature"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 import unicodedata
 from pathlib import Path
 from typing import Optional
@@ -45,15 +46,33 @@ def check_text(name: str, value, max_chars: int = MAX_TEXT_CHARS) -> str:
     return value
 
 
+# Short spellings of a key, as chord charts and the official API docs write them ('Am', 'C#m', 'Bb',
+# 'F# min', 'Eb maj'): a note A-G, an optional accidental, then an optional mode (none = major).
+_KEY_SHORT = re.compile(r"([A-Ga-g])\s*([#b♯♭]?)\s*(major|minor|maj|min|m|)", re.IGNORECASE)
+_KEY_SHORT_MODES = {"": "major", "maj": "major", "major": "major", "m": "minor", "min": "minor", "minor": "minor"}
+
+
 def key_scale(value, name: str = "key_scale") -> str:
-    """'' (let the model choose) or a key such as 'F# minor', returned in the LM's spelling."""
+    """'' (let the model choose) or a key, returned in the LM's spelling ('F# minor').
+
+    Any capitalisation of the LM's spelling ('c MAJOR') and the short forms ('Am', 'C#m', 'Bb',
+    'F# min') are accepted."""
     text = " ".join(str(value or "").split())
     if not text:
         return ""
     canonical = _KEYSCALES_BY_FOLDED.get(text.casefold())
     if canonical is None:
+        short = _KEY_SHORT.fullmatch(text)
+        if short is not None:
+            note, accidental, mode = short.groups()
+            # A capital M alone is major in chord symbols ('CM'); a small m (or any other case of
+            # min / minor) is minor.
+            mode = "major" if mode == "M" else _KEY_SHORT_MODES[mode.lower()]
+            canonical = f"{note.upper()}{accidental} {mode}"
+    if canonical is None:
         raise InputError(f"{name} {value!r} is not a key: use a note A-G, optionally followed by # or b "
-                         "(or ♯ ♭), then major or minor, e.g. 'C major' or 'F# minor'")
+                         "(or ♯ ♭), then major or minor, e.g. 'C major' or 'F# minor' (short forms such as "
+                         "'Am' or 'Bb' work too)")
     return canonical
 
 

@@ -99,7 +99,8 @@ ENGINE_CASES = [
     (dict(caption="x" * (values.MAX_TEXT_CHARS + 1)), "the limit is 65536"),
     (dict(caption=b"bytes"), "caption must be text"),
     (dict(key_scale="H major"), "key_scale 'H major' is not a key"),
-    (dict(key_scale="C"), "key_scale 'C' is not a key"),
+    (dict(key_scale="C dorian"), "key_scale 'C dorian' is not a key"),
+    (dict(key_scale="Cmm"), "key_scale 'Cmm' is not a key"),
     (dict(time_signature="banana"), "time_signature 'banana' is not supported: use 2, 3, 4 or 6"),
     (dict(time_signature="5/4"), "time_signature '5/4' is not supported"),
     (dict(vocal_language="klingon"), "vocal_language 'klingon' is not supported"),
@@ -131,6 +132,15 @@ def test_engine_request_refuses(fields, message):
     with pytest.raises(InputError) as err:
         GenerationRequest(**fields).validate()
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("written, spelled", [
+    ("Am", "A minor"), ("C#m", "C# minor"), ("Bb", "Bb major"), ("bbm", "Bb minor"), ("F# Minor", "F# minor"),
+    ("Eb maj", "Eb major"), ("g min", "G minor"), ("CM", "C major"), ("C", "C major"), ("A♭m", "A♭ minor"),
+])
+def test_short_and_chart_spellings_of_a_key_are_the_lm_spelling(written, spelled):
+    # The official API docs write "C Major" and "Am"; the LM's vocabulary is "C major" / "A minor".
+    assert values.key_scale(written) == spelled
 
 
 def test_engine_request_normalises_vocabularies_and_automatic_values():

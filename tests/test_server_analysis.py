@@ -97,6 +97,17 @@ def test_analysis_only_answers_metadata_without_a_file(server):
     assert not list(server.runtime.result_root.rglob("*.mp3"))  # nothing was generated
 
 
+def test_a_song_keeps_the_clients_caption_and_key_spelling_when_the_lm_plans(server):
+    # The official docs write keys as "C Major" and "Am"; the LM is told them in its own spelling.
+    # The chain of thought rewrites the caption for the DiT; the result reports the client's caption.
+    for sent, spelled in (("C Major", "C major"), ("Am", "A minor")):
+        song = _run(server, json={"prompt": "calm piano", "key_scale": sent, "audio_duration": 10, "batch_size": 1,
+                                  "inference_steps": 2, "lm_seed": 5, "audio_format": "wav"})
+        assert song["metas"]["keyscale"] == spelled
+        assert song["prompt"] == "calm piano" and song["metas"]["prompt"] == "calm piano"
+        assert song["lm_model"] == "acestep-5Hz-lm-tiny"
+
+
 def test_an_analysis_of_audio_without_audio_is_refused_at_submit(server):
     for mode in ("full_analysis_only", "extract_codes_only"):
         reply = release(server.url, {"prompt": "x", mode: True})

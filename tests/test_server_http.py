@@ -189,14 +189,29 @@ def test_cover_of_an_earlier_result(server, repainted, tmp_path):
     assert load_audio(out).shape[1] / SR == pytest.approx(SOURCE_SECONDS, abs=0.05)  # cover keeps the length
 
 
+def test_lm_requests_on_a_server_without_one_are_refused_at_submit(server):
+    for extra in ({"thinking": True}, {"sample_mode": True}, {"sample_query": "a calm song"}, {"use_format": True}):
+        reply = release(server.url, dict(FAST, prompt="x", **extra))
+        assert reply.status == 503, (extra, reply.body)
+        assert f"{next(iter(extra))} needs the 5 Hz LM" in reply.error and "--lm" in reply.error
+    # a cover never runs the LM (the source sets the song), so thinking there is no reason to refuse
+    first = release(server.url, dict(FAST, prompt="x", audio_format="wav", seed=4))
+    song = result_items(wait_done(server.url, first.data["task_id"]))[0]["file"]
+    cover = release(server.url, dict(FAST, task_type="cover", thinking=True, src_audio_path=song))
+    assert cover.status == 200, cover.body
+    assert wait_done(server.url, cover.data["task_id"])["status"] == 1
+
+
 def test_failed_job_reports_why_and_the_next_job_succeeds(server):
-    # thinking=true needs the 5 Hz LM, which this server does not have
-    failing = release(server.url, dict(FAST, prompt="x", thinking=True))
+    # a track task needs the base model, which only the job itself finds out (this server has turbo)
+    first = release(server.url, dict(FAST, prompt="x", audio_format="wav", seed=2))
+    song = result_items(wait_done(server.url, first.data["task_id"]))[0]["file"]
+    failing = release(server.url, dict(FAST, task_type="complete", track_classes=["drums"], src_audio_path=song))
     assert failing.status == 200
     item = wait_done(server.url, failing.data["task_id"])
     assert item["status"] == 2
-    assert "5 Hz LM" in item["error"] and "thinking=false" in item["error"]
-    assert "5 Hz LM" in result_items(item)[0]["error"]
+    assert "base model" in item["error"]
+    assert "base model" in result_items(item)[0]["error"]
 
     ok = release(server.url, dict(FAST, prompt="after the failure", audio_format="opus"))
     done = wait_done(server.url, ok.data["task_id"])
@@ -217,14 +232,48 @@ def test_unknown_task_id_is_a_failure_not_an_endless_wait(server):
     assert bad.status == 400 and bad.error.startswith("task_id_list:")
 
 
+def test_bodies_the_official_server_reads_best_effort(server):
+    # key=value without a Content-Type (Python's http.client with a string body) is read as a form
+    form = http("POST", server.url + "/release_task", data=b"prompt=x&audio_duration=10&batch_size=1&inference_steps=2",
+                skip_auto_headers=("Content-Type",))
+    assert form.status == 200, form.body
+    assert "read as a form" in form.json()["extra"]["notices"][0]
+    assert wait_done(server.url, form.data["task_id"])["status"] == 1
+    # no task list at all: an empty answer
+    assert http("POST", server.url + "/query_result", json={}).data == []
+    # but an empty JSON body would queue a two-minute song of defaults: refused
+    empty = http("POST", server.url + "/release_task", data=b"", headers={"Content-Type": "application/json"})
+    assert empty.status == 400 and empty.error.startswith("body: is empty")
+
+
+def test_official_fields_without_effect_are_named_as_such(server):
+    reply = release(server.url, dict(FAST, prompt="x", constrained_decoding_debug=True, use_tiled_decode=False,
+                                     audio_duraton=12))
+    assert reply.status == 200, reply.body
+    notices = reply.json()["extra"]["notices"]
+    assert notices[0] == "ignored unknown field(s): audio_duraton (did you mean 'audio_duration'?)"
+    assert notices[1].startswith("official field(s) that do not apply to this server")
+    assert "constrained_decoding_debug" in notices[1] and "use_tiled_decode" in notices[1]
+    assert reply.json()["extra"]["did_you_mean"] == {"audio_duraton": "audio_duration"}
+
+
+def test_short_key_names_are_read_as_keys(server):
+    reply = release(server.url, dict(FAST, prompt="x", key_scale="Am", bpm=100, time_signature="4"))
+    assert reply.status == 200, reply.body
+    song = result_items(wait_done(server.url, reply.data["task_id"]))[0]
+    assert song["metas"]["keyscale"] == "A minor"
+
+
 def test_random_sample_returns_bundled_examples(server):
     simple = http("POST", server.url + "/create_random_sample", json={"sample_type": "simple_mode"}).data
     assert set(simple) == {"description", "instrumental", "vocal_language"}
     custom = http("POST", server.url + "/create_random_sample", json={"sample_type": "custom_mode"}).data
     assert {"caption", "lyrics", "bpm", "duration", "keyscale", "language", "timesignature"} <= set(custom)
     assert http("POST", server.url + "/create_random_sample").data.keys() == simple.keys()  # default type
-    bad = http("POST", server.url + "/create_random_sample", json={"sample_type": "jazz"})
-    assert bad.status == 400 and bad.error.startswith("sample_type:")
+    # the official server answers any other type with a custom example; this one also says so
+    other = http("POST", server.url + "/create_random_sample", json={"sample_type": "jazz"})
+    assert other.status == 200 and other.data.keys() == custom.keys()
+    assert "'jazz' is neither simple_mode nor custom_mode" in other.json()["extra"]["notices"][0]
     # a bundled custom example is a valid release_task body as is (except the LM flags)
     from acestep_core.server.params import parse_release_request
 

@@ -70,6 +70,22 @@ def test_duration_minus_one_means_automatic_and_repaint_end_minus_one_means_end(
     assert parse({"repainting_end": -1}).repainting_end is None
 
 
+def test_repaint_end_zero_means_end_and_the_window_is_checked_only_where_it_is_used():
+    # The official server reads a false-y end as -1 and ignores the window outside repaint-like tasks.
+    assert parse({"repainting_end": 0}).repainting_end is None
+    assert parse({"task_type": "repaint", "repainting_start": 2, "repainting_end": 0}).repainting_end is None
+    assert parse({"repainting_start": 10, "repainting_end": 5}).repainting_end == 5  # text2music: unused
+
+
+def test_lm_sampling_values_read_as_the_official_server_runs_them():
+    assert parse({"lm_top_k": -1}).lm_top_k == 0  # 0 or less: off
+    assert parse({"lm_top_k": 40}).lm_top_k == 40
+    assert parse({"lm_top_p": 1.0}).lm_top_p == 0.9 and parse({"lm_top_p": 0}).lm_top_p == 0.9
+    assert parse({"lm_top_p": 0.5}).lm_top_p == 0.5
+    assert parse({"lm_cfg_scale": 0.5}).lm_cfg_scale == 1.0  # guidance only above 1
+    assert parse({"lm_cfg_scale": 3}).lm_cfg_scale == 3
+
+
 def test_continuation_task_names():
     assert parse({"task_type": "continuation"}).task_type == "continuation"
     assert parse({"task_type": "extend"}).task_type == "continuation"
@@ -113,7 +129,9 @@ def test_track_tasks_and_their_fields():
         ({"batch_size": 9}, "batch_size", "between 1 and 8"),
         ({"audio_cover_strength": 1.5}, "audio_cover_strength", "between 0 and 1"),
         ({"param_obj": "{not json"}, "param_obj", "not valid JSON"),
-        ({"repainting_start": 10, "repainting_end": 5}, "repainting_end", "greater than"),
+        ({"task_type": "repaint", "repainting_start": 10, "repainting_end": 5}, "repainting_end", "greater than"),
+        ({"lm_top_p": 1.5}, "lm_top_p", "between 0 and 1"),
+        ({"lm_cfg_scale": -1}, "lm_cfg_scale", "between 0 and"),
         ({"use_adg": "sometimes"}, "use_adg", "true or false"),
         ({"prompt": {"nested": 1}}, "prompt", "string"),
     ],

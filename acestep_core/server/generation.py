@@ -89,8 +89,9 @@ def run_job(
     return {
         "files": [str(f) for f in files],
         "audio_urls": [audio_url(f) for f in files],
-        "prompt": gen.caption,
-        "lyrics": gen.lyrics,
+        # The caption and lyrics as the client knows them: its own, or what simple mode / format wrote.
+        # The chain of thought's rewrite of the caption goes to the DiT only (as on the official server).
+        **dict(zip(("prompt", "lyrics"), report.written_text(req.prompt, req.lyrics))),
         "metas": {
             "bpm": gen.bpm if gen.bpm is not None else "N/A",
             "duration": round(float(duration), 3),
@@ -106,7 +107,7 @@ def run_job(
         "generation_info": generation_info(timings, seeds_used, params.get("inference_steps", req.inference_steps),
                                            len(files), params.get("audio_code_count", 0)),
         "dit_model": dit_name,
-        "lm_model": provider.lm_name() if report.used_lm else None,
+        "lm_model": provider.lm_name(),  # the server's LM, used or not, as the official server reports it
         "params": params,
         "notices": notices,
     }
@@ -115,8 +116,8 @@ def run_job(
 def engine_request(req: ReleaseRequest):
     """The engine's GenerationRequest for a REST request, field by field from the schema.
 
-    Built in one place so the check at submit (`GenerationRequest.validate`) sees exactly what the
-    job will run.
+    Built in one place so the check at submit sees exactly what the job will run; validated, so its
+    vocabulary fields are in the models' spelling ('C Major' -> 'C major') before the LM is told them.
     """
     from ..request import GenerationRequest
 
@@ -125,7 +126,9 @@ def engine_request(req: ReleaseRequest):
     values["seed"] = seeds[0] if len(seeds) == 1 else seeds
     values["src_audio"] = req.uploads.get("src_audio") or req.src_audio_path
     values["reference_audio"] = req.uploads.get("reference_audio") or req.reference_audio_path
-    return GenerationRequest(**values, adapters=list(req.adapters))
+    request = GenerationRequest(**values, adapters=list(req.adapters))
+    request.validate()
+    return request
 
 
 def save_batch(result, job_dir: Path, task_id: str, fmt: str, caption: str, lyrics: str) -> list[Path]:

@@ -37,9 +37,16 @@ def reference_limit_s(config) -> float:
 
 
 def clamp_to_decision(req: ReleaseRequest, config, decision: Any) -> list[str]:
-    """Apply the memory decision's duration and batch limits to `req` (in place); returns the notices."""
+    """Apply the memory decision's duration and batch limits to `req` (in place); returns the notices.
+
+    An analysis mode makes no audio: it only gets the duration cap for what the LM plans, no notices."""
     decision = active(config, decision)
     if decision is None:
+        return []
+    from .analysis import mode_of
+
+    if mode_of(req) is not None:
+        req.max_duration_s = float(decision.max_duration_s)
         return []
     from ..memory.policy import clamp_request
 

@@ -40,8 +40,10 @@ MAX_TEXT_CHARS = {
 }
 # Fields of the official request this server reads but does not act on (their official defaults are
 # what it does anyway, or they pick a backend it does not have); reported as ignored, never an error.
-OFFICIAL_UNUSED = ("use_tiled_decode", "lm_model_path", "lm_backend", "allow_lm_batch", "is_format_caption",
-                   "lm_batch_chunk_size", "use_erg_tag", "use_erg_lyric", "use_erg_diffusion")
+OFFICIAL_UNUSED = ("use_tiled_decode", "useTiledDecode", "lm_model_path", "lm_backend", "allow_lm_batch",
+                   "allowLmBatch", "parallel_thinking", "is_format_caption", "isFormatCaption",
+                   "constrained_decoding_debug", "constrainedDecodingDebug", "lm_batch_chunk_size",
+                   "use_erg_tag", "use_erg_lyric", "use_erg_diffusion")
 # Envelope fields: consumed by the routes, not by the request table.
 ENVELOPE_FIELDS = ("ai_token", "param_obj") + META_CONTAINERS
 
@@ -259,7 +261,8 @@ def check_duration(v: float) -> Optional[float]:
 
 
 def check_repaint_end(v: float) -> Optional[float]:
-    return None if v == -1 else v
+    # The official server reads a false-y end (0 as well as -1) as "to the end of the source".
+    return None if v in (-1, 0) else v
 
 
 def check_seed(seeds: list[int]) -> list[int]:
@@ -274,10 +277,25 @@ def check_key_scale(v: str) -> str:
 
 
 def check_lm_cfg(v: float) -> float:
-    low, high = schema.spec("lm_cfg_scale").low, schema.spec("lm_cfg_scale").high
-    if not (v == 0 or low <= v <= high):
-        raise ValueError(f"must be 0 or between {low:g} and {high:g} (1 = no CFG), got {v!r}")
-    return v
+    high = schema.spec("lm_cfg_scale").high
+    if not 0 <= v <= high:
+        raise ValueError(f"must be between 0 and {high:g} (1 or less = no CFG), got {v!r}")
+    # The official LM guides only above 1; anything up to 1 is plain sampling.
+    return max(v, 1.0) if v else v
+
+
+def check_lm_top_k(v: int) -> int:
+    high = schema.spec("lm_top_k").high
+    if v > high:
+        raise ValueError(f"must be at most {high} (0 or less = off), got {v!r}")
+    return max(v, 0)  # the official server reads 0 or less as "off"
+
+
+def check_lm_top_p(v: float) -> float:
+    if not 0 <= v <= 1:
+        raise ValueError(f"must be between 0 and 1, got {v!r}")
+    # What the official server runs: it replaces 0 and anything from 1 up with its default, 0.9.
+    return v if 0 < v < 1 else schema.spec("lm_top_p").default_for("rest")
 
 
 def check_language(v: str) -> str:
@@ -314,7 +332,8 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
 SPECIAL_CHECKS: dict[str, Optional[Callable[[Any], Any]]] = {
     "task_type": check_task, "time_signature": check_time_signature, "audio_duration": check_duration,
     "repainting_end": check_repaint_end, "seed": check_seed, "key_scale": check_key_scale,
-    "lm_cfg_scale": check_lm_cfg, "vocal_language": check_language, "track_name": check_track,
+    "lm_cfg_scale": check_lm_cfg, "lm_top_k": check_lm_top_k, "lm_top_p": check_lm_top_p,
+    "vocal_language": check_language, "track_name": check_track,
     "instruction": check_instruction, "batch_size": None, "repainting_start": None, "track_classes": None,
     "audio_format": one_of(*AUDIO_FORMATS),
 }
@@ -409,7 +428,7 @@ def ignored_fields(raw: dict, consumed: tuple[str, ...] = ()) -> tuple[list[str]
                 continue
             label = prefix + key
             ignored.append(label)
-            if key in OFFICIAL_UNUSED:
+            if key in OFFICIAL_UNUSED:  # known, so no "did you mean"
                 continue
             match = difflib.get_close_matches(key, sorted(KNOWN_NAMES), n=1, cutoff=0.75)
             if match:
@@ -516,7 +535,9 @@ def parse_release_request(raw: dict, *, default_batch_size: int = 2, max_batch_s
         raise FieldError("batch_size", f"must be between 1 and {max_batch_size}, got {values['batch_size']}")
     if values["cfg_interval_start"] > values["cfg_interval_end"]:
         raise FieldError("cfg_interval_start", "must not exceed cfg_interval_end")
-    if values["repainting_end"] is not None and values["repainting_end"] <= values["repainting_start"]:
+    # The window only matters to the tasks that have one (the official server ignores it elsewhere).
+    if (values["task_type"] in schema.WINDOW_TASKS and values["repainting_end"] is not None
+            and values["repainting_end"] <= values["repainting_start"]):
         raise FieldError("repainting_end", "must be greater than repainting_start (or -1 for the end)")
     # An explicit seed means "use it" unless the client also asked for a random one explicitly
     # (the skill sends use_random_seed=false together with --seed).

@@ -32,7 +32,7 @@ from .files import (
 )
 from .analysis import LM_MODES, SOURCE_MODES, mode_of, query_result_item
 from .models import LMUnavailableError
-from .params import (FieldError, ignored_fields, load_json, parse_fields, parse_json_object,
+from .params import (OFFICIAL_UNUSED, FieldError, ignored_fields, load_json, parse_fields, parse_json_object,
                      parse_release_request, to_bool)
 from .responses import fail, ok, wrap
 from .runtime import QueueFullError, Runtime, ShuttingDownError
@@ -104,10 +104,13 @@ class Body(dict):
     """Request fields, plus what the server noticed about how they were sent."""
 
     notices: list[str]
+    # A JSON-typed request with no body at all (not even {}): a client mistake where a job would follow.
+    empty_json: bool
 
-    def __init__(self, *args, notices: Optional[list[str]] = None, **kwargs):
+    def __init__(self, *args, notices: Optional[list[str]] = None, empty_json: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.notices = list(notices or [])
+        self.empty_json = empty_json
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -149,7 +152,8 @@ async def read_fields(request: web.Request, limit: Optional[int] = None) -> Body
     """JSON, url-encoded form or (text-only) multipart body as a dict; empty body -> {}.
 
     A JSON object sent without a Content-Type, or as a url-encoded form (what `curl -d` does), is read
-    as JSON and a notice says which header to send; any other body without a usable type is a 415.
+    as JSON and a notice says which header to send. A key=value body without a usable type is read as
+    a form, as the official server does; any other body without a usable type is a 415.
     """
     ctype = request.content_type.lower()
     has_type = "Content-Type" in request.headers
@@ -157,20 +161,28 @@ async def read_fields(request: web.Request, limit: Optional[int] = None) -> Body
         fields, _ = await read_multipart(request, runtime=None)
         return Body(fields)
     raw = await read_body(request, limit if limit is not None else request.client_max_size)
+    is_json = ctype == "application/json" or ctype.endswith("+json")
     if not raw.strip():
-        return Body()
-    if ctype == "application/json" or ctype.endswith("+json"):
+        return Body(empty_json=is_json)
+    if is_json:
         return Body(_parse_json(raw))
     if _looks_like_json(raw):
         sent = f"as {ctype}" if has_type else "without a Content-Type header"
         return Body(_parse_json(raw), notices=[f"the body is JSON but was sent {sent}; it was read as JSON. "
                                                "Send 'Content-Type: application/json'."])
-    if ctype == "application/x-www-form-urlencoded":
+    is_form = ctype == "application/x-www-form-urlencoded"
+    if is_form or b"=" in raw:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "body: form data is not UTF-8") from None
-        return Body(urllib.parse.parse_qsl(text, keep_blank_values=True))
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True)
+        if is_form:
+            return Body(pairs)
+        if pairs:
+            sent = f"as {ctype}" if has_type else "without a Content-Type header"
+            return Body(pairs, notices=[f"the body is key=value form data but was sent {sent}; it was read as a "
+                                        "form. Send 'Content-Type: application/x-www-form-urlencoded'."])
     raise HTTPError(415, f"Unsupported Content-Type: {ctype if has_type else '(missing)'}; {JSON_HINT}")
 
 
@@ -256,8 +268,7 @@ def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
     ref = req.uploads.get("reference_audio") or req.reference_audio_path
     if ref:
         check_audio(ref, labels.get("reference_audio", "reference_audio"), limits.reference_limit_s(runtime.config))
-    gen = engine_request(req)
-    gen.validate()
+    gen = engine_request(req)  # validated
     # The engine's own source checks (finite samples, repaint window against the source's length),
     # on files already known to be within the length limit.
     try:
@@ -272,15 +283,26 @@ def check_request(req, runtime: Runtime, labels: dict[str, str]) -> None:
         raise InputError(message) from None
 
 
-def check_analysis(req, has_source: bool, provider) -> None:
-    """An analysis mode's needs, refused at submit: the source audio, and the LM."""
+NO_LM_FIX = "start it with an LM (--lm, or an acestep-5Hz-lm-* folder beside the checkpoints)"
+
+
+def check_needs(req, has_source: bool, provider) -> None:
+    """What a request needs and the server lacks, refused at submit: an analysis mode's source audio,
+    and the LM for the modes and options only it can do (thinking, simple mode, format)."""
+    from .generation import plan_options
+
     mode = mode_of(req)
     if mode in SOURCE_MODES and not has_source:
         raise FieldError("src_audio", f"{mode} analyses source audio: upload it as multipart field 'src_audio' "
                                       "(or 'ctx_audio') or give src_audio_path")
-    if mode in LM_MODES and provider.lm_name() is None:
-        raise LMUnavailableError(f"{mode} needs the 5 Hz LM, and this server runs without one; start it with "
-                                 "an LM (--lm, or an acestep-5Hz-lm-* folder beside the checkpoints)")
+    if provider.lm_name() is not None:
+        return
+    if mode in LM_MODES:
+        raise LMUnavailableError(f"{mode} needs the 5 Hz LM, and this server runs without one; {NO_LM_FIX}")
+    if mode is None and plan_options(req).wants_lm(req.task_type):
+        asked = [name for name in ("thinking", "sample_mode", "sample_query", "use_format") if req.values.get(name)]
+        raise LMUnavailableError(f"{', '.join(asked)} needs the 5 Hz LM, and this server runs without one; "
+                                 f"send the request without it, or {NO_LM_FIX}")
 
 
 def note_unknown_model(req, provider) -> None:
@@ -300,9 +322,16 @@ def submit_extra(notices: list[str], ignored: list[str], suggestions: dict[str, 
     if ignored:
         extra["ignored_fields"] = ignored
         extra["did_you_mean"] = suggestions
-        hints = [f"{name} (did you mean {suggestions[name]!r}?)" if name in suggestions else name
-                 for name in ignored]
-        notices = [f"ignored unknown field(s): {', '.join(hints)}"] + list(notices)
+        official = [name for name in ignored if name.rsplit(".", 1)[-1] in OFFICIAL_UNUSED]
+        unknown = [f"{name} (did you mean {suggestions[name]!r}?)" if name in suggestions else name
+                   for name in ignored if name not in official]
+        said = []
+        if unknown:
+            said.append(f"ignored unknown field(s): {', '.join(unknown)}")
+        if official:
+            said.append(f"official field(s) that do not apply to this server (read, not acted on): "
+                        f"{', '.join(official)}")
+        notices = said + list(notices)
     extra["notices"] = notices
     return extra
 
@@ -333,6 +362,8 @@ class ApiHandlers:
             else:
                 fields = await read_fields(request, rt.config.max_json_body_bytes)
             authorise(rt, request, fields)
+            if getattr(fields, "empty_json", False):
+                raise FieldError("body", "is empty; send the request as a JSON object ({} asks for every default)")
             req = parse_release_request(fields, default_batch_size=rt.config.default_batch_size,
                                         max_batch_size=rt.config.max_batch_size)
             ignored, suggestions = ignored_fields(fields)
@@ -345,7 +376,7 @@ class ApiHandlers:
             if req.task_type in SOURCE_TASKS and not has_source:
                 raise FieldError("src_audio", f"task_type={req.task_type} needs source audio: upload it as "
                                               "multipart field 'src_audio' or give src_audio_path")
-            check_analysis(req, has_source, rt.provider)
+            check_needs(req, has_source, rt.provider)
             note_unknown_model(req, rt.provider)
             req.uploads.update(uploads)
             labels = {k: (k if k in uploads else f"{k}_path") for k in ("src_audio", "reference_audio")}
@@ -367,8 +398,9 @@ class ApiHandlers:
         body = await read_fields(request, self.runtime.config.max_json_body_bytes)
         authorise(self.runtime, request, body)
         raw = body.get("task_id_list", body.get("task_ids"))
-        if raw is None and body.get("task_id"):
-            raw = [body["task_id"]]
+        if raw is None:
+            # No list at all answers an empty one, as the official server does.
+            raw = [body["task_id"]] if body.get("task_id") else []
         if isinstance(raw, str):
             try:
                 raw = load_json(raw) if raw.strip().startswith("[") else [raw]
@@ -556,7 +588,9 @@ class ApiHandlers:
         authorise(self.runtime, request, body)
         sample_type = str(body.get("sample_type") or body.get("sampleType") or "simple_mode").strip()
         if sample_type not in examples.SAMPLE_TYPES:
-            raise FieldError("sample_type", f"must be simple_mode or custom_mode, got {sample_type!r}")
+            # The official server answers anything but simple_mode with a custom_mode example.
+            notice = f"sample_type {sample_type!r} is neither simple_mode nor custom_mode; a custom_mode example follows"
+            return ok(examples.random_example("custom_mode"), extra={"notices": [notice]})
         return ok(examples.random_example(sample_type))
 
     async def format_input(self, request: web.Request) -> web.Response:
