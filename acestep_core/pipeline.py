@@ -246,11 +246,14 @@ class ACEStepPipeline:
         cancel: Optional[Callable[[], bool]] = None,
         latents: Optional[torch.Tensor] = None,
         decode_progress: Optional[Callable[[int, int], None]] = None,
+        encode_progress: Optional[Callable[[int, int], None]] = None,
     ) -> GenerationResult:
         """Run one request. `latents` optionally replaces the seeded initial noise [B, T, 64].
 
         `progress(step, total)` is called after each diffusion step, `decode_progress(tile, total)`
-        after each VAE tile."""
+        after each VAE decode tile, and `encode_progress(tile, total)` with 0 before and after each
+        tile of every VAE encode of a source or timbre reference (a stage of its own before the steps,
+        one run per encode). `cancel()` is polled in all three, inside VAE tiles too."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -263,8 +266,11 @@ class ACEStepPipeline:
         item_codes = codes_per_item(request.audio_code_string, batch)
         codes = item_codes[0]
 
+        def encode(wave: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return self.encode_audio(wave, generator, progress=encode_progress, cancel=cancel)
+
         # 2. prepare the task's source latents and masks
-        task_inputs = self._prepare_task(request, item_codes, seeds)
+        task_inputs = self._prepare_task(request, item_codes, seeds, encode)
         caption = request.caption or ""
         metas = metas_string(request.bpm, request.time_signature, request.key_scale, task_inputs.metas_duration)
         language = request.vocal_language or "unknown"
@@ -282,7 +288,7 @@ class ACEStepPipeline:
                                                             [metas] * batch, device, dtype)
                 # The reference reuses the cover caption's token length for the non-cover caption.
                 non_cover_caption = fit_length(nc_hidden, nc_mask, texts.caption_hidden.shape[1])
-        reference_latents = self._reference_latents(request, seeds, batch)
+        reference_latents = self._reference_latents(request, seeds, batch, encode)
         with self.offload.use("condition_encoder", self.dit.condition_encoder), \
                 self.offload.use("audio_tokenizer", self.dit.audio_tokenizer), \
                 self.offload.use("detokenizer", self.dit.detokenizer):
@@ -408,10 +414,26 @@ class ACEStepPipeline:
         return torch.where(peak > 1.0, audio / peak, audio)
 
     @torch.no_grad()
-    def encode_audio(self, audio: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True) -> torch.Tensor:
-        """48 kHz stereo [2, N] → latents [1, T, 64] float32 CPU (posterior sample, as the reference)."""
-        with self.offload.use("vae", self.vae):
-            latents, _, _ = vae_encode(self.vae, audio.unsqueeze(0) if audio.dim() == 2 else audio, sample=sample, generator=generator)
+    def encode_audio(self, audio: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True,
+                     progress: Optional[Callable[[int, int], None]] = None,
+                     cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+        """48 kHz stereo [2, N] → latents [1, T, 64] float32 CPU (posterior sample, as the reference).
+
+        `progress(tile, total)` is called with 0 before the first VAE tile and after each; `cancel()` is
+        polled then and before every block of the encoder inside a tile (CancelledError when it returns
+        True), since one CPU tile can take tens of seconds."""
+        def poll() -> None:
+            if cancel is not None and cancel():
+                raise CancelledError("VAE encode cancelled")
+
+        def at_tile(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            poll()
+
+        with self.offload.use("vae", self.vae), polled_inside_tiles(self.vae, poll if cancel else None):
+            latents, _, _ = vae_encode(self.vae, audio.unsqueeze(0) if audio.dim() == 2 else audio, sample=sample,
+                                       generator=generator, progress=at_tile)
         return latents.float().cpu()
 
     # ------------------------------------------------------------------ steps
@@ -426,12 +448,13 @@ class ACEStepPipeline:
         return request
 
     @torch.no_grad()
-    def audio_to_codes(self, audio, seed: int = 0) -> list[int]:
+    def audio_to_codes(self, audio, seed: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+                       cancel: Optional[Callable[[], bool]] = None) -> list[int]:
         """Audio (a path, or 48 kHz [channels, N]) → its 5 Hz semantic codes, what the LM's `understand`
         reads: VAE encode, then the DiT's own audio tokenizer (docs/lm.md#auxiliary-functions). 5 latent frames per
-        code; the last code covers the tail padded with silence."""
+        code; the last code covers the tail padded with silence. `progress` and `cancel`: as for `encode_audio`."""
         wave = self._waveform(audio, "the audio")
-        latents = self.encode_audio(wave, torch.Generator(device="cpu").manual_seed(seed))
+        latents = self.encode_audio(wave, torch.Generator(device="cpu").manual_seed(seed), progress=progress, cancel=cancel)
         with self.offload.use("audio_tokenizer", self.dit.audio_tokenizer):
             _, indices = latents_to_codes(self.dit, latents.to(device=self.device, dtype=self.dtype))
         return [int(c) for c in indices.reshape(-1).tolist()]
@@ -444,8 +467,10 @@ class ACEStepPipeline:
         """A path or a tensor → float32 [2, N] at 48 kHz on the CPU, at least one latent frame long."""
         return source_waveform(src, what)
 
-    def _prepare_task(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int]) -> TaskInputs:
-        inputs = self._task_inputs(request, item_codes, seeds)
+    def _prepare_task(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int],
+                      encode: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None) -> TaskInputs:
+        """`encode(wave, generator)`: the VAE encode of the source (default `encode_audio`, no progress)."""
+        inputs = self._task_inputs(request, item_codes, seeds, encode or self.encode_audio)
         if request.instruction.strip():
             inputs.instruction = request.instruction.strip()
         return inputs
@@ -459,7 +484,8 @@ class ACEStepPipeline:
                 "load acestep-v15-base (ComfyUI: acestep_v1.5_base.safetensors) for extract, lego and complete"
             )
 
-    def _task_inputs(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int]) -> TaskInputs:
+    def _task_inputs(self, request: GenerationRequest, item_codes: list[list[int]], seeds: list[int],
+                     encode: Callable[[torch.Tensor, torch.Generator], torch.Tensor]) -> TaskInputs:
         silence = self.dit.silence_latent
         task = request.task_type
         if task in TRACK_TASKS:
@@ -479,7 +505,7 @@ class ACEStepPipeline:
         generator = torch.Generator(device="cpu").manual_seed(seeds[0])
 
         if task in ("cover", "extract", "complete"):
-            latents = request.src_latents.float() if request.src_latents is not None else self.encode_audio(waveform, generator)
+            latents = request.src_latents.float() if request.src_latents is not None else encode(waveform, generator)
             if task == "cover":
                 return cover_audio_inputs(latents[:1], source_seconds)
             return full_source_inputs(task, track_instruction(task, request.tracks()), latents[:1], source_seconds)
@@ -502,19 +528,20 @@ class ACEStepPipeline:
             if left or right:
                 latents = torch.cat([silence[:, :left], latents, silence[:, :right]], dim=1)
         else:
-            latents = self.encode_audio(padded, generator)
+            latents = encode(padded, generator)
         lego = dict(task="lego", instruction=track_instruction("lego", request.tracks())) if task == "lego" else {}
         return repaint_inputs(latents, silence, start_s, end_s, source_seconds, request.chunk_mask_mode,
                               request.repaint_mode, request.repaint_strength, source_waveform=padded, **lego)
 
-    def _reference_latents(self, request: GenerationRequest, seeds: list[int], batch: int):
+    def _reference_latents(self, request: GenerationRequest, seeds: list[int], batch: int,
+                           encode: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None):
         if request.reference_audio is None:
             return None
         wave = source_waveform(request.reference_audio, "reference_audio")
         rng = random.Random(seeds[0])
         clip = timbre_clip(wave, rng)
         generator = torch.Generator(device="cpu").manual_seed(seeds[0])
-        latents = self.encode_audio(clip, generator)[0]
+        latents = (encode or self.encode_audio)(clip, generator)[0]
         frames = int(self.dit.config.get("timbre_fix_frame", 750))
         latents = latents[:frames]
         if latents.shape[0] < frames:

@@ -428,17 +428,19 @@ def vae_decode(
 
 @contextmanager
 def polled_inside_tiles(vae, poll: Callable[[], None] | None):
-    """Call `poll()` before each block and residual unit of the decoder while inside (`poll` may
-    raise, e.g. to cancel), so a cancel does not wait for a whole tile: a CPU tile can take a minute.
-    A decoder under torch.compile is left alone (a hook would change its compiled graph)."""
-    from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDecoderBlock, OobleckResidualUnit
+    """Call `poll()` before each block and residual unit of the encoder and the decoder while inside
+    (`poll` may raise, e.g. to cancel), so a cancel does not wait for a whole tile: a CPU tile can take
+    a minute either way. A part under torch.compile is left alone (a hook would change its compiled graph)."""
+    from diffusers.models.autoencoders.autoencoder_oobleck import (OobleckDecoderBlock, OobleckEncoderBlock,
+                                                                   OobleckResidualUnit)
 
-    decoder = getattr(vae, "decoder", None)
-    if poll is None or decoder is None or "forward" in vars(decoder):
+    parts = [part for part in (getattr(vae, "encoder", None), getattr(vae, "decoder", None))
+             if part is not None and "forward" not in vars(part)]
+    if poll is None or not parts:
         yield
         return
-    handles = [m.register_forward_pre_hook(lambda module, args: poll()) for m in decoder.modules()
-               if isinstance(m, (OobleckDecoderBlock, OobleckResidualUnit))]
+    handles = [m.register_forward_pre_hook(lambda module, args: poll()) for part in parts for m in part.modules()
+               if isinstance(m, (OobleckEncoderBlock, OobleckDecoderBlock, OobleckResidualUnit))]
     try:
         yield
     finally:
@@ -478,6 +480,7 @@ def vae_encode(
     sample: bool = True,
     generator: torch.Generator | None = None,
     eps: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode 48 kHz audio [B, 2, N] (or [2, N]) to ``(latents, mean, std)``, each [B, T, 64] float32 CPU.
 
@@ -488,6 +491,8 @@ def vae_encode(
     ([B, T, 64]) fixes the noise; otherwise it is drawn with ``generator`` (on the generator's device).
     The reference draws noise per tile from the global RNG, so sampled values are not bit-comparable
     across implementations; mean and std are.
+    ``progress(done, total)`` is called with 0 before the first tile (a CPU tile can take half a
+    minute, so the stage shows at once) and after each tile.
     """
     if audio.dim() == 2:
         audio = audio.unsqueeze(0)
@@ -520,7 +525,9 @@ def vae_encode(
 
     params = None  # [B, 2 * 64, T] posterior parameters (mean ‖ scale)
     write = 0
-    for win_start, win_end, core_start, core_end in windows:
+    if progress is not None:
+        progress(0, len(windows))
+    for step, (win_start, win_end, core_start, core_end) in enumerate(windows):
         piece = audio[:, :, win_start:win_end].to(device=param.device, dtype=param.dtype)
         tile = vae.encode(piece).latent_dist.parameters
         # Official trim: factor from the tile itself, overlap rounded to whole frames.
@@ -534,6 +541,8 @@ def vae_encode(
         params[:, :, write : write + length] = core[:, :, :length]
         write += length
         del piece, tile
+        if progress is not None:
+            progress(step + 1, len(windows))
     params = params[:, :, :write]
 
     mean, scale = params.chunk(2, dim=1)

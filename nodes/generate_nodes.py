@@ -39,7 +39,9 @@ def _generate(model, request):
         for notice in notices:
             log.warning("ACE-Step: %s", notice)
     result = model.run_pipeline(lambda: run_engine(
-        lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel)))
+        # The encode of a source or timbre reference fills the bar first, then the steps refill it.
+        lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel,
+                                                         encode_progress=progress)))
     for notice in getattr(result, "notices", ()):
         log.warning("ACE-Step: %s", notice)
     return result

@@ -193,7 +193,8 @@ class DescribeAudio(io.ComfyNode):
         kw = dict(locals())
         planner = require_planner(model)
         clip = audio_wire.from_comfy_audio(audio)
-        codes = model.run_pipeline(lambda: model.pipeline.audio_to_codes(clip, seed=int(lm_seed)))
+        codes = model.run_pipeline(lambda: run_engine(lambda progress, cancel: model.pipeline.audio_to_codes(
+            clip, seed=int(lm_seed), progress=progress, cancel=cancel)))
         sampling = lm_sampling(kw)
         plan = model.run_planner(lambda: run_engine(lambda progress, cancel: planner.understand(
             codes, sampling=sampling, progress=progress, cancel=cancel)))

@@ -213,7 +213,8 @@ def _generate(args, out_dir: Path) -> int:
     from .progress import StageProgress
 
     result = pipe.generate(request, progress=StageProgress("diffusion", "steps"),
-                           decode_progress=StageProgress("VAE decode", "tiles"))
+                           decode_progress=StageProgress("VAE decode", "tiles"),
+                           encode_progress=StageProgress("VAE encode", "tiles"))
 
     for note in result.notices:
         print(f"note: {note}", file=sys.stderr)

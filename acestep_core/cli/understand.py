@@ -36,7 +36,9 @@ def _codes_from_audio(args):
                          "or --tiny), or give --audio-codes instead")
     wave = source_waveform(args.src_audio, "--src-audio")  # a bad file is refused before any model loads
     engine = engine_from_args(args, plan=plan_from_args(args, want_lm=True), need_lm=True)
-    codes = engine.pipeline.audio_to_codes(wave, seed=args.seed)
+    from .progress import StageProgress
+
+    codes = engine.pipeline.audio_to_codes(wave, seed=args.seed, progress=StageProgress("VAE encode", "tiles"))
     print(f"{len(codes)} audio codes from {args.src_audio}", file=sys.stderr)
     return codes, engine
 

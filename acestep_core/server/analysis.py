@@ -41,7 +41,7 @@ def run_analysis(mode: str, req: ReleaseRequest, provider: ModelProvider, *,
     """Run one analysis mode to completion (blocking, on the model thread); the job's result record."""
     t0 = time.perf_counter()
     if mode in SOURCE_MODES:
-        codes = _source_codes(req, provider, set_stage)
+        codes = _source_codes(req, provider, set_stage, progress, cancel)
         code_string = format_audio_codes(codes)
         if mode == "extract_codes_only":
             item = {"status_message": CODES_DONE, "audio_codes": code_string, "audio_paths": [],
@@ -56,13 +56,13 @@ def _record(item: dict, req: ReleaseRequest, started: float) -> dict:
     return {"analysis": item, "notices": list(req.notices), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _source_codes(req: ReleaseRequest, provider: ModelProvider, set_stage) -> list[int]:
+def _source_codes(req: ReleaseRequest, provider: ModelProvider, set_stage, progress=None, cancel=None) -> list[int]:
     set_stage("loading models")
     pipe, _ = provider.pipeline(req.model)
     set_stage("encoding the source audio to codes")
     source = req.uploads.get("src_audio") or req.src_audio_path
     seed = req.seed[0] if not req.use_random_seed and req.seed and req.seed[0] >= 0 else 0
-    return pipe.audio_to_codes(source, seed=seed)
+    return pipe.audio_to_codes(source, seed=seed, progress=progress, cancel=cancel)
 
 
 def _sampling(req: ReleaseRequest, **overrides):

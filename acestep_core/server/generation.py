@@ -46,6 +46,23 @@ def typed_metas(req: ReleaseRequest) -> set[str]:
     return {_REQUEST_FIELDS.get(name, name) for name in req.explicit} & set(METAS)
 
 
+GENERATING = "generating"
+ENCODING = "encoding audio (VAE)"
+
+
+def encode_stage(progress: Optional[Callable[[int, int], None]], set_stage: Callable[[str], None]):
+    """The job's view of a VAE encode (of the source or the timbre reference): a stage of its own
+    with its tiles as the progress, then "generating" again from 0, so the fraction a client reads
+    while "generating" stays the diffusion's."""
+    def report(done: int, total: int) -> None:
+        finished = done >= total
+        set_stage(GENERATING if finished else ENCODING)
+        if progress is not None:
+            progress(0 if finished else done, total)
+
+    return report
+
+
 def run_job(
     req: ReleaseRequest,
     provider: ModelProvider,
@@ -74,9 +91,10 @@ def run_job(
 
     set_stage("loading models")
     pipe, dit_name = provider.pipeline(req.model)
-    set_stage("generating")
+    set_stage(GENERATING)
     t0 = time.perf_counter()
-    result = pipe.generate(gen, progress=progress, cancel=cancel)
+    result = pipe.generate(gen, progress=progress, cancel=cancel,
+                           encode_progress=encode_stage(progress, set_stage))
     timings["dit_s"] = time.perf_counter() - t0
     notices += result.notices
 
