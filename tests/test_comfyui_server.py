@@ -127,7 +127,8 @@ def test_pack_nodes_registered(server):
     assert len(ours) == 14, (server["log"].read_text()[-3000:])
     assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
     dit = ours["ACE15S_LoadModel"]["input"]["required"]["dit"]
-    files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
+    files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors",
+             "ace_step_1.5_turbo_aio.safetensors"]  # the all-in-one file, from models/checkpoints/
     assert (dit[1].get("options") or dit[0]) == files
     assert dit[1]["default"] == "acestep_v1.5_turbo.safetensors"  # the official default model
     assert info["SaveAudio"]["python_module"] == "comfy_extras.nodes_audio"  # core untouched

@@ -73,7 +73,8 @@ def test_loader_lists_official_folders_and_comfy_files(pack, host_dirs, tiny_dir
     _, node_map = h.load_pack()  # re-registers models/acestep under the new models dir
     assert folder_paths.get_folder_paths("acestep")[0] == str(host_dirs["models"] / "acestep")
     options = {i.id: i.options["options"] for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
-    assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
+    assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors",
+                              "ace_step_1.5_turbo_aio.safetensors"]  # the last from models/checkpoints/
     defaults = {i.id: i.default for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
     assert defaults["dit"] == "acestep-v15-turbo"
     files = import_module(h.PACK_MODULE_NAME + ".nodes.model_files")
