@@ -144,6 +144,19 @@ def test_save_mp3_tags_graph_and_counter(pack, host_dirs):
     assert again.args[0]["waveform"].shape == (1, 2, 48000)
 
 
+def test_save_with_batch_num_never_overwrites(pack, host_dirs):
+    """%batch_num% in the prefix: ComfyUI's counter lookup never matches the files it wrote, so each run
+    and each Save node of one graph must find the next free number itself."""
+    _, node_map = pack
+    first = [f["filename"] for f in _save(node_map, _song(), prefix="bn/x_%batch_num%", fmt="flac").ui["audio"]]
+    again = [f["filename"] for f in _save(node_map, _song(), prefix="bn/x_%batch_num%", fmt="flac").ui["audio"]]
+    other = [f["filename"] for f in _save(node_map, _song(batch=1), prefix="bn/x_%batch_num%", fmt="wav 16-bit").ui["audio"]]
+    assert first == ["x_0_00001.flac", "x_1_00002.flac"]
+    assert again == ["x_0_00003.flac", "x_1_00004.flac"]
+    assert other == ["x_0_00004.wav"]  # past this name's files, whatever their format
+    assert len(list((host_dirs["output"] / "bn").iterdir())) == 5
+
+
 def test_save_tags_what_the_song_was_made_with(pack, host_dirs):
     """A node's own bpm / key / caption override a plan's: the file's tags say what was used."""
     _, node_map = pack
