@@ -8,7 +8,8 @@ from ..acestep_core.errors import InputError
 from .host import io
 from .running import run_engine
 from .widgets import (AUTO, CATEGORY, LANGUAGES, MODEL, PLAN, caption_input, lm_sampling, lm_sampling_inputs,
-                      lyrics_input, meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue)
+                      bpm_issue, lyrics_input, meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration,
+                      raise_issue)
 
 
 def plan_outputs() -> list:
@@ -109,8 +110,8 @@ class LMThinking(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, duration, bpm):
-        return meta_issue("LM Thinking", duration, bpm) or True
+    def validate_inputs(cls, bpm):
+        return bpm_issue("LM Thinking", bpm) or True
 
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, lm_temperature,
@@ -143,8 +144,8 @@ class FormatInput(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, duration, bpm):
-        return meta_issue("Format Input", duration, bpm) or True
+    def validate_inputs(cls, bpm):
+        return bpm_issue("Format Input", bpm) or True
 
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, lm_temperature,
