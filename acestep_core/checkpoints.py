@@ -26,6 +26,16 @@ LM_PREFERENCE = ("1.7B", "0.6B", "4B")
 # The Qwen3 text encoder's vocabulary; the 5 Hz LM adds the 65 535 audio-code tokens on top.
 TEXT_ENCODER_VOCAB_MAX = 151669
 
+# ComfyUI's own file names (Comfy-Org/ace_step_1.5_ComfyUI_files, docs/checkpoints.md). The 0.6B LM has no
+# ComfyUI file: qwen_0.6b_ace15 is the caption encoder.
+COMFY_VAE_FILE = "ace_1.5_vae.safetensors"
+COMFY_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
+COMFY_LM_FILES = {"1.7B": "qwen_1.7b_ace15.safetensors", "4B": "qwen_4b_ace15.safetensors"}
+# Key prefixes of the all-in-one checkpoint (ComfyUI's CheckpointSave) and the key only an ACE-Step 1.5 DiT has.
+AIO_DIT_PREFIX = "model.diffusion_model."
+AIO_PARTS = {"vae": "vae.", "text_encoder": "text_encoders.qwen3_06b."}
+ACE15_DIT_KEY = "encoder.lyric_encoder.layers.0.input_layernorm.weight"
+
 
 def _unreadable(path: Path, what: str, exc: Exception) -> CheckpointError:
     label = f"{what} weights " if what else ""
@@ -287,7 +297,22 @@ def lm_size_of(name: str | os.PathLike | None) -> Optional[str]:
 def is_lm_file_name(name: str) -> bool:
     """ComfyUI's LM repacks (qwen_1.7b_ace15 / qwen_4b_ace15); qwen_0.6b_ace15 is the text encoder."""
     low = os.path.basename(name).lower()
-    return any(f"qwen_{s}_ace15" in low for s in ("1.7b", "4b"))
+    return any(Path(f).stem in low for f in COMFY_LM_FILES.values())
+
+
+def all_in_one_parts(path: str | os.PathLike) -> frozenset[str]:
+    """The components ("vae", "text_encoder") an ACE-Step 1.5 all-in-one checkpoint carries besides its
+    DiT; empty for a DiT-only file, another model's checkpoint or a file that cannot be read. Reads only
+    the header, and never raises (model lists are built from it)."""
+    try:
+        if not Path(path).is_file():
+            return frozenset()
+        keys = safetensors_keys(Path(path))
+    except (CheckpointError, OSError):
+        return frozenset()
+    if AIO_DIT_PREFIX + ACE15_DIT_KEY not in keys:
+        return frozenset()
+    return frozenset(part for part, prefix in AIO_PARTS.items() if any(k.startswith(prefix) for k in keys))
 
 
 def _subdirs(root: Path) -> list[Path]:

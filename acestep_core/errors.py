@@ -5,8 +5,22 @@ REST server) can show it as is instead of a traceback.
 """
 
 
+def _public_module(name: str) -> str:
+    """`acestep_core.<module>` for a module imported under any package (ComfyUI imports the node pack,
+    and with it this package, under its folder's path), so an error's type reads the same everywhere."""
+    head, sep, tail = name.rpartition("acestep_core")
+    return "acestep_core" + tail if sep else name
+
+
 class ACEStepError(Exception):
     """Base class of every user-facing engine error."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = _public_module(cls.__module__)
+
+
+ACEStepError.__module__ = _public_module(ACEStepError.__module__)
 
 
 class CheckpointError(ACEStepError):

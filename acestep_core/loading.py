@@ -177,8 +177,18 @@ def _explicit_lm_path(request: str, paths: ModelPaths) -> Optional[str]:
 
 
 def _apply_lm(decision: MemoryDecision, paths: ModelPaths, choices: LoadChoices, request: Optional[str],
-              reasons: list[str]) -> tuple[bool, str, Optional[str]]:
-    """(LM on, LM name, LM path) with the user's choice applied: what the user asked for wins."""
+              reasons: list[str]) -> tuple[bool, str, Optional[str], Optional[str]]:
+    """(LM on, LM name, LM path, why it is off) with the user's choice applied: what the user asked for wins."""
+    on, name, path = _lm_on(decision, paths, choices, request, reasons)
+    if on:
+        return on, name, path, None
+    if decision.lm_off_reason is None and not paths.lms:
+        return on, name, path, "no 5 Hz LM checkpoint is installed"
+    return on, name, path, decision.lm_off_reason
+
+
+def _lm_on(decision: MemoryDecision, paths: ModelPaths, choices: LoadChoices, request: Optional[str],
+           reasons: list[str]) -> tuple[bool, str, Optional[str]]:
     lms = paths.lms or {}
     if request == "none":
         return False, decision.lm_model, None
@@ -238,7 +248,7 @@ def plan_load(paths: ModelPaths, choices: LoadChoices, memory: DeviceMemory | No
     base.check_dit()
 
     reasons = list(base.reasons)
-    init_lm, lm_name, lm_path = _apply_lm(base, resolved, choices, request, reasons)
+    init_lm, lm_name, lm_path, lm_off_reason = _apply_lm(base, resolved, choices, request, reasons)
     if resolved.tiny:
         dtype = lm_dtype = TINY_DTYPE
         reasons.append("--tiny runs in float32 (the same result on every CPU).")
@@ -256,7 +266,7 @@ def plan_load(paths: ModelPaths, choices: LoadChoices, memory: DeviceMemory | No
         offload_to_cpu=offload, offload_dit_to_cpu=offload_dit,
         max_duration_s=base.max_duration_with_lm_s if init_lm else base.max_duration_without_lm_s,
         max_batch=base.max_batch_with_lm if init_lm else base.max_batch_without_lm,
-        reasons=tuple(reasons))
+        reasons=tuple(reasons), lm_off_reason=lm_off_reason)
     return LoadPlan(resolved, decision, lm_path, memory)
 
 

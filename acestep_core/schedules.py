@@ -13,6 +13,9 @@ import torch
 from .errors import InputError
 
 TURBO_STEPS = 8
+# Base / SFT: the official code runs 30 (generate_audio), 32 (its UI) or 50 (its README) steps
+# (docs/sampling.md#base-and-sft-schedule); far fewer leaves audible noise.
+BASE_MIN_STEPS, BASE_MAX_STEPS = 30, 50
 VALID_SHIFTS = (1.0, 2.0, 3.0)
 MAX_CUSTOM_TIMESTEPS = 20
 
@@ -84,6 +87,15 @@ def turbo_note(steps: Optional[int], shift: float, custom, use_adg: bool = False
     return (f"the turbo DiT runs its fixed {TURBO_STEPS}-step schedule without guidance (shift 1, 2 or 3): "
             + "; ".join(unused)
             + ". Use a base / sft DiT for other step counts, or pass timesteps")
+
+
+def few_steps_note(steps: Optional[int]) -> Optional[str]:
+    """One line for the user when a base / SFT DiT is asked for fewer steps than it is made for
+    (turbo's 8, e.g.); None otherwise."""
+    if steps is None or steps >= BASE_MIN_STEPS:
+        return None
+    return (f"inference_steps {steps} is few for a base / sft DiT, which is made for {BASE_MIN_STEPS}-{BASE_MAX_STEPS} "
+            f"steps (turbo's fixed schedule is {TURBO_STEPS}); expect a noisier result, or raise steps")
 
 
 def turbo_schedule(shift: float, custom, dtype: torch.dtype, device) -> torch.Tensor:

@@ -77,7 +77,10 @@ def load_vae(
         state_dict = read_safetensors(weights_file)
         source = str(weights_file)
     else:
-        config = None
+        # Tensors the caller took out of a file (the all-in-one checkpoint): that file's sidecar still
+        # sets the config, as for any single file.
+        sidecar = sidecar_config(path) if path is not None and Path(path).is_file() else None
+        config = {**PUBLISHED_VAE_CONFIG, **sidecar} if sidecar else None
     if config is None:
         config = dict(PUBLISHED_VAE_CONFIG)
     if config_override:

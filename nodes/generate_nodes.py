@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 
 from ..acestep_core.errors import InputError
-from . import audio_wire
+from . import audio_wire, host
 from .host import io
 from .running import run_engine
-from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, adg_input, caption_input, dit_inputs, lyrics_input,
-                      meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue, schema_range,
-                      window_range_issue)
+from .widgets import (CATEGORY, MAX_BATCH, MAX_DURATION, MODEL, PLAN, adg_input, bpm_issue, caption_input, dit_inputs,
+                      lyrics_input, meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue,
+                      schema_range, window_range_issue)
 
 REPAINT_MIN_SECONDS = 0.5
+# The engine's rule for an unset duration (tasks.DEFAULT_DURATION; a plan fills it by planning.fill_request).
+TEXT2MUSIC_AUTO_DURATION = ("a connected plan's duration, which the LM planned; with no plan (or a plan that "
+                            "left it open) 120 s, the official default")
 log = logging.getLogger(__name__)
 
 
@@ -28,23 +31,31 @@ def _dit_fields(seed, steps, shift, guidance, adg=False) -> dict:
 
 
 def _generate(model, request):
+    """Run `request`; returns (result, notices): what the run changed of the request or the user should
+    know (batch or duration held to the memory decision, steps the model did not use or needs more of)."""
+    from ..acestep_core.schedules import few_steps_note
+
     request.adapters = list(getattr(model, "adapters", ()))  # from ACE-Step LoRA nodes upstream
     # The engine's checks (values, decoded sources, the window against the source) run before the
     # models are moved onto the device.
     request.validate()
     request = request.check_sources()
+    notices = []
     engine = getattr(model, "engine", None)
     if engine is not None:  # the Load node's memory decision holds duration and batch, as for the CLI and REST
         request, notices = engine.clamp(request)
-        for notice in notices:
-            log.warning("ACE-Step: %s", notice)
+        notices = list(notices)
+    if not model.pipeline.is_turbo:
+        # The steps widget starts at turbo's 8 (turbo ignores it), which leaves a base / SFT model noisy.
+        notices += [n for n in (few_steps_note(request.inference_steps),) if n]
     result = model.run_pipeline(lambda: run_engine(
         # The encode of a source or timbre reference fills the bar first, then the steps refill it.
         lambda progress, cancel: model.pipeline.generate(request, progress=progress, cancel=cancel,
                                                          encode_progress=progress)))
-    for notice in getattr(result, "notices", ()):
+    notices += list(getattr(result, "notices", ()))
+    for notice in notices:
         log.warning("ACE-Step: %s", notice)
-    return result
+    return result, notices
 
 
 def _song_info(model, result, plan=None) -> dict:
@@ -63,9 +74,27 @@ def _audio_out(model, result, plan=None) -> dict:
     return audio
 
 
-def generate_audio(model, request) -> io.NodeOutput:
+def run_report(result, notices) -> str:
+    """What the node shows: the songs made, then each notice."""
+    seeds = list(getattr(result, "seeds", []) or [])
+    seconds = result.audio.shape[-1] / result.sample_rate
+    head = (f"{len(seeds) or 1} song{'s' if len(seeds) > 1 else ''} of {seconds:.2f} s"
+            + (f", seed {', '.join(str(x) for x in seeds)}" if seeds else ""))
+    return "\n".join([head, *(f"- {n}" for n in notices)])
+
+
+def node_output(cls, result, notices, *values) -> io.NodeOutput:
+    """The node's values, with the run report shown on the node (ComfyUI's progress text under it)
+    and returned as the node's UI text (history, API clients)."""
+    report = run_report(result, notices)
+    host.show_text(getattr(getattr(cls, "hidden", None), "unique_id", None), report)
+    return io.NodeOutput(*values, ui={"text": [report]})
+
+
+def generate_audio(cls, model, request) -> io.NodeOutput:
     """Run an audio-in, audio-out request: the node's single AUDIO output."""
-    return io.NodeOutput(_audio_out(model, _generate(model, request)))
+    result, notices = _generate(model, request)
+    return node_output(cls, result, notices, _audio_out(model, result))
 
 
 class Text2Music(io.ComfyNode):
@@ -77,7 +106,8 @@ class Text2Music(io.ComfyNode):
             category=CATEGORY,
             description="Generates songs from a caption and lyrics, or from an LM plan: the plan's caption, lyrics "
                         "and audio codes are used, and its metas fill those left on auto here.",
-            inputs=[MODEL.Input("model"), caption_input(), lyrics_input(), *meta_inputs("model default"),
+            inputs=[MODEL.Input("model"), caption_input(), lyrics_input(),
+                    *meta_inputs("model default", duration_tip=TEXT2MUSIC_AUTO_DURATION),
                     *dit_inputs(),
                     io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip="Songs per run."),
                     PLAN.Input("plan", optional=True,
@@ -87,16 +117,18 @@ class Text2Music(io.ComfyNode):
             outputs=[io.Audio.Output("audio", display_name="audio"),
                      io.Latent.Output("latent", display_name="latent",
                                       tooltip="ACE-Step 1.5 latent [B, 64, T] (works with VAEDecodeAudio).")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
     @classmethod
-    def validate_inputs(cls, duration, bpm):
-        return meta_issue("Text2Music", duration, bpm) or True
+    def validate_inputs(cls, bpm):
+        return bpm_issue("Text2Music", bpm) or True
 
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, seed, steps, shift,
                 guidance, batch_size, plan=None, adg=False) -> io.NodeOutput:
+        raise_issue(meta_issue("Text2Music", duration, bpm))
         fields = dict(caption=caption, lyrics=lyrics, bpm=opt_bpm(bpm), key_scale=opt_choice(keyscale) or "",
                       time_signature=opt_choice(timesignature) or "",
                       vocal_language=opt_choice(language) or "unknown", audio_duration=opt_duration(duration),
@@ -107,8 +139,9 @@ class Text2Music(io.ComfyNode):
             from ..acestep_core.planning import fill_request
 
             request = fill_request(request, plan)  # the engine's one rule, as for the CLI and REST
-        result = _generate(model, request)
-        return io.NodeOutput(_audio_out(model, result, plan), audio_wire.to_comfy_latent(result.latents))
+        result, notices = _generate(model, request)
+        return node_output(cls, result, notices, _audio_out(model, result, plan),
+                           audio_wire.to_comfy_latent(result.latents))
 
 
 def _source(audio, what="audio"):
@@ -132,6 +165,7 @@ class Continue(io.ComfyNode):
                                    tooltip="Seconds at the end of the source regenerated for a smooth join."),
                     adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
@@ -149,7 +183,7 @@ class Continue(io.ComfyNode):
         request = _request(caption=caption, lyrics=lyrics, task_type="continuation", src_audio=clip,
                            repainting_start=max(0.0, src_seconds - float(overlap)),
                            continuation_seconds=float(seconds), **_dit_fields(seed, steps, shift, guidance, adg))
-        return generate_audio(model, request)
+        return generate_audio(cls, model, request)
 
 
 class Repaint(io.ComfyNode):
@@ -168,16 +202,15 @@ class Repaint(io.ComfyNode):
                                    tooltip="Balanced repaint strength: higher = freer inside, softer seams."),
                     adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
     @classmethod
-    def validate_inputs(cls, start, end):
-        return _window_issue(start, end) or True
-
-    @classmethod
     def execute(cls, model, audio, start, end, caption, lyrics, seed, steps, shift, guidance,
                 strength, adg=False) -> io.NodeOutput:
+        # Checked here, not in validate_inputs: ComfyUI would file a message about one of start / end
+        # under both and stop range-checking them (widgets.py).
         raise_issue(_window_issue(start, end))
         clip, src_seconds = _source(audio)
         if start >= src_seconds:
@@ -187,7 +220,7 @@ class Repaint(io.ComfyNode):
                            repainting_start=float(start), repainting_end=min(float(end), src_seconds),
                            repaint_mode="balanced", repaint_strength=float(strength),
                            **_dit_fields(seed, steps, shift, guidance, adg))
-        return generate_audio(model, request)
+        return generate_audio(cls, model, request)
 
 
 def _window_issue(start, end):
@@ -219,6 +252,7 @@ class Cover(io.ComfyNode):
                                            "pure noise, higher = start from the source re-noised, fewer steps."),
                     adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
@@ -230,4 +264,4 @@ class Cover(io.ComfyNode):
         request = _request(caption=caption, lyrics=lyrics, task_type="cover", src_audio=clip, reference_audio=ref,
                            audio_cover_strength=float(strength), cover_noise_strength=float(noise_strength or 0.0),
                            **_dit_fields(seed, steps, shift, guidance, adg))
-        return generate_audio(model, request)
+        return generate_audio(cls, model, request)

@@ -96,6 +96,20 @@ def unload_models(patchers) -> None:
                     mm.current_loaded_models.pop(i)
 
 
+def show_text(node_id, text: str) -> None:
+    """Text under the node in the editor: ComfyUI's progress text, as its own GetImageSize shows sizes.
+    A no-op outside a server, for a node without an id, or on a ComfyUI without progress text."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    send = getattr(getattr(PromptServer, "instance", None), "send_progress_text", None)
+    if send is not None:
+        send(text, node_id)
+
+
 def metadata_disabled() -> bool:
     """ComfyUI's --disable-metadata flag."""
     try:

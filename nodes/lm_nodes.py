@@ -8,7 +8,8 @@ from ..acestep_core.errors import InputError
 from .host import io
 from .running import run_engine
 from .widgets import (AUTO, CATEGORY, LANGUAGES, MODEL, PLAN, caption_input, lm_sampling, lm_sampling_inputs,
-                      lyrics_input, meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration, raise_issue)
+                      bpm_issue, lyrics_input, meta_inputs, meta_issue, opt_bpm, opt_choice, opt_duration,
+                      raise_issue)
 
 
 def plan_outputs() -> list:
@@ -52,9 +53,28 @@ def _check_texts(**texts) -> None:
 
 def require_planner(model):
     if getattr(model, "planner", None) is None:
-        raise InputError("This node needs the 5 Hz LM, but the model was loaded without one. "
-                         "Set 'lm' on Load ACE-Step to auto, 0.6B, 1.7B or 4B (and install that LM).")
+        raise InputError(no_lm_message(getattr(model, "decision", None)))
     return model.planner
+
+
+def no_lm_message(decision) -> str:
+    """Why the model has no LM and what to set on Load ACE-Step, from its load decision."""
+    from .model_files import lm_install_hint
+
+    head = "This node needs the 5 Hz LM, but Load ACE-Step loaded none"
+    installed = tuple(getattr(decision, "installed_lms", ()) or ())
+    if not installed:
+        return (f"{head}: no 5 Hz LM is installed. To add one, {lm_install_hint('1.7B')} (the 0.6B LM: "
+                f"{lm_install_hint('0.6B')}); then set 'lm' on Load ACE-Step to its size.")
+    sizes = ", ".join(installed)
+    choice = getattr(decision, "lm_choice", AUTO)
+    if choice == "none":
+        return f"{head}: its 'lm' is set to none. Set 'lm' to an installed size ({sizes}) or to auto."
+    why = getattr(decision, "lm_off_reason", None)
+    if choice == AUTO:
+        return (f"{head}: 'lm' auto chose no LM on this machine" + (f" ({why})" if why else "")
+                + f". Set 'lm' to an installed size explicitly ({sizes}) to use it anyway.")
+    return f"{head} (lm {choice}" + (f": {why}" if why else "") + f"). Installed sizes: {sizes}."
 
 
 def _metas(kwargs) -> dict:
@@ -90,8 +110,8 @@ class LMThinking(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, duration, bpm):
-        return meta_issue("LM Thinking", duration, bpm) or True
+    def validate_inputs(cls, bpm):
+        return bpm_issue("LM Thinking", bpm) or True
 
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, lm_temperature,
@@ -124,8 +144,8 @@ class FormatInput(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, duration, bpm):
-        return meta_issue("Format Input", duration, bpm) or True
+    def validate_inputs(cls, bpm):
+        return bpm_issue("Format Input", bpm) or True
 
     @classmethod
     def execute(cls, model, caption, lyrics, duration, bpm, keyscale, timesignature, language, lm_temperature,

@@ -49,6 +49,9 @@ class LoadDecision:
     device: str
     tier: Optional[str] = None
     reasons: list[str] = field(default_factory=list)
+    lm_choice: str = "auto"  # the Load node's lm widget
+    lm_off_reason: Optional[str] = None  # the memory decision's why, when no LM was loaded
+    installed_lms: tuple = ()  # LM sizes found in ComfyUI's model folders
 
     def summary(self) -> str:
         lines = [

@@ -4,7 +4,8 @@ Two layouts are supported side by side:
 - official folders (as downloaded from the ACE-Step repositories) under models/acestep/:
   acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/, acestep-5Hz-lm-1.7B/ ...
 - ComfyUI repacks: diffusion_models/acestep_v1.5_turbo.safetensors, vae/ace_1.5_vae.safetensors,
-  text_encoders/qwen_0.6b_ace15.safetensors, text_encoders/qwen_1.7b_ace15.safetensors ...
+  text_encoders/qwen_0.6b_ace15.safetensors, text_encoders/qwen_1.7b_ace15.safetensors ..., and the
+  all-in-one checkpoints/ace_step_1.5_turbo_aio.safetensors (DiT, VAE and text encoder in one file).
 
 Listing functions are called from define_schema, so every filesystem access is guarded: a
 missing or unreadable folder gives an empty list, never an exception.
@@ -23,6 +24,10 @@ from . import host
 log = logging.getLogger(__name__)
 
 FOLDER_KEY = "acestep"
+CHECKPOINTS_KEY = "checkpoints"  # ComfyUI's CheckpointLoaderSimple folder, where the all-in-one file lives
+# Combo kind -> ComfyUI folder key of its single files.
+FILE_KEYS = {"dit": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}
+COMFY_FILES = {"vae": checkpoints.COMFY_VAE_FILE, "text_encoder": checkpoints.COMFY_TEXT_ENCODER_FILE}
 LM_SIZES = checkpoints.LM_SIZES
 AUTO = "auto"
 NONE = "none"
@@ -104,8 +109,21 @@ def official_folders(kind: str) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- combo choices
 
+def all_in_one_files() -> list[str]:
+    """ACE-Step 1.5 all-in-one checkpoints in models/checkpoints/. That folder holds other models'
+    checkpoints too (ACE-Step 1.0's among them), so each ACE-looking name is checked by its header."""
+    found = []
+    for name in _safetensor_files(CHECKPOINTS_KEY):
+        if "ace" in name.lower():
+            path = _full_path(CHECKPOINTS_KEY, name)
+            if path and checkpoints.all_in_one_parts(path):
+                found.append(name)
+    return found
+
+
 def dit_choices() -> list[str]:
-    return list(official_folders("dit")) + _ace_first(_safetensor_files("diffusion_models"))
+    files = _ace_first(_safetensor_files("diffusion_models"))
+    return list(official_folders("dit")) + files + [n for n in all_in_one_files() if n not in files]
 
 
 def preferred_dit(choices: list[str]) -> Optional[str]:
@@ -156,8 +174,10 @@ def resolve(kind: str, choice: str) -> Optional[str]:
     folders = official_folders(kind)
     if choice in folders:
         return str(folders[choice])
-    key = {"dit": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders"}[kind]
-    return _full_path(key, choice)
+    path = _full_path(FILE_KEYS[kind], choice)
+    if path is None and kind == "dit":
+        path = _full_path(CHECKPOINTS_KEY, choice)
+    return path
 
 
 def checkpoint_root_of(dit_path: str) -> Optional[str]:
@@ -167,13 +187,39 @@ def checkpoint_root_of(dit_path: str) -> Optional[str]:
 
 
 def sibling_official(kind: str, root: Optional[str]) -> Optional[str]:
-    """An official component folder of `kind` in the same root as the DiT (for `auto`)."""
+    """An official component folder of `kind` in the same root as the DiT, else any installed one."""
     if root:
         for sub in _subdirs(root):
             if _kind_of_folder(sub) == kind:
                 return str(sub)
     folders = official_folders(kind)
     return str(next(iter(folders.values()))) if folders else None
+
+
+def comfy_file(kind: str) -> Optional[str]:
+    """ComfyUI's own file of `kind` (ace_1.5_vae / qwen_0.6b_ace15) in its model folder, in any subfolder."""
+    wanted = COMFY_FILES[kind]
+    for name in _safetensor_files(FILE_KEYS[kind]):
+        if os.path.basename(name).lower() == wanted:
+            return _full_path(FILE_KEYS[kind], name)
+    return None
+
+
+def auto_component(kind: str, dit_path: str) -> Optional[str]:
+    """What `auto` loads as the VAE or text encoder of `dit_path`: the official folder beside an
+    official DiT folder, else any official folder, else ComfyUI's own file; None when there is none.
+    (An all-in-one DiT's own components come first; the loader checks that before calling this.)"""
+    return sibling_official(kind, checkpoint_root_of(dit_path)) or comfy_file(kind)
+
+
+def lm_install_hint(size: str) -> str:
+    """Where the LM of `size` goes: the official folder, or ComfyUI's file where one exists."""
+    folder = f"{checkpoints.LM_FOLDER_PREFIX}{size}/"
+    comfy = checkpoints.COMFY_LM_FILES.get(size)
+    if comfy:
+        return f"put {folder} in models/{FOLDER_KEY}/ or {comfy} in models/text_encoders/"
+    return (f"put the official folder {folder} in models/{FOLDER_KEY}/ (it exists only in that form; "
+            f"{checkpoints.COMFY_TEXT_ENCODER_FILE} is the text encoder, not this LM)")
 
 
 def sidecar_config(file_path: str) -> Optional[dict]:

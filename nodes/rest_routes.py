@@ -54,23 +54,18 @@ class _Staged:
 
 
 def default_components() -> tuple[str, str, str]:
-    """What Load ACE-Step would be set to by a user with these files: its default DiT (turbo first),
-    and for VAE and text encoder 'auto' when an official folder exists, else the first ComfyUI file."""
+    """What a fresh Load ACE-Step node is set to: its default DiT (turbo first) with the VAE and text
+    encoder on auto (loader_node resolves auto, for the graph and these routes alike)."""
     from ..acestep_core.errors import CheckpointError
-    from .model_files import AUTO, dit_choices, official_folders, preferred_dit, text_encoder_choices, vae_choices
+    from .model_files import AUTO, dit_choices, preferred_dit
 
     dits = dit_choices()
     if not dits:
         raise CheckpointError(
             "no ACE-Step model in ComfyUI's model folders: put acestep_v1.5_turbo.safetensors in "
-            "models/diffusion_models/ (plus the VAE and text encoder) or official folders in "
-            "models/acestep/, or run a Load ACE-Step node once")
-
-    def pick(kind: str, choices: list[str]) -> str:
-        files = [c for c in choices if c != AUTO]
-        return AUTO if official_folders(kind) or not files else files[0]
-
-    return preferred_dit(dits), pick("vae", vae_choices()), pick("text_encoder", text_encoder_choices())
+            "models/diffusion_models/ (plus the VAE and text encoder), ace_step_1.5_turbo_aio.safetensors in "
+            "models/checkpoints/, or official folders in models/acestep/")
+    return preferred_dit(dits), AUTO, AUTO
 
 
 class ComfyModelProvider:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from ..acestep_core.errors import InputError
@@ -28,6 +29,20 @@ FORMATS = {
     "aac 192k": ("aac", "192k", "aac"),
 }
 TITLE_MAX_CHARS = 120
+BATCH_TOKEN = "%batch_num%"
+
+
+def next_free_counter(folder: str, name: str, counter: int) -> int:
+    """`counter`, or one past the highest `{name}_NNNNN.*` already in `folder`. ComfyUI looks the
+    counter up by the prefix as typed, so a prefix with %batch_num% never matches the files it wrote
+    and would start at 1 again each run (overwriting); the name with the token replaced does match."""
+    pattern = re.compile(re.escape(os.path.normcase(name)) + r"_(\d+)\.[^.]+$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return counter
+    used = [int(m.group(1)) for m in (pattern.match(os.path.normcase(n)) for n in names) if m]
+    return max([counter, *(u + 1 for u in used)])
 
 
 def safe_output_path(output_dir: str, subfolder: str, file_name: str) -> str:
@@ -91,7 +106,8 @@ class SaveAudio(io.ComfyNode):
                         "file on ComfyUI to restore the graph) and song tags (title, bpm, key, seed, model, plan).",
             inputs=[io.Audio.Input("audio"),
                     io.String.Input("filename_prefix", default="audio/ACE-Step",
-                                    tooltip="Relative to the output folder; '/' makes subfolders. %date tokens work."),
+                                    tooltip="Relative to the output folder; '/' makes subfolders. %date tokens work; "
+                                            "%batch_num% is the song's index in the batch."),
                     io.Combo.Input("format", options=list(FORMATS), default="mp3 320k",
                                    tooltip="File format: mp3 (V0 = variable bitrate), lossless flac or wav, or "
                                            "opus or aac. mp3, flac and opus files carry the workflow and tags.")],
@@ -126,10 +142,19 @@ class SaveAudio(io.ComfyNode):
             waveform = waveform.unsqueeze(0)
         info = audio.get("acestep") or {}
         results = []
-        for i in range(waveform.shape[0]):
+        items = range(waveform.shape[0])
+        if BATCH_TOKEN in name:  # one counter for the whole batch, past every item's earlier files
+            counter = max([counter, *(next_free_counter(folder, name.replace(BATCH_TOKEN, str(i)), counter)
+                                      for i in items)])
+        for i in items:
             clip = waveform[i].detach().to("cpu", audio_wire.torch.float32)
-            file_name = f"{name.replace('%batch_num%', str(i))}_{counter:05}.{ext}"
+            item_name = name.replace(BATCH_TOKEN, str(i))
+            file_name = f"{item_name}_{counter:05}.{ext}"
             path = safe_output_path(output_dir, subfolder, file_name)
+            while os.path.exists(path):  # never overwrite, whatever else wrote into the folder
+                counter += 1
+                file_name = f"{item_name}_{counter:05}.{ext}"
+                path = safe_output_path(output_dir, subfolder, file_name)
             metadata = {**graph_meta, **song_tags(info, container, i)}
             save_audio(path, clip, sample_rate=int(audio["sample_rate"]), format=container, quality=quality,
                        metadata=metadata)

@@ -35,6 +35,7 @@ class ExtractTrack(io.ComfyNode):
             inputs=[MODEL.Input("model"), io.Audio.Input("audio"), _track_input("vocals"),
                     caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS), adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
@@ -43,7 +44,7 @@ class ExtractTrack(io.ComfyNode):
         clip, _ = _source(audio)
         request = _request(caption=caption, lyrics=lyrics, task_type="extract", track_name=str(track), src_audio=clip,
                            **_dit_fields(seed, steps, shift, guidance, adg))
-        return generate_audio(model, request)
+        return generate_audio(cls, model, request)
 
 
 class AddTrack(io.ComfyNode):
@@ -61,16 +62,14 @@ class AddTrack(io.ComfyNode):
                                    tooltip="Window end (s); 0 = the end of the song."),
                     caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS), adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
     @classmethod
-    def validate_inputs(cls, start, end):
-        return _window_issue(start, end) or True
-
-    @classmethod
     def execute(cls, model, audio, track, start, end, caption, lyrics, seed, steps, shift,
                 guidance, adg=False) -> io.NodeOutput:
+        # Checked here, not in validate_inputs (see Repaint).
         raise_issue(_window_issue(start, end))
         clip, src_seconds = _source(audio)
         if float(start) >= src_seconds:
@@ -79,11 +78,11 @@ class AddTrack(io.ComfyNode):
                            repainting_start=float(start),
                            repainting_end=min(float(end), src_seconds) if float(end) > 0 else None,
                            **_dit_fields(seed, steps, shift, guidance, adg))
-        return generate_audio(model, request)
+        return generate_audio(cls, model, request)
 
 
 def _window_issue(start, end):
-    """Add Track's window (see widgets.py on why validate_inputs checks the ranges itself)."""
+    """Add Track's window: the ranges (for linked values) and end after start."""
     issue = window_range_issue("Add Track", start, end)
     if issue or start is None or end is None:
         return issue
@@ -107,6 +106,7 @@ class CompleteTrack(io.ComfyNode):
                                             + ". Empty = let the model choose."),
                     caption_input(), lyrics_input(), *dit_inputs(BASE_STEPS), adg_input()],
             outputs=[io.Audio.Output("audio", display_name="audio")],
+            hidden=[io.Hidden.unique_id],
             not_idempotent=True,
         )
 
@@ -125,4 +125,4 @@ class CompleteTrack(io.ComfyNode):
         clip, _ = _source(audio)
         request = _request(caption=caption, lyrics=lyrics, task_type="complete", track_classes=_parse_tracks(tracks),
                            src_audio=clip, **_dit_fields(seed, steps, shift, guidance, adg))
-        return generate_audio(model, request)
+        return generate_audio(cls, model, request)

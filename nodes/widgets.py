@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..acestep_core import schema
+from ..acestep_core.schedules import BASE_MAX_STEPS, BASE_MIN_STEPS, TURBO_STEPS
 from .host import io
 
 AUTO = "auto"
@@ -45,11 +46,11 @@ def lyrics_input(default: str = ""):
                            tooltip="Lyrics with [Verse] / [Chorus] tags; '[Instrumental]' for no vocals.")
 
 
-def meta_inputs(auto_tip: str) -> list:
+def meta_inputs(auto_tip: str, duration_tip: Optional[str] = None) -> list:
     """duration, bpm, keyscale, timesignature, language - each with an auto setting."""
     return [
         io.Float.Input("duration", default=0.0, **schema_range("audio_duration", min=0.0), step=1.0,
-                       tooltip=f"Seconds. 0 = auto ({auto_tip})."),
+                       tooltip=f"Seconds. 0 = auto ({duration_tip or auto_tip})."),
         io.Int.Input("bpm", default=0, **schema_range("bpm", min=0), tooltip=f"Beats per minute. 0 = auto ({auto_tip})."),
         io.Combo.Input("keyscale", options=[AUTO, *KEYSCALES], default=AUTO, tooltip=f"Key. auto = {auto_tip}."),
         io.Combo.Input("timesignature", options=[AUTO, *TIME_SIGNATURES], default=AUTO,
@@ -81,13 +82,18 @@ def adg_input():
                                     "turbo models.")
 
 
-def dit_inputs(steps: int = 8) -> list:
+def dit_inputs(steps: int = TURBO_STEPS) -> list:
+    if steps == TURBO_STEPS:
+        steps_tip = (f"Diffusion steps. Turbo models always run their fixed {TURBO_STEPS}-step schedule and ignore "
+                     f"this. Base / SFT models use it: set {BASE_MIN_STEPS}-{BASE_MAX_STEPS} for them, the default "
+                     f"{TURBO_STEPS} is turbo's count and too few (the node then says so).")
+    else:
+        steps_tip = (f"Diffusion steps ({BASE_MIN_STEPS}-{BASE_MAX_STEPS} for the base model this node needs). "
+                     f"Turbo models run their fixed {TURBO_STEPS}-step schedule and ignore this.")
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the initial noise (batch item i uses seed + i)."),
-        io.Int.Input("steps", default=steps, **schema_range("inference_steps"),
-                     tooltip="Diffusion steps of base / SFT models (30-50). Turbo models always run "
-                             "their fixed 8-step schedule and ignore this."),
+        io.Int.Input("steps", default=steps, **schema_range("inference_steps"), tooltip=steps_tip),
         io.Float.Input("shift", default=schema.spec("shift").default, **schema_range("shift"), step=0.1,
                        tooltip="Timestep shift. Base / SFT: 1-3. Turbo: 3 (turbo rounds it to 1, 2 or 3)."),
         io.Float.Input("guidance", default=schema.spec("guidance_scale").default, **schema_range("guidance_scale"), step=0.1,
@@ -96,14 +102,33 @@ def dit_inputs(steps: int = 8) -> list:
 
 
 # ------------------------------------------------------------------ validation
-# ComfyUI skips its own min / max / list checks for every input a node's validate_inputs names (all of
-# them with **kwargs), and passes None for an input fed by a link. So validate_inputs names only the
-# inputs it needs, checks their ranges itself, leaves linked ones (None) to execute, and execute runs
-# the same check on the values it receives.
+# How ComfyUI treats a node's validate_inputs (execution.validate_inputs):
+# - it skips its own min / max / list checks for every input validate_inputs names (for all of them
+#   with **kwargs), so a named input's range is the node's to check;
+# - it files whatever validate_inputs returns under *every* input it names, so a message about one
+#   input shows up under all of them;
+# - it passes None for an input fed by a link, and the raw value of one that failed its own type
+#   conversion (it has already reported that one as invalid_input_type);
+# - an exception raised there replaces the whole node's report.
+# So each validate_inputs names one input, whose rule ComfyUI cannot express (bpm: 0 or 30-300), and
+# plain ranges stay ComfyUI's (each message lands on its input). Rules across two inputs (a window's
+# end after its start) and values that came over a link are checked when the node runs.
+
+def as_number(value) -> Optional[float]:
+    """`value` as a number; None when it is None or not a number (ComfyUI reports the wrong type itself)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN: not a number either
+
 
 def range_issue(node: str, name: str, value, low: float, high: float) -> Optional[str]:
-    if value is not None and not low <= float(value) <= high:
-        return f"{node}: {name} must be from {low:g} to {high:g}, got {value:g}"
+    number = as_number(value)
+    if number is not None and not low <= number <= high:
+        return f"{node}: {name} must be from {low:g} to {high:g}, got {number:g}"
     return None
 
 
@@ -112,15 +137,27 @@ def window_range_issue(node: str, start, end) -> Optional[str]:
     return range_issue(node, "start", start, 0.0, MAX_DURATION) or range_issue(node, "end", end, 0.0, MAX_DURATION)
 
 
-def meta_issue(node: str, duration, bpm) -> Optional[str]:
-    """The duration and bpm widgets: 0 = auto, otherwise what the engine accepts."""
-    if duration is not None and float(duration) != 0 and not schema.MIN_DURATION <= float(duration) <= MAX_DURATION:
+def duration_issue(node: str, duration) -> Optional[str]:
+    """The duration widget: 0 = auto, otherwise what the engine accepts."""
+    number = as_number(duration)
+    if number is not None and number != 0 and not schema.MIN_DURATION <= number <= MAX_DURATION:
         return (f"{node}: duration must be 0 (auto) or from {schema.MIN_DURATION:g} to {MAX_DURATION:g} seconds, "
-                f"got {float(duration):g}")
-    bpm_range = schema.spec("bpm")
-    if bpm is not None and int(bpm) != 0 and not bpm_range.low <= int(bpm) <= bpm_range.high:
-        return f"{node}: bpm must be 0 (auto) or from {bpm_range.low} to {bpm_range.high}, got {int(bpm)}"
+                f"got {number:g}")
     return None
+
+
+def bpm_issue(node: str, bpm) -> Optional[str]:
+    """The bpm widget: 0 = auto, otherwise the LM's tempo range."""
+    number = as_number(bpm)
+    bpm_range = schema.spec("bpm")
+    if number is not None and number != 0 and not bpm_range.low <= number <= bpm_range.high:
+        return f"{node}: bpm must be 0 (auto) or from {bpm_range.low} to {bpm_range.high}, got {number:g}"
+    return None
+
+
+def meta_issue(node: str, duration, bpm) -> Optional[str]:
+    """duration and bpm together, for execute (validate_inputs checks bpm; ComfyUI the duration range)."""
+    return duration_issue(node, duration) or bpm_issue(node, bpm)
 
 
 def raise_issue(issue: Optional[str]) -> None:

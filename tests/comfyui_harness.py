@@ -38,7 +38,8 @@ def running_comfyui(root: Path, tiny_dir: Path, comfy_tiny_dir: Path, port: int)
     (root / "custom" / "acestep15_studio").symlink_to(REPO_ROOT)
     (root / "paths.yaml").write_text(
         f"ace15s:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  vae: vae\n"
-        f"  text_encoders: text_encoders\n  acestep: acestep\n  loras: loras\n  custom_nodes: {root / 'custom'}\n")
+        f"  text_encoders: text_encoders\n  checkpoints: checkpoints\n  acestep: acestep\n  loras: loras\n"
+        f"  custom_nodes: {root / 'custom'}\n")
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

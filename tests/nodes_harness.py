@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_DIR = Path(__file__).resolve().parent / "fake_comfyui"
-FAKE_MODULES = ("comfy_api", "comfy", "folder_paths")
+FAKE_MODULES = ("comfy_api", "comfy", "folder_paths", "server")
 PACK_MODULE_NAME = "custom_nodes_x_acestep15_studio"  # mangled, like ComfyUI's loader
 
 CORE_NODE_IDS = {"SaveAudio", "SaveAudioMP3", "SaveAudioOpus", "SaveAudioAdvanced", "PreviewAudio", "LoadAudio",
@@ -253,6 +253,7 @@ def _validate_node(nid, node, prompt, node_map) -> list:
         except (TypeError, ValueError):
             errors.append(_err("invalid_input_type", f"Failed to convert an input value to a {inp.io_type} value",
                                f"{inp.id}, {value}", inp.id))
+            checked[inp.id] = value  # validate_inputs still gets the raw value
             continue
         checked[inp.id] = value
         if inp.id in custom_names or custom_takes_all:
@@ -266,12 +267,18 @@ def _validate_node(nid, node, prompt, node_map) -> list:
                                inp.id, inp.id))
         if inp.io_type == "COMBO" and opts.get("options") is not None and value not in opts["options"]:
             errors.append(_err("value_not_in_list", "Value not in list", f"{inp.id}: '{value}' not in list", inp.id))
-    if custom and not errors:
+    if custom:
+        # As ComfyUI: called whatever the other checks found, and its answer is filed under every input it
+        # was given; an exception replaces the node's whole report.
         args = {k: v for k, v in checked.items() if k in custom_names or custom_takes_all}
-        result = custom(**args)
+        try:
+            result = custom(**args)
+        except Exception as exc:
+            return [_err("exception_during_validation", "Exception when validating node", str(exc))]
         if result is not True:
-            errors.append(_err("custom_validation_failed", "Custom validation failed for node",
-                               f"{node['class_type']}: {result}"))
+            for name in args:
+                errors.append(_err("custom_validation_failed", "Custom validation failed for node",
+                                   f"{name}" + (f" - {result}" if result is not False else ""), name))
     return errors
 
 

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 
+AIO_NAME = "ace_step_1.5_turbo_aio.safetensors"
+
+
 def build_models_dir(root: Path, tiny: Path, comfy_tiny: Path, official: bool = True) -> Path:
     """ComfyUI repack files under their real names; optionally official folders in models/acestep/.
 
@@ -26,6 +29,15 @@ def build_models_dir(root: Path, tiny: Path, comfy_tiny: Path, official: bool = 
         (models / "diffusion_models" / f"acestep_v1.5_{variant}.acestep.json").write_text(
             (tiny / f"acestep-v15-{variant}-tiny" / "config.json").read_text())
     (models / "vae" / "ace_1.5_vae.acestep.json").write_text((tiny / "vae-tiny" / "config.json").read_text())
+    # The all-in-one checkpoint where ComfyUI keeps it; its one sidecar serves the DiT and the VAE loader.
+    (models / "checkpoints").mkdir(exist_ok=True)
+    aio = models / "checkpoints" / AIO_NAME
+    if not aio.exists():
+        os.symlink(comfy_tiny / "checkpoints" / AIO_NAME, aio)
+    vae_config = json.loads((tiny / "vae-tiny" / "config.json").read_text())
+    dit_config = json.loads((tiny / "acestep-v15-turbo-tiny" / "config.json").read_text())
+    (models / "checkpoints" / AIO_NAME.replace(".safetensors", ".acestep.json")).write_text(
+        json.dumps({**dit_config, **{k: vae_config[k] for k in ("channel_multiples", "decoder_channels")}}))
     # The shipped LoRA workflow's adapters: an official PEFT folder and a ComfyUI single file.
     (models / "loras").mkdir(exist_ok=True)
     for name, src in (("ace15s_example_lora", "lora_a"), ("ace15s_example_lora_b.safetensors", "lora_b.comfyui.safetensors")):

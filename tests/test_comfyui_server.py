@@ -23,6 +23,7 @@ from nodes_models import SHORTENED_SECONDS, shorten_for_tiny, write_source_audio
 PORT = int(os.environ.get("ACE15S_TEST_PORT", "18231"))
 BASE = f"http://127.0.0.1:{PORT}"
 RUN_LIMIT_S = 600
+BINARY_TEXT = 3  # protocol.BinaryEventTypes.TEXT
 
 pytestmark = [
     pytest.mark.comfyui, pytest.mark.slow,
@@ -59,6 +60,7 @@ class Client:
         import aiohttp
 
         self.client_id = uuid.uuid4().hex
+        self.node_texts = []  # (node id, text): ComfyUI's progress text, shown under a node in the editor
         self._loop = asyncio.new_event_loop()
         async def connect():
             session = aiohttp.ClientSession()
@@ -75,7 +77,11 @@ class Client:
             return msg.data
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
             raise ConnectionError(f"websocket closed: {msg!r}")
-        return None  # binary preview frames
+        data = bytes(msg.data)
+        if int.from_bytes(data[:4], "big") == BINARY_TEXT:  # [event][node id length][node id][text]
+            size = int.from_bytes(data[4:8], "big")
+            self.node_texts.append((data[8:8 + size].decode(), data[8 + size:].decode()))
+        return None  # binary frames (previews, node text)
 
     def submit(self, prompt, extra=None):
         body = {"prompt": prompt, "client_id": self.client_id}
@@ -127,7 +133,8 @@ def test_pack_nodes_registered(server):
     assert len(ours) == 14, (server["log"].read_text()[-3000:])
     assert all(v["python_module"].startswith("custom_nodes.") for v in ours.values())
     dit = ours["ACE15S_LoadModel"]["input"]["required"]["dit"]
-    files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
+    files = ["acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors",
+             "ace_step_1.5_turbo_aio.safetensors"]  # the all-in-one file, from models/checkpoints/
     assert (dit[1].get("options") or dit[0]) == files
     assert dit[1]["default"] == "acestep_v1.5_turbo.safetensors"  # the official default model
     assert info["SaveAudio"]["python_module"] == "comfy_extras.nodes_audio"  # core untouched
@@ -223,41 +230,161 @@ def test_cancel_mid_run_then_keeps_serving(server):
 
 def test_bad_prompt_is_400_with_our_message(server):
     prompt = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
-    prompt["3"]["inputs"]["end"] = prompt["3"]["inputs"]["start"]
+    prompt["4"]["inputs"]["filename_prefix"] = "../../etc/x"
     status, raw = _http("POST", "/prompt", {"prompt": prompt})
     assert status == 400
     body = json.loads(raw)
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
-    errors = body["node_errors"]["3"]["errors"]
-    assert errors[0]["type"] == "custom_validation_failed" and "must be at least" in errors[0]["details"]
-    prompt = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
-    prompt["4"]["inputs"]["filename_prefix"] = "../../etc/x"
-    status, raw = _http("POST", "/prompt", {"prompt": prompt})
-    assert status == 400
-    errors = json.loads(raw)["node_errors"]["4"]["errors"]
+    errors = body["node_errors"]["4"]["errors"]
     assert errors[0]["type"] == "custom_validation_failed"
     assert "must be a relative name inside the output folder" in errors[0]["details"]
 
 
+def _node_errors(prompt, nid):
+    status, raw = _http("POST", "/prompt", {"prompt": prompt})
+    assert status == 400, raw
+    return [(e["extra_info"].get("input_name"), e["type"], e["details"])
+            for e in json.loads(raw)["node_errors"][nid]["errors"]]
+
+
+def test_each_validation_message_lands_on_its_own_input(server):
+    """ComfyUI files a validate_inputs answer under every input that function names: a wrong value is
+    reported once, under the input that is wrong; a value of the wrong type gets ComfyUI's own
+    invalid_input_type (the node's validation does not crash on it)."""
+    t2m = json.loads((REPO_ROOT / "workflows" / "api" / "text2music_thinking.api.json").read_text())
+    repaint = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
+    for base, nid, name, value, kind in (
+            (t2m, "3", "duration", 5000, "value_bigger_than_max"), (t2m, "3", "bpm", 10, "custom_validation_failed"),
+            (t2m, "2", "bpm", 10, "custom_validation_failed"), (t2m, "3", "duration", "abc", "invalid_input_type"),
+            (t2m, "3", "bpm", "abc", "invalid_input_type"), (repaint, "3", "start", "x", "invalid_input_type"),
+            (repaint, "3", "start", -2.0, "value_smaller_than_min")):
+        prompt = json.loads(json.dumps(base))
+        prompt[nid]["inputs"][name] = value
+        errors = _node_errors(prompt, nid)
+        assert [(n, k) for n, k, _ in errors] == [(name, kind)], (name, value, errors)
+        if name == "bpm" and kind == "custom_validation_failed":
+            assert "bpm must be 0 (auto) or from 30 to 300, got 10" in errors[0][2]
+
+
 def test_validation_follows_comfyuis_rules_for_named_and_linked_inputs(server):
-    """ComfyUI's own range checks stay on for the inputs a node's validate_inputs does not name, the named
-    ones are checked by the node, and a widget fed by a link (PrimitiveFloat) validates and runs."""
+    """ComfyUI's own range checks stay on for the inputs a node's validate_inputs does not name, and a
+    widget fed by a link (PrimitiveFloat) validates and runs."""
     base = json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
-    for name, value, kind in (("steps", 0, "value_smaller_than_min"), ("start", -2.0, "custom_validation_failed")):
+    for name, value, kind in (("steps", 0, "value_smaller_than_min"), ("end", 700.0, "value_bigger_than_max")):
         prompt = json.loads(json.dumps(base))
         prompt["3"]["inputs"][name] = value
-        status, raw = _http("POST", "/prompt", {"prompt": prompt})
-        assert status == 400
-        errors = json.loads(raw)["node_errors"]["3"]["errors"]
-        assert [e["type"] for e in errors] == [kind] * len(errors), errors
+        assert [(n, k) for n, k, _ in _node_errors(prompt, "3")] == [(name, kind)]
     linked = shorten_for_tiny(json.loads(json.dumps(base)))
     linked["90"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 1.5}}
     linked["3"]["inputs"]["start"] = ["90", 0]
-    client = Client()
+    events = _run(linked)
+    assert any(e["type"] == "execution_success" for e in events), [e["type"] for e in events][-5:]
+
+
+def _run(prompt, client=None):
+    own = client is None
+    client = client or Client()
     try:
-        status, raw = client.submit(linked)
+        status, raw = client.submit(prompt)
         assert status == 200, raw
-        events = client.wait(json.loads(raw)["prompt_id"])
+        return client.wait(json.loads(raw)["prompt_id"])
+    finally:
+        if own:
+            client.close()
+
+
+def _error(events):
+    errors = [e["data"] for e in events if e["type"] == "execution_error"]
+    assert errors, [e["type"] for e in events][-5:]
+    return errors[0]
+
+
+def test_a_window_out_of_order_fails_at_run_with_a_clean_error_type(server):
+    prompt = shorten_for_tiny(json.loads((REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
+    prompt["3"]["inputs"]["end"] = prompt["3"]["inputs"]["start"]
+    error = _error(_run(prompt))
+    assert error["node_type"] == "ACE15S_Repaint"
+    assert "Repaint: end (1s) must be at least 0.5s after start (1s)" in error["exception_message"]
+    assert error["exception_type"] == "acestep_core.errors.InputError"
+
+
+def _loader(**inputs):
+    return {"class_type": "ACE15S_LoadModel",
+            "inputs": {"dit": "acestep_v1.5_turbo.safetensors", "vae": "auto", "text_encoder": "auto", "lm": "auto",
+                       "offload": "auto", "dtype": "auto", **inputs}}
+
+
+def _text2music(**inputs):
+    return {"class_type": "ACE15S_Text2Music", "inputs": {
+        "model": ["1", 0], "caption": "lo-fi", "lyrics": "", "duration": 6.0, "bpm": 0, "keyscale": "auto",
+        "timesignature": "auto", "language": "auto", "seed": 1, "steps": 8, "shift": 3.0, "guidance": 7.0,
+        "batch_size": 1, "adg": False, **inputs}}
+
+
+def _saver(prefix, source="2"):
+    return {"class_type": "ACE15S_SaveAudio", "inputs": {"audio": [source, 0], "filename_prefix": prefix,
+                                                         "format": "flac"}}
+
+
+def _outputs(events):
+    types = [e["type"] for e in events]
+    assert "execution_success" in types, json.dumps([e for e in events if e["type"] == "execution_error"])[:3000]
+    prompt_id = events[-1]["data"]["prompt_id"]
+    _, raw = _http("GET", f"/history/{prompt_id}")
+    return json.loads(raw)[prompt_id]["outputs"]
+
+
+def test_fresh_loader_defaults_run_on_comfyuis_own_files(server):
+    """Only ComfyUI's files are installed (no models/acestep/ folders): a Load node as it comes, VAE and
+    text encoder on auto, takes ace_1.5_vae and qwen_0.6b_ace15. Saves with %batch_num% in the prefix
+    never overwrite: two Save nodes of one graph (two songs), and the graph run twice; what the run
+    changed shows on Text2Music. (Two Save nodes with the very same inputs are one node to ComfyUI's
+    cache, hence two songs.)"""
+    info = json.loads(_http("GET", "/object_info/ACE15S_LoadModel")[1])["ACE15S_LoadModel"]["input"]["required"]
+    defaults = {name: spec[1]["default"] for name, spec in info.items()}
+    assert defaults["vae"] == defaults["text_encoder"] == "auto"
+    client = Client()
+    names = []
+    try:
+        for seed in (1, 2):
+            prompt = {"1": {"class_type": "ACE15S_LoadModel", "inputs": defaults},
+                      "2": _text2music(seed=seed, duration=4.0), "5": _text2music(seed=seed + 10),
+                      "3": _saver("bn/x_%batch_num%"), "4": _saver("bn/x_%batch_num%", source="5")}
+            outputs = _outputs(_run(prompt, client))
+            names += [f["filename"] for nid in ("3", "4") for f in outputs[nid]["audio"]]
+            if seed == 1:  # the second run takes the loaded model from ComfyUI's cache
+                loaded = outputs["1"]["text"][0]
+                assert "VAE: ace_1.5_vae.safetensors" in loaded and "Text encoder: qwen_0.6b_ace15.safetensors" in loaded
+            (report,) = outputs["2"]["text"]
+            assert report.startswith(f"1 song of 5.12 s, seed {seed}")
+            assert "4 s asked for; the DiT's shortest output is 5.12 s" in report
     finally:
         client.close()
-    assert any(e["type"] == "execution_success" for e in events), [e["type"] for e in events][-5:]
+    assert len(set(names)) == 4 and all(n.startswith("x_0_") for n in names), names
+    assert sorted(p.name for p in (server["root"] / "out" / "bn").iterdir()) == sorted(names)
+    assert (("2", report) in client.node_texts)  # shown under the node in the editor
+
+
+def test_all_in_one_checkpoint_takes_its_own_vae_and_text_encoder(server):
+    aio = "ace_step_1.5_turbo_aio.safetensors"
+    outputs = _outputs(_run({"1": _loader(dit=aio, lm="none"), "2": _text2music(), "3": _saver("aio/song")}))
+    loaded = outputs["1"]["text"][0]
+    assert f"VAE: {aio} (its own)" in loaded and f"Text encoder: {aio} (its own)" in loaded
+    assert [f["filename"] for f in outputs["3"]["audio"]] == ["song_00001.flac"]
+
+
+def test_lm_errors_say_what_auto_did_and_where_an_lm_comes_from(server):
+    """lm auto on a CPU leaves the LM off: an LM node says so and asks for a size, not for auto; an
+    LM size that is not installed names the folder or file it comes from (0.6B: only the folder)."""
+    think = json.loads((REPO_ROOT / "workflows" / "api" / "text2music_thinking.api.json").read_text())
+    think = shorten_for_tiny(think)
+    think["1"] = _loader(lm="auto")
+    error = _error(_run(think))
+    assert error["node_type"] == "ACE15S_LMThinking" and error["exception_type"] == "acestep_core.errors.InputError"
+    assert "'lm' auto chose no LM on this machine (it is off by default on the CPU" in error["exception_message"]
+    assert "Set 'lm' to an installed size explicitly (1.7B)" in error["exception_message"]
+    think["1"] = _loader(lm="0.6B")
+    error = _error(_run(think))
+    assert error["node_type"] == "ACE15S_LoadModel" and error["exception_type"] == "acestep_core.errors.CheckpointError"
+    assert "put the official folder acestep-5Hz-lm-0.6B/ in models/acestep/" in error["exception_message"]
+    assert "qwen_0.6b_ace15.safetensors is the text encoder, not this LM" in error["exception_message"]

@@ -158,6 +158,19 @@ def test_lm_missing_on_disk_uses_what_is_there_or_turns_off():
     assert decide(gpu(48), env={}, available_lms=["4B", "1.7B"]).lm_model == "4B"
 
 
+def test_the_decision_says_why_the_lm_is_off():
+    """A front end whose user needs the LM can say why the policy left it off (and nothing when it runs)."""
+    assert decide(cpu(32), env={}).lm_off_reason == "it is off by default on the CPU, where it is slow"
+    assert decide(gpu(4), env={}).lm_off_reason == "tier1 (≤4 GB) has no room for one"
+    assert decide(gpu(16), env={}, requested_lm="none").lm_off_reason == "it was set to none"
+    assert decide(gpu(16), env={"ACESTEP_INIT_LLM": "0"}).lm_off_reason == "ACESTEP_INIT_LLM turns it off"
+    missing = decide(gpu(8), env={}, available_lms=["acestep-5Hz-lm-4B"]).lm_off_reason
+    assert missing == "no 5 Hz LM checkpoint is installed (expected acestep-5Hz-lm-0.6B)"
+    on = decide(gpu(16), env={})
+    assert on.init_lm and on.lm_off_reason is None
+    assert decide(cpu(32), env={"ACESTEP_INIT_LLM": "1"}).lm_off_reason is None
+
+
 def test_vae_chunk_follows_free_memory():
     assert decide(gpu(24, free_gb=10), env={}).vae_chunk_frames == 128
     assert [vae_chunk_frames_for("cuda", int(g * GIB)) for g in (30, 20, 13, 6)] == [512, 384, 256, 128]

@@ -73,7 +73,8 @@ def test_loader_lists_official_folders_and_comfy_files(pack, host_dirs, tiny_dir
     _, node_map = h.load_pack()  # re-registers models/acestep under the new models dir
     assert folder_paths.get_folder_paths("acestep")[0] == str(host_dirs["models"] / "acestep")
     options = {i.id: i.options["options"] for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
-    assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors"]
+    assert options["dit"] == ["acestep-v15-turbo", "acestep_v1.5_base.safetensors", "acestep_v1.5_turbo.safetensors",
+                              "ace_step_1.5_turbo_aio.safetensors"]  # the last from models/checkpoints/
     defaults = {i.id: i.default for i in node_map["ACE15S_LoadModel"].define_schema().inputs}
     assert defaults["dit"] == "acestep-v15-turbo"
     files = import_module(h.PACK_MODULE_NAME + ".nodes.model_files")
@@ -141,6 +142,19 @@ def test_save_mp3_tags_graph_and_counter(pack, host_dirs):
     again = _save(node_map, _song(batch=1))
     assert again.ui["audio"][0]["filename"] == "test_00003.mp3"
     assert again.args[0]["waveform"].shape == (1, 2, 48000)
+
+
+def test_save_with_batch_num_never_overwrites(pack, host_dirs):
+    """%batch_num% in the prefix: ComfyUI's counter lookup never matches the files it wrote, so each run
+    and each Save node of one graph must find the next free number itself."""
+    _, node_map = pack
+    first = [f["filename"] for f in _save(node_map, _song(), prefix="bn/x_%batch_num%", fmt="flac").ui["audio"]]
+    again = [f["filename"] for f in _save(node_map, _song(), prefix="bn/x_%batch_num%", fmt="flac").ui["audio"]]
+    other = [f["filename"] for f in _save(node_map, _song(batch=1), prefix="bn/x_%batch_num%", fmt="wav 16-bit").ui["audio"]]
+    assert first == ["x_0_00001.flac", "x_1_00002.flac"]
+    assert again == ["x_0_00003.flac", "x_1_00004.flac"]
+    assert other == ["x_0_00004.wav"]  # past this name's files, whatever their format
+    assert len(list((host_dirs["output"] / "bn").iterdir())) == 5
 
 
 def test_save_tags_what_the_song_was_made_with(pack, host_dirs):

@@ -16,7 +16,7 @@ from acestep_core.errors import InputError
 from acestep_core.loading import LoadChoices, ModelPaths, plan_load
 from acestep_core.memory.dtypes import auto_dtypes
 from acestep_core.memory.policy import simulated_memory
-from acestep_core.schedules import turbo_note
+from acestep_core.schedules import few_steps_note, turbo_note
 
 SR = 48000
 
@@ -164,3 +164,9 @@ def test_only_the_tiny_lm_has_a_free_text_cap(tiny_dir):
     assert max(lengths) == TINY_LM_TOKEN_CAP, lengths  # the cap is what stops it
     explicit = load_planner(ModelPaths(lm=str(tiny_dir / "acestep-5Hz-lm-tiny")), LoadChoices(device="cpu", lm=str(tiny_dir / "acestep-5Hz-lm-tiny")))
     assert explicit.free_text_token_cap is None  # real checkpoints keep the official budget
+
+
+def test_few_steps_on_a_base_model_is_noted():
+    """Turbo's 8 steps (the ComfyUI widget's default) on a base / SFT DiT: the node tells the user."""
+    assert "inference_steps 8 is few for a base / sft DiT, which is made for 30-50 steps" in few_steps_note(8)
+    assert few_steps_note(30) is None and few_steps_note(50) is None and few_steps_note(None) is None

@@ -145,11 +145,7 @@ def test_api_workflow_executes_on_tiny_models(env, short_lm_budget, name):
 def test_bad_prompt_rejected_like_comfyui(env):
     node_map, _ = env
     api = json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
-    api["3"]["inputs"]["end"] = api["3"]["inputs"]["start"]
-    with pytest.raises(h.PromptError) as info:
-        h.validate_prompt(api, node_map)
-    err = info.value.node_errors["3"]["errors"][0]
-    assert err["type"] == "custom_validation_failed" and "must be at least" in err["details"]
+    api["3"]["inputs"]["bpm"] = 1  # not an input of Repaint: ignored, as by ComfyUI
     api["3"]["inputs"]["steps"] = 1000
     with pytest.raises(h.PromptError) as info:
         h.validate_prompt(api, node_map)
@@ -168,7 +164,6 @@ def test_track_nodes_refuse_turbo_and_unknown_tracks(env):
     complete = node_map["ACE15S_CompleteTrack"]
     assert complete.validate_inputs(tracks="drums, Backing Vocals") is True
     assert "unknown track 'cowbell'" in complete.validate_inputs(tracks="drums, cowbell")
-    assert "must be after start" in node_map["ACE15S_AddTrack"].validate_inputs(start=3.0, end=2.0)
 
 
 def test_cover_prompts_saved_before_noise_strength_still_run(env):
@@ -187,30 +182,66 @@ def _errors(api, node_map, nid):
     return [(e["type"], e["details"]) for e in info.value.node_errors[nid]["errors"]]
 
 
+def _by_input(api, node_map, nid):
+    with pytest.raises(h.PromptError) as info:
+        h.validate_prompt(api, node_map)
+    return [(e["extra_info"].get("input_name"), e["type"], e["details"]) for e in info.value.node_errors[nid]["errors"]]
+
+
 def test_pack_validation_keeps_comfyuis_own_checks(env):
     """A node's validate_inputs turns ComfyUI's range and list checks off for the inputs it names (for all
     of them with **kwargs): the other inputs keep them, and the named ones are checked by the node."""
     node_map, _ = env
     repaint = json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
-    for name, value, kind in (("steps", 0, "value_smaller_than_min"), ("strength", 5.0, "value_bigger_than_max")):
+    for name, value, kind in (("steps", 0, "value_smaller_than_min"), ("strength", 5.0, "value_bigger_than_max"),
+                              ("start", -2.0, "value_smaller_than_min"), ("end", 700.0, "value_bigger_than_max")):
         api = json.loads(json.dumps(repaint))
         api["3"]["inputs"][name] = value
         assert [k for k, _ in _errors(api, node_map, "3")] == [kind]
     api = json.loads(json.dumps(repaint))
     api["4"]["inputs"]["format"] = "wav"
     assert [k for k, _ in _errors(api, node_map, "4")] == ["value_not_in_list"]
-    api = json.loads(json.dumps(repaint))
-    api["3"]["inputs"]["start"] = -2.0
-    (kind, details), = _errors(api, node_map, "3")
-    assert kind == "custom_validation_failed" and "start must be from 0 to 600, got -2" in details
     t2m = json.loads((h.REPO_ROOT / "workflows" / "api" / "text2music_thinking.api.json").read_text())
-    for name, value, message in (("bpm", 10, "bpm must be 0 (auto) or from 30 to 300, got 10"),
-                                 ("duration", 0.5, "duration must be 0 (auto) or from 1 to 600 seconds, got 0.5")):
-        for nid in ("2", "3"):  # LM Thinking and Text2Music
-            api = json.loads(json.dumps(t2m))
-            api[nid]["inputs"][name] = value
-            (kind, details), = _errors(api, node_map, nid)
-            assert kind == "custom_validation_failed" and message in details
+    for nid in ("2", "3"):  # LM Thinking and Text2Music
+        api = json.loads(json.dumps(t2m))
+        api[nid]["inputs"]["bpm"] = 10
+        (kind, details), = _errors(api, node_map, nid)
+        assert kind == "custom_validation_failed" and "bpm must be 0 (auto) or from 30 to 300, got 10" in details
+
+
+def test_each_validation_message_lands_on_its_own_input(env):
+    """ComfyUI files a validate_inputs answer under every input that function names: a wrong value is
+    reported once, under the input that is wrong, and a value of the wrong type by ComfyUI's own check
+    (validate_inputs must not crash on it)."""
+    node_map, _ = env
+    t2m = json.loads((h.REPO_ROOT / "workflows" / "api" / "text2music_thinking.api.json").read_text())
+    repaint = json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text())
+    cases = [(t2m, "3", "duration", 5000, "value_bigger_than_max"), (t2m, "3", "bpm", 10, "custom_validation_failed"),
+             (t2m, "2", "duration", 5000, "value_bigger_than_max"), (t2m, "2", "bpm", 400, "custom_validation_failed"),
+             (t2m, "3", "duration", "abc", "invalid_input_type"), (t2m, "3", "bpm", "abc", "invalid_input_type"),
+             (t2m, "2", "bpm", "abc", "invalid_input_type"), (repaint, "3", "start", "x", "invalid_input_type"),
+             (repaint, "3", "start", -2.0, "value_smaller_than_min"), (repaint, "3", "end", 601.0, "value_bigger_than_max")]
+    for base, nid, name, value, kind in cases:
+        api = json.loads(json.dumps(base))
+        api[nid]["inputs"][name] = value
+        assert [(n, k) for n, k, _ in _by_input(api, node_map, nid)] == [(name, kind)], (nid, name, value)
+
+
+def test_window_order_is_checked_when_the_node_runs(env):
+    """end against start spans two inputs: a validate_inputs naming both would file it (and every range
+    message) under both, so the node checks it when it runs, before any model work."""
+    node_map, _ = env
+    input_error = importlib.import_module(f"{h.PACK_MODULE_NAME}.acestep_core.errors").InputError
+    api = shorten_for_tiny(json.loads((h.REPO_ROOT / "workflows" / "api" / "repaint.api.json").read_text()))
+    api["3"]["inputs"]["end"] = api["3"]["inputs"]["start"]
+    h.validate_prompt(api, node_map)
+    with pytest.raises(input_error, match=r"Repaint: end \(1s\) must be at least 0.5s after start \(1s\)"):
+        h.execute_prompt(api, node_map)
+    add = json.loads((h.REPO_ROOT / "workflows" / "api" / "add_track.api.json").read_text())
+    add["3"]["inputs"]["end"] = 0.5
+    h.validate_prompt(add, node_map)
+    with pytest.raises(input_error, match=r"Add Track: end \(0.5s\) must be after start \(1s\)"):
+        h.execute_prompt(add, node_map)
 
 
 def test_no_pack_node_validates_with_kwargs(env):
@@ -226,8 +257,9 @@ def test_no_pack_node_validates_with_kwargs(env):
         params = inspect.signature(cls.validate_inputs).parameters.values()
         assert all(p.kind is not p.VAR_KEYWORD for p in params), node_id
         assert cls.validate_inputs(**{p.name: None for p in params}) is True, node_id
+        assert len(params) == 1, node_id  # its answer is filed under every input it names
         checked += 1
-    assert checked >= 6
+    assert checked >= 5
 
 
 def _primitive(api, nid, kind, value):
@@ -317,3 +349,37 @@ def test_adg_on_a_base_model_and_prompts_saved_before_it(env, caplog):
     with caplog.at_level("WARNING"):
         h.execute_prompt(turbo, node_map)
     assert "use_adg was not used" in caplog.text
+
+
+def test_what_a_run_changed_is_shown_on_the_node(env, monkeypatch):
+    """A batch or duration held to what the model can do, and a base model run at turbo's 8 steps, are
+    shown on the node (ComfyUI's progress text) and returned as its UI text, not only logged."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import server
+
+    node_map, _ = env
+    loader = importlib.import_module(f"{h.PACK_MODULE_NAME}.nodes.loader_node")
+    recorder = server.TextRecorder()
+    monkeypatch.setattr(server.PromptServer, "instance", recorder)
+    t2m = node_map["ACE15S_Text2Music"]
+    monkeypatch.setattr(t2m, "hidden", SimpleNamespace(unique_id="7", prompt=None, extra_pnginfo=None))
+    args = dict(caption="x", lyrics="", bpm=0, keyscale="auto", timesignature="auto", language="auto", seed=5,
+                shift=3.0, guidance=7.0)
+
+    turbo = loader.load_model("acestep-v15-turbo", "auto", "auto", "none", "auto", "auto")
+    turbo.engine.decision = dataclasses.replace(turbo.engine.decision, max_batch=1)  # a machine that holds one song
+    out = t2m.execute(model=turbo, duration=4.0, steps=8, batch_size=2, **args)
+    (report,) = out.ui["text"]
+    assert out.args[0]["waveform"].shape[0] == 1
+    assert report.startswith("1 song of 5.12 s, seed 5")
+    assert "Batch size 2 is more than" in report and "limit of 1; generating 1 instead" in report
+    assert "4 s asked for; the DiT's shortest output is 5.12 s" in report
+    assert recorder.texts[-1] == ("7", report)
+
+    base = loader.load_model("acestep_v1.5_base.safetensors", "auto", "auto", "none", "auto", "auto")
+    few = t2m.execute(model=base, duration=6.0, steps=8, batch_size=1, **args).ui["text"][0]
+    assert "inference_steps 8 is few for a base / sft DiT, which is made for 30-50 steps" in few
+    enough = t2m.execute(model=base, duration=6.0, steps=30, batch_size=1, **args).ui["text"][0]
+    assert enough == "1 song of 6.00 s, seed 5"

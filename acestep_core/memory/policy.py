@@ -430,6 +430,9 @@ class MemoryDecision:
     # ACESTEP_VAE_DECODE_CHUNK_SIZE fixed the window; else on the CPU it grows at decode time to what
     # the RAM then free holds (vae.cpu_decode_window)
     vae_chunk_fixed: bool = False
+    # Why the LM is off, as a clause ("it is off by default on the CPU, ..."), so a front end whose user
+    # then needs it can say why and what to set; None while it runs.
+    lm_off_reason: str | None = None
 
     def check_dit(self) -> None:
         """Raise InsufficientMemoryError when the chosen DiT cannot run on this device."""
@@ -596,6 +599,7 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
                            f"set {ENV_INIT_LLM}=1 to force it.")
 
     # 4. Is it on disk?
+    lm_off_reason: str | None = None
     if available_lms is not None and chosen != "none":
         disk = {lm_size_from_name(n) or (n if n in LM_SIZES else None) for n in available_lms} - {None}
         if chosen not in disk:
@@ -609,6 +613,7 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
                 reasons.append(f"No usable LM checkpoint found (expected {LM_FOLDER_PREFIX}{chosen}); the LM "
                                f"stays off until one is downloaded.")
                 init_lm = False
+                lm_off_reason = f"no 5 Hz LM checkpoint is installed (expected {LM_FOLDER_PREFIX}{chosen})"
 
     if chosen == "none":
         reasons.append(f"No LM: {tier.name} ({tier.label}) has no room for one; text2music runs without "
@@ -618,6 +623,17 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
     elif memory.device_type == "cpu" and init_override is None and not lm_off_by_request:
         reasons.append(f"The LM is off by default on the CPU (it is slow there); set {ENV_INIT_LLM}=1 to use "
                        f"the {chosen} LM.")
+    if not init_lm and lm_off_reason is None:
+        if lm_off_by_request:
+            lm_off_reason = "it was set to none"
+        elif init_override is False:
+            lm_off_reason = f"{ENV_INIT_LLM} turns it off"
+        elif chosen == "none":
+            lm_off_reason = f"{tier.name} ({tier.label}) has no room for one"
+        elif memory.device_type == "cpu":
+            lm_off_reason = "it is off by default on the CPU, where it is slow"
+        else:
+            lm_off_reason = f"{tier.name} ({tier.label}) leaves it off by default"
 
     # ---- offload -----------------------------------------------------------------------------
     offload = tier.offload_to_cpu
@@ -704,6 +720,7 @@ def decide(memory: DeviceMemory, env: Mapping[str, str] | None = None, requested
         reasons=tuple(reasons),
         dit_is_xl=is_xl,
         dit_refusal=dit_refusal,
+        lm_off_reason=lm_off_reason,
     )
     return decision  # the loaders log the final decision, with the user's choices applied
 

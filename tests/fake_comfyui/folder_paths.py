@@ -15,7 +15,7 @@ def reset(models: str, output: str, temp: str, input_: str) -> None:
     models_dir, output_directory, temp_directory, input_directory = models, output, temp, input_
     folder_names_and_paths.clear()
     for key, sub in (("diffusion_models", "diffusion_models"), ("vae", "vae"), ("text_encoders", "text_encoders"),
-                     ("loras", "loras")):
+                     ("loras", "loras"), ("checkpoints", "checkpoints")):
         folder_names_and_paths[key] = ([os.path.join(models, sub)], set(supported_pt_extensions))
 
 
