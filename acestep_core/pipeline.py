@@ -122,6 +122,22 @@ def _resolve_component(explicit, checkpoint_dir: Optional[Path], default_name: s
     return checkpoint_dir / default_name
 
 
+def _vae_callbacks(what: str, progress: Optional[Callable[[int, int], None]],
+                   cancel: Optional[Callable[[], bool]]):
+    """(poll, at_tile) for a tiled VAE pass: `poll()` raises CancelledError when `cancel()` says so;
+    `at_tile(done, total)` reports progress, then polls."""
+    def poll() -> None:
+        if cancel is not None and cancel():
+            raise CancelledError(f"{what} cancelled")
+
+    def at_tile(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total)
+        poll()
+
+    return poll, at_tile
+
+
 class ACEStepPipeline:
     def __init__(
         self,
@@ -391,16 +407,7 @@ class ACEStepPipeline:
         `progress(tile, total)` is called after every VAE tile; `cancel()` is polled after every tile
         and before every block of the decoder inside one (CancelledError when it returns True)."""
         chunk = self.vae_chunk_frames or decode_chunk_frames(None, self.device.type)
-
-        def poll() -> None:
-            if cancel is not None and cancel():
-                raise CancelledError("VAE decode cancelled")
-
-        def after_tile(done: int, total: int) -> None:
-            if progress is not None:
-                progress(done, total)
-            poll()
-
+        poll, after_tile = _vae_callbacks("VAE decode", progress, cancel)
         with self.offload.use("vae", self.vae), polled_inside_tiles(self.vae, poll if cancel else None):
             weight = next(self.vae.parameters())
             if weight.device.type == "cpu" and not self.vae_chunk_fixed:
@@ -422,15 +429,7 @@ class ACEStepPipeline:
         `progress(tile, total)` is called with 0 before the first VAE tile and after each; `cancel()` is
         polled then and before every block of the encoder inside a tile (CancelledError when it returns
         True), since one CPU tile can take tens of seconds."""
-        def poll() -> None:
-            if cancel is not None and cancel():
-                raise CancelledError("VAE encode cancelled")
-
-        def at_tile(done: int, total: int) -> None:
-            if progress is not None:
-                progress(done, total)
-            poll()
-
+        poll, at_tile = _vae_callbacks("VAE encode", progress, cancel)
         with self.offload.use("vae", self.vae), polled_inside_tiles(self.vae, poll if cancel else None):
             latents, _, _ = vae_encode(self.vae, audio.unsqueeze(0) if audio.dim() == 2 else audio, sample=sample,
                                        generator=generator, progress=at_tile)
